@@ -1,0 +1,81 @@
+"""Every exception rhailambda raises, under one root.
+
+::
+
+    RhailambdaError
+    ├── SettingError            a setting is missing or malformed (carries its name)
+    ├── ReplyTimeoutError       the client waited for a reply that did not come in time
+    ├── TaskFailedError         a reply came back with status ``error``
+    └── InvocationError         an invocation of the function did not complete
+        ├── ThrottledError      the backend said "too many requests": retry later,
+        │                       without spending the tasks' attempts
+        └── PayloadTooLargeError  the event or response exceeds the backend's limit
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvocationError",
+    "PayloadTooLargeError",
+    "ReplyTimeoutError",
+    "RhailambdaError",
+    "SettingError",
+    "TaskFailedError",
+    "ThrottledError",
+]
+
+
+class RhailambdaError(Exception):
+    """Root of every rhailambda exception."""
+
+
+class SettingError(RhailambdaError, ValueError):
+    """A setting is missing or malformed; ``name`` is the environment variable or flag."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+
+
+class ReplyTimeoutError(RhailambdaError, TimeoutError):
+    """No reply arrived for ``task_id`` within ``timeout_s``."""
+
+    def __init__(self, task_id: str, timeout_s: float) -> None:
+        super().__init__(f"no reply for task {task_id} within {timeout_s:g} s")
+        self.task_id = task_id
+        self.timeout_s = timeout_s
+
+
+class TaskFailedError(RhailambdaError):
+    """The task ran (or was dead-lettered) and its reply says ``error``."""
+
+    def __init__(self, task_id: str, error: str) -> None:
+        super().__init__(f"task {task_id} failed: {error}")
+        self.task_id = task_id
+        self.error = error
+
+
+class InvocationError(RhailambdaError):
+    """An invocation failed as a whole (crash, timeout, transport error).
+
+    ``retryable`` is False for failures that another attempt cannot fix.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ThrottledError(InvocationError):
+    """The backend refused the invocation for lack of capacity; the tasks did not run."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retryable=True)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadTooLargeError(InvocationError):
+    """The event or response exceeds the backend's payload limit (6 MB on Lambda)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)

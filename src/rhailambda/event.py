@@ -1,0 +1,113 @@
+"""The invocation event the shim sends the function, and the response it gets back.
+
+Event (JSON)::
+
+    {"workerId": "worker1",
+     "tasks": [{"taskId": "t1", "attempt": 1}, {"taskId": "t2", "attempt": 3}]}
+
+Response (JSON), following Lambda's partial-batch convention::
+
+    {"batchItemFailures": [{"itemIdentifier": "t2"}],
+     "outcomes": {"t1": "completed", "t2": "failed"}}
+
+``attempt`` is the delivery count the shim recorded in the task hash; the function
+uses it as a fencing token so a stale invocation can never finish a task that a
+newer delivery has claimed. Ids listed in ``batchItemFailures`` were not finished
+and should be retried; every other id is done (completed, error reply sent, or
+skipped because another delivery already owns or finished it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["BatchResponse", "InvocationEvent", "Outcome", "TaskRef"]
+
+Outcome = Literal["completed", "error", "skipped", "failed"]
+
+
+class EventError(ValueError):
+    """The event does not have the documented shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    task_id: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationEvent:
+    worker_id: str
+    tasks: tuple[TaskRef, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workerId": self.worker_id,
+            "tasks": [{"taskId": t.task_id, "attempt": t.attempt} for t in self.tasks],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> InvocationEvent:
+        if not isinstance(raw, Mapping):
+            raise EventError("event must be a JSON object")
+        worker_id = raw.get("workerId", "")
+        tasks_raw = raw.get("tasks")
+        if not isinstance(worker_id, str):
+            raise EventError("workerId must be a string")
+        if not isinstance(tasks_raw, list):
+            raise EventError("tasks must be a list")
+        tasks: list[TaskRef] = []
+        for item in tasks_raw:
+            if isinstance(item, str):
+                tasks.append(TaskRef(item))
+                continue
+            if not isinstance(item, Mapping):
+                raise EventError("each task must be an object or a task id")
+            task_id = item.get("taskId")
+            attempt = item.get("attempt", 1)
+            if not isinstance(task_id, str) or not task_id:
+                raise EventError("taskId must be a non-empty string")
+            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+                raise EventError(f"attempt of {task_id} must be a positive integer")
+            tasks.append(TaskRef(task_id, attempt))
+        return cls(worker_id=worker_id, tasks=tuple(tasks))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResponse:
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+
+    @property
+    def failed_ids(self) -> frozenset[str]:
+        return frozenset(t for t, o in self.outcomes.items() if o == "failed")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batchItemFailures": [{"itemIdentifier": t} for t in sorted(self.failed_ids)],
+            "outcomes": dict(self.outcomes),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, event: InvocationEvent) -> BatchResponse:
+        """Read a function's answer; ids it does not mention count as done."""
+        if not isinstance(raw, Mapping):
+            raise EventError("response must be a JSON object")
+        outcomes: dict[str, Outcome] = {}
+        given = raw.get("outcomes")
+        if isinstance(given, Mapping):
+            for k, v in given.items():
+                if v in ("completed", "error", "skipped", "failed"):
+                    outcomes[str(k)] = v
+        for t in event.tasks:
+            outcomes.setdefault(t.task_id, "completed")
+        failures = raw.get("batchItemFailures") or []
+        if not isinstance(failures, list):
+            raise EventError("batchItemFailures must be a list")
+        for item in failures:
+            ident = item.get("itemIdentifier") if isinstance(item, Mapping) else None
+            if isinstance(ident, str):
+                outcomes[ident] = "failed"
+        return cls(outcomes=outcomes)

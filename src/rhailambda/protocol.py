@@ -1,0 +1,189 @@
+"""The rhailib wire protocol: every Redis key name and task-hash field lives here.
+
+See ``shared/PROTOCOL.md``. Clients of the Rust ``rhai_dispatcher`` write the task
+hash and push the task id on the worker queue; whoever runs the task updates the
+hash and pushes exactly one JSON reply on the reply list.
+
+Nothing else in the project spells a key: the client, the shim, the function and
+the circle store all ask a :class:`KeyLayout` built once from settings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+__all__ = [
+    "FIELD_ALIASES",
+    "FINAL_STATUSES",
+    "KeyLayout",
+    "TaskFields",
+    "build_reply",
+    "normalize_worker_id",
+    "now_rfc3339",
+]
+
+# Task hash fields (camelCase as the Rust dispatcher writes them).
+TASK_ID: Final = "taskId"
+SCRIPT: Final = "script"
+CALLER_ID: Final = "callerId"
+CONTEXT_ID: Final = "contextId"
+WORKER_ID: Final = "workerId"
+STATUS: Final = "status"
+OUTPUT: Final = "output"
+ERROR: Final = "error"
+CREATED_AT: Final = "createdAt"
+UPDATED_AT: Final = "updatedAt"
+
+# Bookkeeping fields of ours. Extra hash fields do not break an HGETALL reader.
+ATTEMPT: Final = "rhailambdaAttempt"  # deliveries so far, counted by the shim
+CLAIM: Final = "rhailambdaClaim"  # the attempt that holds the processing claim
+
+STATUS_PENDING: Final = "pending"
+STATUS_PROCESSING: Final = "processing"
+STATUS_COMPLETED: Final = "completed"
+STATUS_ERROR: Final = "error"
+FINAL_STATUSES: Final = frozenset({STATUS_COMPLETED, STATUS_ERROR})
+
+#: snake_case spellings written by other clients of the same family.
+FIELD_ALIASES: Final[Mapping[str, str]] = {
+    "task_id": TASK_ID,
+    "caller_id": CALLER_ID,
+    "context_id": CONTEXT_ID,
+    "worker_id": WORKER_ID,
+    "created_at": CREATED_AT,
+    "updated_at": UPDATED_AT,
+}
+
+
+def normalize_worker_id(worker_id: str) -> str:
+    """Normalise a worker id the way the Rust dispatcher does: spaces to ``_``, lower case."""
+    return worker_id.replace(" ", "_").lower()
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as RFC 3339 (``2026-01-01T00:00:00.123456+00:00``)."""
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Where everything lives in Redis.
+
+    ``prefix`` and ``reply_template`` are the protocol's (shared with clients);
+    ``internal_prefix`` names the keys only rhailambda reads (leases, dead letters,
+    pause switches, circle data).
+    """
+
+    prefix: str = "rhailib:"
+    reply_template: str = "{prefix}reply:{task_id}"
+    internal_prefix: str = "rhailambda:"
+
+    def __post_init__(self) -> None:
+        if "{task_id}" not in self.reply_template:
+            raise ValueError("reply_template must contain '{task_id}'")
+        try:
+            self.reply_template.format(prefix="", task_id="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"reply_template may only use {{prefix}} and {{task_id}}: {exc}"
+            ) from exc
+
+    # --- protocol keys -------------------------------------------------------
+    def queue(self, worker_id: str) -> str:
+        """The worker queue (a list; clients LPUSH, we take from the right)."""
+        return f"{self.prefix}{worker_id}"
+
+    def task(self, task_id: str) -> str:
+        """The task hash."""
+        return f"{self.prefix}{task_id}"
+
+    def reply(self, task_id: str) -> str:
+        """The per-task reply list the client BLPOPs."""
+        return self.reply_template.format(prefix=self.prefix, task_id=task_id)
+
+    # --- rhailambda's own keys ----------------------------------------------
+    def inflight(self, worker_id: str, shim_id: str) -> str:
+        """A shim's in-flight list for one queue (ids it has taken, not yet finished)."""
+        return f"{self.internal_prefix}inflight:{worker_id}:{shim_id}"
+
+    def shims(self) -> str:
+        """Sorted set: shim id -> lease expiry (ms since epoch)."""
+        return f"{self.internal_prefix}shims"
+
+    def shim_info(self, shim_id: str) -> str:
+        """Hash describing a live shim (its queues, start time, health)."""
+        return f"{self.internal_prefix}shim:{shim_id}"
+
+    def retry(self, worker_id: str) -> str:
+        """Sorted set of ids waiting for a retry: id -> due time (ms since epoch)."""
+        return f"{self.internal_prefix}retry:{worker_id}"
+
+    def dead_letter(self, worker_id: str) -> str:
+        """The dead-letter list of a worker queue."""
+        return f"{self.internal_prefix}dlq:{worker_id}"
+
+    def paused(self) -> str:
+        """Set of paused worker ids (like an event source mapping's ``Enabled: false``)."""
+        return f"{self.internal_prefix}paused"
+
+    def circle(self, context_id: str, *parts: str) -> str:
+        """A key of the circle store, always scoped under one context id."""
+        suffix = "".join(f":{p}" for p in parts)
+        return f"{self.internal_prefix}circle:{{{context_id}}}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFields:
+    """A task hash read back, with the snake_case aliases folded in."""
+
+    task_id: str
+    script: str | None
+    caller_id: str
+    context_id: str
+    worker_id: str
+    status: str
+    created_at: str
+    raw: Mapping[str, str]
+
+    @classmethod
+    def from_hash(cls, task_id: str, raw: Mapping[str, str], worker_id: str = "") -> TaskFields:
+        merged = dict(raw)
+        for alias, canonical in FIELD_ALIASES.items():
+            if alias in raw and canonical not in raw:
+                merged[canonical] = raw[alias]
+        return cls(
+            task_id=merged.get(TASK_ID) or task_id,
+            script=merged.get(SCRIPT),
+            caller_id=merged.get(CALLER_ID, ""),
+            context_id=merged.get(CONTEXT_ID, ""),
+            worker_id=merged.get(WORKER_ID) or worker_id,
+            status=merged.get(STATUS, ""),
+            created_at=merged.get(CREATED_AT, ""),
+            raw=merged,
+        )
+
+
+def build_reply(
+    fields: TaskFields, *, status: str, output: str | None, error: str | None, updated_at: str
+) -> str:
+    """The JSON reply pushed on the reply list (the shape the Rust dispatcher reads)."""
+    return json.dumps(
+        {
+            "taskId": fields.task_id,
+            "script": fields.script or "",
+            "status": status,
+            "output": output,
+            "error": error,
+            "createdAt": fields.created_at,
+            "updatedAt": updated_at,
+            "callerId": fields.caller_id,
+            "contextId": fields.context_id,
+            "workerId": fields.worker_id,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )

@@ -1,0 +1,146 @@
+"""Settings: parsed once, at the edge, from the environment (and flags, in the CLI).
+
+Each process builds ONE frozen settings object (``FunctionSettings`` in the Lambda
+function, ``ShimSettings`` in the shim, ``ClientSettings`` in the client) from the
+pieces here. Nothing else in the project reads ``os.environ``. A bad value fails at
+start with the setting's name in the message (:class:`SettingError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from rhailambda.errors import SettingError
+from rhailambda.protocol import KeyLayout
+
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "Env",
+    "ProtocolSettings",
+    "RedisSettings",
+    "redact_url",
+]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class Env:
+    """Typed reads of an environment mapping; every error names the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def str(self, name: str, default: str) -> str:
+        return self._environ.get(name, default)
+
+    def optional_str(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return value if value else None
+
+    def int(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            value = default
+        else:
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                raise SettingError(name, f"expected an integer, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise SettingError(name, f"must be at least {minimum}, got {value}")
+        return value
+
+    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            value = default
+        else:
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise SettingError(name, f"expected a number, got {raw!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SettingError(name, f"expected a finite number, got {raw!r}")
+        if minimum is not None and value < minimum:
+            raise SettingError(name, f"must be at least {minimum:g}, got {value:g}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name)
+        if raw is None:
+            return default
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise SettingError(name, f"expected true or false, got {raw!r}")
+
+    def list(self, name: str) -> tuple[str, ...]:
+        raw = self._environ.get(name, "")
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``: safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """How to reach Redis. ``url`` may carry a password: log :meth:`redacted` only."""
+
+    url: str = DEFAULT_REDIS_URL
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise SettingError("REDIS_URL", f"unsupported scheme {scheme!r} (redis, rediss, unix)")
+
+    def redacted(self) -> str:
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"RedisSettings(url={self.redacted()!r})"
+
+    @classmethod
+    def from_env(cls, env: Env) -> RedisSettings:
+        return cls(url=env.str("REDIS_URL", DEFAULT_REDIS_URL))
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    """The key layout plus the reply and cleanup policy of the protocol."""
+
+    layout: KeyLayout = KeyLayout()
+    reply_ttl_s: int = 3600
+    preserve_tasks: bool = False
+
+    @classmethod
+    def from_env(cls, env: Env) -> ProtocolSettings:
+        try:
+            layout = KeyLayout(
+                prefix=env.str("RHAILAMBDA_KEY_PREFIX", "rhailib:"),
+                reply_template=env.str(
+                    "RHAILAMBDA_REPLY_KEY_TEMPLATE", "{prefix}reply:{task_id}"
+                ),
+                internal_prefix=env.str("RHAILAMBDA_INTERNAL_PREFIX", "rhailambda:"),
+            )
+        except ValueError as exc:
+            raise SettingError("RHAILAMBDA_REPLY_KEY_TEMPLATE", str(exc)) from exc
+        return cls(
+            layout=layout,
+            reply_ttl_s=env.int("RHAILAMBDA_REPLY_TTL_S", 3600, minimum=1),
+            preserve_tasks=env.bool("RHAILAMBDA_PRESERVE_TASKS", False),
+        )
