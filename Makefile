@@ -1,0 +1,62 @@
+# One command per developer action. The README shows the two a newcomer needs:
+#   make run    start Redis + the shim (local backend), submit examples/, keep serving
+#   make test   set everything up, then run every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.stamp
+RUN_DIR := .run
+
+.PHONY: help setup run test test-fast lint fmt bench build clean redis-server
+
+help:
+	@echo "make run     local stack: Redis + shim + examples, until Ctrl-C"
+	@echo "make test    set up, then run every test"
+	@echo "make lint    ruff, mypy --strict, cargo fmt/clippy"
+	@echo "make bench   benchmarks (rhai-py and end to end)"
+	@echo "make build   the Lambda wheel and sam build"
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) requirements-dev.txt pyproject.toml
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (apt)"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; }
+
+## setup: venv, Python deps, the rhai-py build, this package, redis-server
+setup: $(STAMP) redis-server
+	$(MAKE) -C rhai-py develop VENV=$(abspath $(VENV))
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+
+run: setup
+	$(PY) -m rhailambda.devstack
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not aws"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+	$(MAKE) -C rhai-py lint VENV=$(abspath $(VENV))
+
+fmt:
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(RUN_DIR) .aws-sam dist build rhai-py/target
+
+-include mk/*.mk
