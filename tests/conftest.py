@@ -1,0 +1,58 @@
+"""Shared fixtures: a real redis-server for the whole session, flushed between tests.
+
+- ``redis_server``: the session's :class:`RedisServer` (do not stop it; for outage
+  tests start your own with ``private_redis_server``).
+- ``redis_url``: its URL, after ``FLUSHALL`` (function scope).
+- ``redis_client``: a synchronous redis-py client with decoded strings.
+- ``private_redis_server``: a server of the test's own, closed afterwards; restart
+  or kill it freely.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if not redis_server.running:  # a test stopped the shared server: bring it back
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def private_redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
