@@ -1,0 +1,97 @@
+"""The ``rhailambda`` command: ``shim``, ``status``, ``submit`` (and the shim's pause switches).
+
+Every flag also comes from the environment (``REDIS_URL``, ``RHAILAMBDA_*``), read
+once here at the edge; a bad value exits 2 with the setting's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rhailambda.errors import ReplyTimeoutError, RhailambdaError, SettingError
+from rhailambda.settings import DEFAULT_REDIS_URL, Env, ProtocolSettings, RedisSettings
+
+__all__ = ["main"]
+
+
+def _add_submit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    env = Env(os.environ)
+    sub = subparsers.add_parser(
+        "submit",
+        help="submit a script as a task (the rhai_dispatcher way)",
+        description="Write the task hash, push its id on the worker queue, optionally wait.",
+    )
+    sub.add_argument("--redis-url", default=env.str("REDIS_URL", DEFAULT_REDIS_URL))
+    sub.add_argument("--worker", required=True, help="worker queue id")
+    sub.add_argument("--context", required=True, help="circle (context) id")
+    sub.add_argument("--caller", required=True, help="caller id")
+    sub.add_argument("--task-id", default=None, help="task id (default: a new UUID)")
+    src = sub.add_mutually_exclusive_group(required=True)
+    src.add_argument("--script", help="the Rhai source")
+    src.add_argument("file", nargs="?", type=Path, help="a file holding the Rhai source")
+    sub.add_argument("--wait", action="store_true", help="wait for the reply and print it")
+    sub.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (--wait)")
+    sub.set_defaults(func=_submit)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from rhailambda.client import Client
+
+    env = Env(os.environ)
+    redis = RedisSettings(url=args.redis_url)
+    protocol = ProtocolSettings.from_env(env)
+    script = args.script if args.script is not None else args.file.read_text()
+    with Client(redis.url, layout=protocol.layout) as client:
+        task_id = client.submit(
+            script,
+            worker_id=args.worker,
+            context_id=args.context,
+            caller_id=args.caller,
+            task_id=args.task_id,
+        )
+        if not args.wait:
+            print(task_id)
+            return 0
+        try:
+            reply = client.wait(task_id, args.timeout)
+        except ReplyTimeoutError as exc:
+            print(f"rhailambda: {exc}", file=sys.stderr)
+            return 3
+    print(json.dumps(reply.raw, ensure_ascii=False))
+    return 0 if reply.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rhailambda", description="Run Rhai scripts from Redis queues on serverless functions."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    from rhailambda.shim.cli import configure as configure_shim
+
+    configure_shim(subparsers)
+    _add_submit(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+    except SettingError as exc:
+        print(f"rhailambda: bad setting {exc}", file=sys.stderr)
+        return 2
+    except RhailambdaError as exc:
+        print(f"rhailambda: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The client: the Python counterpart of the Rust ``rhai_dispatcher``.
+
+It writes the task hash and pushes the id on the worker queue (one round trip per
+submit, pipelined), then waits for the reply list with ``BLPOP``::
+
+    client = Client("redis://127.0.0.1:6379/0")
+    task_id = client.submit("let x = 10; x * 2", worker_id="worker1",
+                            context_id="alice", caller_id="alice")
+    reply = client.wait(task_id, timeout_s=5)   # Reply(status="completed", output="20")
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import redis
+
+from rhailambda import protocol as p
+from rhailambda.errors import ReplyTimeoutError
+from rhailambda.redis_conn import connect
+
+__all__ = ["Client", "Reply", "Submission"]
+
+# BLPOP takes many keys: waiting on a chunk wakes on whichever reply comes first.
+_WAIT_CHUNK = 128
+_MAX_BLOCK_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A task's reply as the worker pushed it."""
+
+    task_id: str
+    status: str
+    output: str | None
+    error: str | None
+    raw: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == p.STATUS_COMPLETED
+
+    @classmethod
+    def parse(cls, task_id: str, payload: str) -> Reply:
+        try:
+            raw = json.loads(payload)
+        except json.JSONDecodeError:
+            raw = {}
+        if not isinstance(raw, dict):
+            raw = {}
+        return cls(
+            task_id=str(raw.get("taskId") or task_id),
+            status=str(raw.get("status", p.STATUS_ERROR)),
+            output=raw.get("output"),
+            error=raw.get("error") if raw else f"unreadable reply: {payload[:200]!r}",
+            raw=raw,
+        )
+
+
+class Submission(NamedTuple):
+    script: str
+    worker_id: str
+    context_id: str
+    caller_id: str
+    task_id: str | None = None
+
+
+class Client:
+    """Submit scripts, await replies, read task status. Thread-safe (a connection pool)."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        layout: p.KeyLayout | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if client is None:
+            if redis_url is None:
+                raise ValueError("give redis_url or client")
+            client = connect(redis_url, max_block_s=_MAX_BLOCK_S)
+        self._redis = client
+        self.layout = layout or p.KeyLayout()
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- submitting -----------------------------------------------------------
+    def submit(
+        self,
+        script: str,
+        *,
+        worker_id: str,
+        context_id: str,
+        caller_id: str,
+        task_id: str | None = None,
+    ) -> str:
+        """Queue ``script`` for ``worker_id``; returns the task id."""
+        return self.submit_many([Submission(script, worker_id, context_id, caller_id, task_id)])[0]
+
+    def submit_many(self, submissions: Iterable[Submission | Sequence[str]]) -> list[str]:
+        """Queue many scripts in one pipelined round trip; returns their task ids in order."""
+        pipe = self._redis.pipeline(transaction=False)
+        ids: list[str] = []
+        now = p.now_rfc3339()
+        for item in submissions:
+            sub = item if isinstance(item, Submission) else Submission(*item)
+            task_id = sub.task_id or str(uuid.uuid4())
+            worker = p.normalize_worker_id(sub.worker_id)
+            pipe.hset(
+                self.layout.task(task_id),
+                mapping={
+                    p.TASK_ID: task_id,
+                    p.SCRIPT: sub.script,
+                    p.CALLER_ID: sub.caller_id,
+                    p.CONTEXT_ID: sub.context_id,
+                    p.WORKER_ID: worker,
+                    p.STATUS: p.STATUS_PENDING,
+                    p.CREATED_AT: now,
+                    p.UPDATED_AT: now,
+                },
+            )
+            pipe.lpush(self.layout.queue(worker), task_id)
+            ids.append(task_id)
+        pipe.execute()
+        return ids
+
+    # --- waiting --------------------------------------------------------------
+    def wait(self, task_id: str, timeout_s: float) -> Reply:
+        """Block until the reply of ``task_id`` arrives; ReplyTimeoutError after ``timeout_s``."""
+        return self.wait_many([task_id], timeout_s)[task_id]
+
+    def wait_many(self, task_ids: Sequence[str], timeout_s: float) -> dict[str, Reply]:
+        """Collect the replies of all ``task_ids``; ReplyTimeoutError names the first missing.
+
+        Replies come roughly in submission order, so the client looks at a sliding
+        window of the oldest pending keys: one pipelined LPOP round over the window,
+        and when nothing is there, one BLPOP on the whole window (it wakes on
+        whichever reply comes first). Cost stays linear in the number of tasks.
+        """
+        deadline = time.monotonic() + timeout_s
+        pending = {self.layout.reply(t): t for t in task_ids}
+        replies: dict[str, Reply] = {}
+        while pending:
+            window = list(itertools.islice(pending, _WAIT_CHUNK))
+            if self._pop_ready(window, pending, replies):
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReplyTimeoutError(next(iter(pending.values())), timeout_s)
+            got = self._redis.blpop(window, timeout=min(left, _MAX_BLOCK_S))
+            if got is not None:
+                key, payload = got
+                task_id = pending.pop(key)
+                replies[task_id] = Reply.parse(task_id, payload)
+        return replies
+
+    def _pop_ready(
+        self, keys: list[str], pending: dict[str, str], replies: dict[str, Reply]
+    ) -> bool:
+        """Pop the replies already there among ``keys`` (one round trip); True if any."""
+        if len(keys) == 1:
+            results = [self._redis.lpop(keys[0])]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.lpop(key)
+            results = pipe.execute()
+        found = False
+        for key, payload in zip(keys, results, strict=True):
+            if payload is not None:
+                task_id = pending.pop(key)
+                replies[task_id] = Reply.parse(task_id, payload)
+                found = True
+        return found
+
+    def run(
+        self, script: str, *, worker_id: str, context_id: str, caller_id: str, timeout_s: float
+    ) -> Reply:
+        """Submit and wait: the dispatcher's ``new_play_request ... await_response``."""
+        task_id = self.submit(
+            script, worker_id=worker_id, context_id=context_id, caller_id=caller_id
+        )
+        return self.wait(task_id, timeout_s)
+
+    # --- reading --------------------------------------------------------------
+    def status(self, task_id: str) -> str | None:
+        """The task's current status, or None when its hash is gone (finished and cleaned up)."""
+        value = self._redis.hget(self.layout.task(task_id), p.STATUS)
+        return str(value) if value is not None else None
+
+    def task(self, task_id: str) -> dict[str, str]:
+        """The whole task hash (empty once finished, unless tasks are preserved)."""
+        return dict(self._redis.hgetall(self.layout.task(task_id)))

@@ -1,0 +1,65 @@
+"""Building the function's long-lived objects from its settings (once per cold start)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from rhailambda.errors import SettingError
+from rhailambda.functions.extension import Extension
+from rhailambda.functions.runner import BatchRunner
+from rhailambda.functions.settings import FunctionSettings
+from rhailambda.redis_conn import connect
+from rhailambda.settings import Env
+from rhailambda.taskstore import TaskStore
+
+__all__ = ["build_runner", "load_extensions", "redis_url"]
+
+
+def redis_url(settings: FunctionSettings) -> str:
+    """The Redis URL: from the Secrets Manager secret when one is named, else REDIS_URL."""
+    if settings.redis_secret_arn is None:
+        return settings.redis.url
+    from aws_lambda_powertools.utilities import parameters
+
+    value = parameters.get_secret(settings.redis_secret_arn, max_age=300)
+    if not isinstance(value, str) or not value.strip():
+        raise SettingError("REDIS_SECRET_ARN", "the secret holds no Redis URL")
+    return value.strip()
+
+
+def load_extensions(settings: FunctionSettings, env: Env) -> list[Extension]:
+    """The circle extension (unless disabled) plus every factory named in RHAILAMBDA_EXTENSIONS.
+
+    A factory is called with the environment reader (``factory(env) -> Extension``)
+    so an extension parses its own settings once, like the function does.
+    """
+    extensions: list[Extension] = []
+    if settings.circle_enabled:
+        from rhailambda.circle import extension_from_env
+
+        extensions.append(extension_from_env(env))
+    for spec in settings.extensions:
+        module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise SettingError("RHAILAMBDA_EXTENSIONS", f"expected module:factory, got {spec!r}")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise SettingError("RHAILAMBDA_EXTENSIONS", f"cannot load {spec!r}: {exc}") from exc
+        extensions.append(factory(env))
+    return extensions
+
+
+def build_runner(
+    settings: FunctionSettings,
+    env: Env,
+    *,
+    on_print: Callable[[str], None] | None = None,
+    on_debug: Callable[[str, str | None, int | None, int | None], None] | None = None,
+) -> BatchRunner:
+    client = connect(redis_url(settings))
+    store = TaskStore(client, settings.protocol)
+    return BatchRunner(
+        settings, store, load_extensions(settings, env), on_print=on_print, on_debug=on_debug
+    )

@@ -1,0 +1,201 @@
+"""Running one batch of tasks: claim, run each script, finish. No Lambda, no logging setup.
+
+Redis round trips per batch: one to claim, one to finish (plus what the scripts'
+own data functions do). Each task gets a fresh engine with ``CALLER_ID``,
+``CONTEXT_ID``, ``WORKER_ID`` and ``TASK_ID`` as constants and the modules of every
+extension; compiled scripts are cached per process.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+import rhai_py
+
+from rhailambda import protocol as p
+from rhailambda.event import BatchResponse, InvocationEvent, Outcome
+from rhailambda.functions.extension import CommitConflict, Extension, ScriptContext, Session
+from rhailambda.functions.settings import FunctionSettings
+from rhailambda.taskstore import Claim, Finish, TaskStore
+
+__all__ = ["BatchRunner", "TaskObserver", "TaskResult"]
+
+#: below this much budget left, a task is handed back instead of started
+_MIN_TASK_BUDGET_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What happened to one task of the batch (for logs and metrics)."""
+
+    task_id: str
+    fields: p.TaskFields | None
+    outcome: Outcome
+    error: str | None
+    duration_s: float
+    runs: int = 0
+
+
+class TaskObserver(Protocol):
+    """Told about every task (logging, metrics); must not raise."""
+
+    def task_done(self, result: TaskResult) -> None: ...
+
+
+def _validate(fields: p.TaskFields) -> str | None:
+    """Why a claimed task cannot run, or None."""
+    if fields.script is None:
+        return "malformed task: the task hash has no 'script' field"
+    if not fields.script.strip():
+        return "malformed task: the script is empty"
+    if not fields.context_id:
+        return "malformed task: the task hash has no 'contextId' field"
+    if not fields.caller_id:
+        return "malformed task: the task hash has no 'callerId' field"
+    return None
+
+
+class BatchRunner:
+    """Runs batches with one set of settings, a task store and the extensions."""
+
+    def __init__(
+        self,
+        settings: FunctionSettings,
+        store: TaskStore,
+        extensions: Sequence[Extension] = (),
+        *,
+        on_print: Callable[[str], None] | None = None,
+        on_debug: Callable[[str, str | None, int | None, int | None], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._extensions = tuple(extensions)
+        self._engine_kwargs: dict[str, Any] = settings.limits.engine_kwargs()
+        if on_print is not None:
+            self._engine_kwargs["on_print"] = on_print
+        if on_debug is not None:
+            self._engine_kwargs["on_debug"] = on_debug
+        compiler = rhai_py.Engine(**settings.limits.engine_kwargs())
+        self._compile: Callable[[str], rhai_py.AST] = lru_cache(
+            maxsize=settings.compile_cache_size
+        )(compiler.compile)
+
+    def run(
+        self, event: InvocationEvent, budget_s: float, observer: TaskObserver | None = None
+    ) -> BatchResponse:
+        """Run every task of ``event`` within ``budget_s`` seconds of wall time."""
+        deadline = time.monotonic() + budget_s - self._settings.reserve_s
+        outcomes: dict[str, Outcome] = {}
+        finishes: list[Finish] = []
+        results: list[TaskResult] = []
+        for claim in self._store.claim(event.tasks):
+            result, finish = self._run_one(claim, event.worker_id, deadline)
+            outcomes[claim.ref.task_id] = result.outcome
+            results.append(result)
+            if finish is not None:
+                finishes.append(finish)
+        for finish, written in zip(finishes, self._store.finish(finishes), strict=True):
+            if not written:  # a newer delivery took over meanwhile: its reply counts
+                outcomes[finish.ref.task_id] = "skipped"
+        if observer is not None:
+            for result in results:
+                observer.task_done(result)
+        return BatchResponse(outcomes=outcomes)
+
+    def _run_one(
+        self, claim: Claim, worker_id: str, deadline: float
+    ) -> tuple[TaskResult, Finish | None]:
+        task_id = claim.ref.task_id
+        if claim.state == "skip":
+            return TaskResult(task_id, None, "skipped", None, 0.0), None
+        if claim.state == "missing" or claim.fields is None:
+            fields = p.TaskFields.from_hash(task_id, {}, worker_id)
+            error = f"task {task_id} not found: no task hash (expired or never written)"
+            finish = Finish(claim.ref, fields, p.STATUS_ERROR, error=error, mode="missing")
+            return TaskResult(task_id, fields, "error", error, 0.0), finish
+        fields = claim.fields
+        if not fields.worker_id:
+            fields = p.TaskFields.from_hash(task_id, fields.raw, worker_id)
+        started = time.monotonic()
+        left = deadline - started
+        if left < _MIN_TASK_BUDGET_S:  # hand it back: the claim lets the next attempt in
+            return TaskResult(task_id, fields, "failed", "no time left in batch", 0.0), None
+        error = _validate(fields)
+        output: str | None = None
+        runs = 0
+        if error is None:
+            try:
+                output, error, runs = self._execute(
+                    fields, min(left, self._settings.limits.timeout_s)
+                )
+            except Exception as exc:  # infrastructure (a store down): retry, keep the claim
+                reason = f"{type(exc).__name__}: {exc}"
+                return TaskResult(task_id, fields, "failed", reason, 0.0), None
+        duration = time.monotonic() - started
+        status = p.STATUS_COMPLETED if error is None else p.STATUS_ERROR
+        finish = Finish(claim.ref, fields, status, output=output, error=error)
+        return TaskResult(task_id, fields, status, error, duration, runs), finish
+
+    def _execute(self, fields: p.TaskFields, timeout_s: float) -> tuple[str | None, str | None, int]:
+        """Run the script (again when its writes lost a race); (output, error, runs)."""
+        assert fields.script is not None
+        try:
+            ast = self._compile(fields.script)
+        except rhai_py.RhaiError as exc:
+            return None, _describe(exc), 0
+        ctx = ScriptContext(fields.caller_id, fields.context_id, fields.worker_id, fields.task_id)
+        constants = {
+            "CALLER_ID": ctx.caller_id,
+            "CONTEXT_ID": ctx.context_id,
+            "WORKER_ID": ctx.worker_id,
+            "TASK_ID": ctx.task_id,
+        }
+        runs = 0
+        while True:
+            runs += 1
+            sessions = [ext.open(ctx) for ext in self._extensions]
+            engine = rhai_py.Engine(**self._engine_kwargs)
+            for session in sessions:
+                _register(engine, session.modules())
+            try:
+                output = engine.eval_text(ast, constants=constants, timeout_s=timeout_s)
+            except rhai_py.RhaiError as exc:
+                _discard(sessions)
+                return None, _describe(exc), runs
+            try:
+                for session in sessions:
+                    session.commit()
+            except CommitConflict:
+                _discard(sessions)
+                if runs > self._settings.max_conflict_retries:
+                    return None, "gave up: the circle's data kept changing under the script", runs
+                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**runs)))
+                continue
+            return output, None, runs
+
+
+def _register(engine: rhai_py.Engine, modules: Mapping[str, Mapping[str, Callable[..., Any]]]) -> None:
+    for name, functions in modules.items():
+        engine.register_module(name, functions)
+
+
+def _discard(sessions: Sequence[Session]) -> None:
+    for session in sessions:
+        session.discard()
+
+
+def _describe(exc: rhai_py.RhaiError) -> str:
+    """The user-facing error text: what went wrong and where."""
+    message = exc.message or str(exc)
+    if exc.line is not None and f"line {exc.line}" not in message:
+        message = f"{message} (line {exc.line}, position {exc.column or 0})"
+    kind = {
+        rhai_py.RhaiCompileError: "syntax error",
+        rhai_py.RhaiLimitError: "limit exceeded",
+    }.get(type(exc), "runtime error")
+    return f"{kind}: {message}"
