@@ -1,0 +1,79 @@
+"""Claim and finish against a real redis-server: the exactly-one-reply rules."""
+
+import json
+
+import redis
+
+from rhailambda import protocol as p
+from rhailambda.event import TaskRef
+from rhailambda.settings import ProtocolSettings
+from rhailambda.taskstore import Finish, TaskStore, fail_tasks
+
+LAYOUT = p.KeyLayout()
+
+
+def _task(r: redis.Redis, task_id: str, **extra: str) -> None:
+    fields = {"taskId": task_id, "script": "40 + 2", "callerId": "a", "contextId": "a",
+              "status": "pending", "createdAt": "c", "updatedAt": "c", **extra}
+    r.hset(LAYOUT.task(task_id), mapping=fields)
+
+
+def _finish(claim_ref: TaskRef, fields: p.TaskFields) -> Finish:
+    return Finish(claim_ref, fields, "completed", output="42")
+
+
+def test_pending_task_is_claimed_once(redis_client: redis.Redis) -> None:
+    store = TaskStore(redis_client, ProtocolSettings())
+    _task(redis_client, "t1")
+    first = store.claim([TaskRef("t1", 1)])[0]
+    assert first.state == "claimed" and first.fields is not None
+    assert first.fields.script == "40 + 2"
+    assert redis_client.hget(LAYOUT.task("t1"), "status") == "processing"
+    again = store.claim([TaskRef("t1", 1)])[0]
+    assert again.state == "skip" and again.current_status == "processing"
+
+
+def test_newer_delivery_takes_over_and_stale_one_cannot_reply(redis_client: redis.Redis) -> None:
+    store = TaskStore(redis_client, ProtocolSettings())
+    _task(redis_client, "t1")
+    old = store.claim([TaskRef("t1", 1)])[0]
+    new = store.claim([TaskRef("t1", 2)])[0]
+    assert new.state == "claimed"
+    assert old.fields is not None and new.fields is not None
+    assert store.finish([_finish(old.ref, old.fields)]) == [False]
+    assert store.finish([_finish(new.ref, new.fields)]) == [True]
+    assert store.finish([_finish(new.ref, new.fields)]) == [False]
+    replies = redis_client.lrange(LAYOUT.reply("t1"), 0, -1)
+    assert len(replies) == 1
+    assert json.loads(replies[0])["output"] == "42"
+    assert 0 < redis_client.ttl(LAYOUT.reply("t1")) <= 3600
+    assert not redis_client.exists(LAYOUT.task("t1"))
+
+
+def test_finished_task_is_never_claimed_again(redis_client: redis.Redis) -> None:
+    store = TaskStore(redis_client, ProtocolSettings(preserve_tasks=True))
+    _task(redis_client, "t1")
+    claim = store.claim([TaskRef("t1", 1)])[0]
+    assert claim.fields is not None
+    store.finish([_finish(claim.ref, claim.fields)])
+    task = redis_client.hgetall(LAYOUT.task("t1"))
+    assert task["status"] == "completed" and task["output"] == "42"
+    assert store.claim([TaskRef("t1", 5)])[0].state == "skip"
+
+
+def test_missing_hash_is_reported(redis_client: redis.Redis) -> None:
+    store = TaskStore(redis_client, ProtocolSettings())
+    assert store.claim([TaskRef("ghost", 1)])[0].state == "missing"
+    assert not redis_client.exists(LAYOUT.task("ghost"))
+
+
+def test_fail_tasks_replies_once_and_spares_final_tasks(redis_client: redis.Redis) -> None:
+    protocol = ProtocolSettings()
+    _task(redis_client, "t1")
+    _task(redis_client, "t2", status="completed")
+    failed = fail_tasks(redis_client, protocol, ["t1", "t2", "ghost"], "dead-lettered")
+    assert failed == ["t1", "ghost"]
+    assert fail_tasks(redis_client, protocol, ["t1", "ghost"], "again") == []
+    reply = json.loads(redis_client.lpop(LAYOUT.reply("t1")) or "{}")
+    assert (reply["status"], reply["error"]) == ("error", "dead-lettered")
+    assert redis_client.llen(LAYOUT.reply("t2")) == 0
