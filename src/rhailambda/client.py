@@ -162,7 +162,7 @@ class Client:
                 raise ReplyTimeoutError(next(iter(pending.values())), timeout_s)
             got = self._redis.blpop(window, timeout=min(left, _MAX_BLOCK_S))
             if got is not None:
-                key, payload = got
+                key, payload = str(got[0]), str(got[1])
                 task_id = pending.pop(key)
                 replies[task_id] = Reply.parse(task_id, payload)
         return replies
@@ -182,7 +182,7 @@ class Client:
         for key, payload in zip(keys, results, strict=True):
             if payload is not None:
                 task_id = pending.pop(key)
-                replies[task_id] = Reply.parse(task_id, payload)
+                replies[task_id] = Reply.parse(task_id, str(payload))
                 found = True
         return found
 
@@ -203,4 +203,5 @@ class Client:
 
     def task(self, task_id: str) -> dict[str, str]:
         """The whole task hash (empty once finished, unless tasks are preserved)."""
-        return dict(self._redis.hgetall(self.layout.task(task_id)))
+        raw = self._redis.hgetall(self.layout.task(task_id))
+        return {str(k): str(v) for k, v in raw.items()}

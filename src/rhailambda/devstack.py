@@ -40,8 +40,21 @@ def _start_redis(run_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port(6379)
     run_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(run_dir), "--logfile", str(run_dir / "redis.log")],
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(run_dir),
+            "--logfile",
+            str(run_dir / "redis.log"),
+        ],
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -72,8 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"using Redis at {redact_url(url)}")
     shim_env = dict(os.environ, REDIS_URL=url, POWERTOOLS_METRICS_DISABLED="true")
     shim = subprocess.Popen(
-        [sys.executable, "-m", "rhailambda.cli", "shim", "--worker", args.worker,
-         "--backend", "local"],
+        [
+            sys.executable,
+            "-m",
+            "rhailambda.cli",
+            "shim",
+            "--worker",
+            args.worker,
+            "--backend",
+            "local",
+        ],
         env=shim_env,
     )
     try:

@@ -24,7 +24,9 @@ def _socket_timeout(max_block_s: float | None) -> float:
     return max(_COMMAND_TIMEOUT_S, max_block_s + _BLOCK_MARGIN_S)
 
 
-def connect(url: str, *, max_block_s: float | None = None, max_connections: int = 64) -> redis.Redis:
+def connect(
+    url: str, *, max_block_s: float | None = None, max_connections: int = 64
+) -> redis.Redis:
     """A synchronous client (strings decoded) for ``url`` (redis://, rediss://, unix://)."""
     pool = redis.ConnectionPool.from_url(
         url,

@@ -8,6 +8,7 @@ start with the setting's name in the message (:class:`SettingError`).
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -32,17 +33,19 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 class Env:
     """Typed reads of an environment mapping; every error names the variable."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[builtins.str, builtins.str]) -> None:
         self._environ = environ
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         return self._environ.get(name, default)
 
-    def optional_str(self, name: str) -> str | None:
+    def optional_str(self, name: builtins.str) -> builtins.str | None:
         value = self._environ.get(name)
         return value if value else None
 
-    def int(self, name: str, default: int, *, minimum: int | None = None) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, *, minimum: builtins.int | None = None
+    ) -> builtins.int:
         raw = self._environ.get(name)
         if raw is None or raw.strip() == "":
             value = default
@@ -55,7 +58,9 @@ class Env:
             raise SettingError(name, f"must be at least {minimum}, got {value}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, *, minimum: builtins.float | None = None
+    ) -> builtins.float:
         raw = self._environ.get(name)
         if raw is None or raw.strip() == "":
             value = default
@@ -70,7 +75,7 @@ class Env:
             raise SettingError(name, f"must be at least {minimum:g}, got {value:g}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self._environ.get(name)
         if raw is None:
             return default
@@ -81,7 +86,7 @@ class Env:
             return False
         raise SettingError(name, f"expected true or false, got {raw!r}")
 
-    def list(self, name: str) -> tuple[str, ...]:
+    def list(self, name: builtins.str) -> tuple[builtins.str, ...]:
         raw = self._environ.get(name, "")
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -132,9 +137,7 @@ class ProtocolSettings:
         try:
             layout = KeyLayout(
                 prefix=env.str("RHAILAMBDA_KEY_PREFIX", "rhailib:"),
-                reply_template=env.str(
-                    "RHAILAMBDA_REPLY_KEY_TEMPLATE", "{prefix}reply:{task_id}"
-                ),
+                reply_template=env.str("RHAILAMBDA_REPLY_KEY_TEMPLATE", "{prefix}reply:{task_id}"),
                 internal_prefix=env.str("RHAILAMBDA_INTERNAL_PREFIX", "rhailambda:"),
             )
         except ValueError as exc:

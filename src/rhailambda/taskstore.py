@@ -177,7 +177,7 @@ class TaskStore:
             return []
         layout = self._protocol.layout
         keys = [layout.task(t.task_id) for t in tasks]
-        args = [p.now_rfc3339(), *(t.attempt for t in tasks)]
+        args: list[str | int] = [p.now_rfc3339(), *(t.attempt for t in tasks)]
         return _parse_claims(tasks, self._claim(keys=keys, args=args))
 
     def finish(self, finishes: Sequence[Finish]) -> list[bool]:
@@ -188,7 +188,9 @@ class TaskStore:
         return [bool(x) for x in self._finish(keys=keys, args=args)]
 
 
-def _failures(task_ids: Sequence[str], hashes: Sequence[dict[str, str]], error: str) -> list[Finish]:
+def _failures(
+    task_ids: Sequence[str], hashes: Sequence[dict[str, str]], error: str
+) -> list[Finish]:
     out: list[Finish] = []
     for task_id, raw in zip(task_ids, hashes, strict=True):
         fields = p.TaskFields.from_hash(task_id, raw)

@@ -10,7 +10,9 @@ from rhailambda.client import Client, Submission
 from rhailambda.errors import ReplyTimeoutError
 
 
-def test_submit_writes_what_the_dispatcher_writes(redis_url: str, redis_client: redis.Redis) -> None:
+def test_submit_writes_what_the_dispatcher_writes(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     with Client(redis_url) as client:
         task_id = client.submit("40 + 2", worker_id="Worker One", context_id="c1", caller_id="a1")
     assert redis_client.lrange("rhailib:worker_one", 0, -1) == [task_id]
@@ -20,7 +22,9 @@ def test_submit_writes_what_the_dispatcher_writes(redis_url: str, redis_client: 
     assert task["taskId"] == task_id and task["createdAt"].endswith("+00:00")
 
 
-def test_queue_order_is_oldest_first_from_the_right(redis_url: str, redis_client: redis.Redis) -> None:
+def test_queue_order_is_oldest_first_from_the_right(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     with Client(redis_url) as client:
         ids = client.submit_many([Submission("1", "w", "c", "a") for _ in range(3)])
     assert [redis_client.rpop("rhailib:w") for _ in ids] == ids

@@ -13,8 +13,16 @@ LAYOUT = p.KeyLayout()
 
 
 def _task(r: redis.Redis, task_id: str, **extra: str) -> None:
-    fields = {"taskId": task_id, "script": "40 + 2", "callerId": "a", "contextId": "a",
-              "status": "pending", "createdAt": "c", "updatedAt": "c", **extra}
+    fields = {
+        "taskId": task_id,
+        "script": "40 + 2",
+        "callerId": "a",
+        "contextId": "a",
+        "status": "pending",
+        "createdAt": "c",
+        "updatedAt": "c",
+        **extra,
+    }
     r.hset(LAYOUT.task(task_id), mapping=fields)
 
 

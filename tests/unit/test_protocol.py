@@ -54,20 +54,30 @@ def test_reply_has_the_dispatcher_shape() -> None:
         {"taskId": "t1", "script": "40+2", "callerId": "a", "contextId": "b", "createdAt": "c"},
         "w",
     )
-    reply = json.loads(p.build_reply(fields, status="completed", output="42", error=None, updated_at="u"))
+    reply = json.loads(
+        p.build_reply(fields, status="completed", output="42", error=None, updated_at="u")
+    )
     assert reply == {
-        "taskId": "t1", "script": "40+2", "status": "completed", "output": "42", "error": None,
-        "createdAt": "c", "updatedAt": "u", "callerId": "a", "contextId": "b", "workerId": "w",
+        "taskId": "t1",
+        "script": "40+2",
+        "status": "completed",
+        "output": "42",
+        "error": None,
+        "createdAt": "c",
+        "updatedAt": "u",
+        "callerId": "a",
+        "contextId": "b",
+        "workerId": "w",
     }
 
 
 def test_env_errors_name_the_variable() -> None:
     env = Env({"N": "ten", "B": "maybe", "F": "nan"})
-    with pytest.raises(SettingError, match="^N:"):
+    with pytest.raises(SettingError, match=r"^N:"):
         env.int("N", 1)
-    with pytest.raises(SettingError, match="^B:"):
+    with pytest.raises(SettingError, match=r"^B:"):
         env.bool("B", False)
-    with pytest.raises(SettingError, match="^F:"):
+    with pytest.raises(SettingError, match=r"^F:"):
         env.float("F", 1.0)
     with pytest.raises(SettingError, match="at least 1"):
         Env({"N": "0"}).int("N", 5, minimum=1)

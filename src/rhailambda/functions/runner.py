@@ -141,7 +141,9 @@ class BatchRunner:
         finish = Finish(claim.ref, fields, status, output=output, error=error)
         return TaskResult(task_id, fields, status, error, duration, runs), finish
 
-    def _execute(self, fields: p.TaskFields, timeout_s: float) -> tuple[str | None, str | None, int]:
+    def _execute(
+        self, fields: p.TaskFields, timeout_s: float
+    ) -> tuple[str | None, str | None, int]:
         """Run the script (again when its writes lost a race); (output, error, runs)."""
         assert fields.script is not None
         try:
@@ -179,7 +181,9 @@ class BatchRunner:
             return output, None, runs
 
 
-def _register(engine: rhai_py.Engine, modules: Mapping[str, Mapping[str, Callable[..., Any]]]) -> None:
+def _register(
+    engine: rhai_py.Engine, modules: Mapping[str, Mapping[str, Callable[..., Any]]]
+) -> None:
     for name, functions in modules.items():
         engine.register_module(name, functions)
 
