@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from rhailambda.errors import SettingError
@@ -128,7 +128,7 @@ class RedisSettings:
 class ProtocolSettings:
     """The key layout plus the reply and cleanup policy of the protocol."""
 
-    layout: KeyLayout = KeyLayout()
+    layout: KeyLayout = field(default_factory=KeyLayout)
     reply_ttl_s: int = 3600
     preserve_tasks: bool = False
 
