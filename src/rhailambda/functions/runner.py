@@ -95,7 +95,7 @@ class BatchRunner:
         results: list[TaskResult] = []
         for claim in self._store.claim(event.tasks):
             result, finish = self._run_one(claim, event.worker_id, deadline)
-            outcomes[claim.ref.task_id] = result.outcome
+            outcomes.setdefault(claim.ref.task_id, result.outcome)  # an id twice: first wins
             results.append(result)
             if finish is not None:
                 finishes.append(finish)
