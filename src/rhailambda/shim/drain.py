@@ -1,0 +1,344 @@
+"""The drain loop: worker queues in, invocations out, outcomes settled.
+
+One taker per queue takes a batch when it holds a slot (its queue's cap, then
+the FIFO-fair global cap) and hands it to an invocation task, which settles the
+outcome: done ids are acknowledged; failed ids are retried after a jittered
+backoff with a new attempt (a new fencing token) or dead-lettered with an error
+reply; a throttled batch is retried as it is (no attempt spent) and halves the
+global concurrency for a while. The loop knows a :class:`QueueSource` and an
+:class:`Invoker`, never Redis or a backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from rhailambda.errors import InvocationError, ThrottledError
+from rhailambda.event import BatchResponse, InvocationEvent, TaskRef
+from rhailambda.shim.invoker import Invoker
+from rhailambda.shim.limiter import FairLimiter
+from rhailambda.shim.policy import backoff_s, window_wait_s
+from rhailambda.shim.settings import ShimSettings
+from rhailambda.shim.source import QueueSource, Taken
+
+__all__ = ["DrainStats", "Drainer"]
+
+log = logging.getLogger("rhailambda.shim")
+_MIN_BLOCK_S = 0.01  # BLMOVE 0 would block forever
+
+
+@dataclass(slots=True)
+class DrainStats:
+    batches: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    throttled: int = 0
+
+    def as_info(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _age_s(created_at: str, now: float) -> float | None:
+    if not created_at:
+        return None
+    try:
+        created = datetime.fromisoformat(created_at)
+    except ValueError:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return now - created.timestamp()
+
+
+class Drainer:
+    """Drains the queues of ``settings`` through ``invoker`` until :meth:`stop_taking`."""
+
+    def __init__(
+        self,
+        settings: ShimSettings,
+        source: QueueSource,
+        invoker: Invoker,
+        *,
+        limiter: FairLimiter | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._s = settings
+        self._source = source
+        self._invoker = invoker
+        self.limiter = limiter or FairLimiter(settings.flow.max_concurrency)
+        self._rng = rng or random.Random()
+        self._queue_slots = {
+            w: asyncio.Semaphore(settings.flow.per_queue_concurrency)
+            for w in settings.queues.worker_ids
+        }
+        self._last_dispatch: dict[str, float] = {}
+        self._throttle_streak = 0
+        self._takers: list[asyncio.Task[None]] = []
+        self._invocations: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.Task[None]] = set()
+        self.stats = DrainStats()
+
+    # --- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        for worker_id in self._s.queues.worker_ids:
+            task = asyncio.create_task(self._take_loop(worker_id), name=f"take:{worker_id}")
+            self._takers.append(task)
+
+    async def stop_taking(self) -> None:
+        """Stop the takers and pending retries (their ids stay in flight, to hand back)."""
+        for task in [*self._takers, *self._timers]:
+            task.cancel()
+        await asyncio.gather(*self._takers, *self._timers, return_exceptions=True)
+        self._takers.clear()
+
+    async def finish_invocations(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for running invocations; cancel the rest. Returns cancelled."""
+        pending = set(self._invocations)
+        if pending and timeout_s > 0:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        # Settling may have scheduled retries meanwhile: cancel those too.
+        for task in list(self._timers):
+            task.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
+        return len(pending)
+
+    @property
+    def running_invocations(self) -> int:
+        return len(self._invocations)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]]) -> None:
+        task = asyncio.create_task(coro)
+        into.add(task)
+        task.add_done_callback(into.discard)
+        task.add_done_callback(_log_crash)
+
+    # --- taking ------------------------------------------------------------------
+    async def _take_loop(self, worker_id: str) -> None:
+        slots = self._queue_slots[worker_id]
+        while True:
+            await slots.acquire()
+            try:
+                items, paused = await self._take_batch(worker_id)
+            except BaseException:
+                slots.release()
+                raise
+            if not items:
+                slots.release()
+                if paused:
+                    await self._wait_while_paused(worker_id)
+                continue
+            # Both slots are now owned by the invocation task, which releases them.
+            self._last_dispatch[worker_id] = time.monotonic()
+            self._spawn(self._run(worker_id, items, slots), self._invocations)
+
+    async def _take_batch(self, worker_id: str) -> tuple[list[Taken], bool]:
+        """Take a batch holding a global slot (kept when items come back); (items, paused)."""
+        size = self._s.batch.batch_size
+        await self.limiter.acquire()
+        try:
+            result = await self._source.take(worker_id, size, block_s=0)
+            if not result.items:
+                # Idle queue: wait for work WITHOUT holding a global slot.
+                self.limiter.release()
+                if result.paused:
+                    return [], True
+                result = await self._source.take(worker_id, size, block_s=self._s.queues.block_s)
+                if not result.items:
+                    return [], result.paused
+                await self.limiter.acquire()
+            items = list(result.items)
+            await self._fill_window(worker_id, items)
+            return items, False
+        except BaseException:
+            if self.limiter.in_use > 0:
+                self.limiter.release()
+            raise
+
+    async def _fill_window(self, worker_id: str, items: list[Taken]) -> None:
+        size = self._s.batch.batch_size
+        last = self._last_dispatch.get(worker_id)
+        wait_s = window_wait_s(
+            taken=len(items),
+            batch_size=size,
+            window_s=self._s.batch.window_s,
+            since_last_dispatch_s=None if last is None else time.monotonic() - last,
+        )
+        deadline = time.monotonic() + wait_s
+        while len(items) < size and (left := deadline - time.monotonic()) > 0:
+            more = await self._source.take(
+                worker_id, size - len(items), block_s=max(left, _MIN_BLOCK_S)
+            )
+            items.extend(more.items)
+            if more.paused:
+                break
+
+    async def _wait_while_paused(self, worker_id: str) -> None:
+        log.info("queue %s is paused", worker_id)
+        while await self._source.is_paused(worker_id):
+            await asyncio.sleep(self._s.queues.pause_poll_s)
+        log.info("queue %s resumed", worker_id)
+
+    # --- invoking and settling ----------------------------------------------------
+    async def _run(self, worker_id: str, items: list[Taken], slots: asyncio.Semaphore) -> None:
+        try:
+            items = await self._drop_expired(worker_id, items)
+            if not items:
+                return
+            failed, reason, retryable = await self._invoke(worker_id, items)
+        finally:
+            self.limiter.release()
+            slots.release()
+        if failed:
+            await self._settle_failures(worker_id, failed, reason, retryable=retryable)
+
+    async def _invoke(self, worker_id: str, items: list[Taken]) -> tuple[list[Taken], str, bool]:
+        """One invocation; returns the failed items, the reason and whether to retry them."""
+        event = InvocationEvent(worker_id, tuple(TaskRef(t.task_id, t.attempt) for t in items))
+        fn = self._s.function
+        started = time.monotonic()
+        outcome = "ok"
+        failed: list[Taken] = []
+        reason, retryable = "", True
+        try:
+            response: BatchResponse = await asyncio.wait_for(
+                self._invoker.invoke(event, timeout_s=fn.function_timeout_s),
+                timeout=fn.function_timeout_s + 2 * fn.timeout_margin_s,
+            )
+        except ThrottledError as exc:
+            self._on_throttled(worker_id, items, exc)
+            outcome = "throttled"
+        except (InvocationError, TimeoutError) as exc:
+            failed, reason = items, str(exc) or "invocation timed out"
+            retryable = getattr(exc, "retryable", True)
+            outcome = "invocation-error"
+        except Exception as exc:  # a backend bug must not lose the batch
+            log.exception("invoker raised an unexpected error")
+            failed, reason = items, f"{type(exc).__name__}: {exc}"
+            outcome = "invocation-error"
+        else:
+            self._throttle_streak = 0
+            self.limiter.on_success()
+            bad = response.failed_ids
+            failed = [t for t in items if t.task_id in bad]
+            reason = "the function reported the task as failed"
+            await self._source.ack(worker_id, [t.task_id for t in items if t.task_id not in bad])
+        self.stats.batches += 1
+        self.stats.completed += len(items) - len(failed) if outcome == "ok" else 0
+        self.stats.failed += len(failed)
+        log.info(
+            "batch worker=%s size=%d attempt=%d duration_ms=%.1f outcome=%s done=%d failed=%d",
+            worker_id, len(items), max(t.attempt for t in items),
+            (time.monotonic() - started) * 1000, outcome,
+            len(items) - len(failed) if outcome == "ok" else 0, len(failed),
+        )  # fmt: skip
+        return failed, reason, retryable
+
+    async def _drop_expired(self, worker_id: str, items: list[Taken]) -> list[Taken]:
+        """Dead-letter, without invoking, ids past max attempts or max age."""
+        max_attempts = self._s.retry.max_attempts
+        over = [t for t in items if t.attempt > max_attempts]
+        old = self._too_old(items)
+        if over:
+            await self._dead_letter(
+                worker_id, over,
+                f"dead-lettered after {max_attempts} attempts: delivered again without finishing",
+            )  # fmt: skip
+        if old:
+            await self._dead_letter(worker_id, [t for t in old if t not in over], self._age_msg())
+        gone = {t.task_id for t in (*over, *old)}
+        return [t for t in items if t.task_id not in gone] if gone else items
+
+    def _too_old(self, items: Sequence[Taken]) -> list[Taken]:
+        max_age = self._s.retry.max_task_age_s
+        if max_age is None:
+            return []
+        now = time.time()
+        return [
+            t for t in items if (age := _age_s(t.created_at, now)) is not None and age > max_age
+        ]
+
+    def _age_msg(self, last_error: str = "") -> str:
+        suffix = f": {last_error}" if last_error else ""
+        max_age = self._s.retry.max_task_age_s
+        return f"dead-lettered: older than the maximum task age {max_age:g} s{suffix}"
+
+    async def _settle_failures(
+        self, worker_id: str, failed: list[Taken], reason: str, *, retryable: bool
+    ) -> None:
+        retry = self._s.retry
+        if not retryable:
+            await self._dead_letter(worker_id, failed, f"dead-lettered (not retryable): {reason}")
+            return
+        spent = [t for t in failed if t.attempt >= retry.max_attempts]
+        for attempt in sorted({t.attempt for t in spent}):
+            group = [t for t in spent if t.attempt == attempt]
+            await self._dead_letter(
+                worker_id, group, f"dead-lettered after {attempt} attempts: {reason}"
+            )
+        rest = [t for t in failed if t.attempt < retry.max_attempts]
+        old = self._too_old(rest)
+        if old:
+            await self._dead_letter(worker_id, old, self._age_msg(reason))
+            rest = [t for t in rest if t not in old]
+        if rest:
+            delay = backoff_s(
+                max(t.attempt for t in rest), retry.backoff_base_s, retry.backoff_cap_s, self._rng
+            )
+            self.stats.retried += len(rest)
+            self._spawn(self._retry_later(worker_id, rest, delay, redeliver=True), self._timers)
+
+    async def _dead_letter(self, worker_id: str, items: Sequence[Taken], message: str) -> None:
+        if not items:
+            return
+        self.stats.dead_lettered += len(items)
+        log.warning("dead-letter worker=%s count=%d reason=%s", worker_id, len(items), message)
+        await self._source.dead_letter(worker_id, [t.task_id for t in items], message)
+
+    def _on_throttled(self, worker_id: str, items: list[Taken], exc: ThrottledError) -> None:
+        self.stats.throttled += 1
+        self._throttle_streak += 1
+        self.limiter.on_throttle()
+        retry = self._s.retry
+        delay = exc.retry_after_s
+        if delay is None:
+            delay = backoff_s(self._throttle_streak, retry.backoff_base_s, retry.backoff_cap_s)
+        log.warning(
+            "throttled worker=%s size=%d; concurrency now %d, retry in %.2f s",
+            worker_id, len(items), self.limiter.limit, delay,
+        )  # fmt: skip
+        self._spawn(self._retry_later(worker_id, items, delay, redeliver=False), self._timers)
+
+    async def _retry_later(
+        self, worker_id: str, items: list[Taken], delay_s: float, *, redeliver: bool
+    ) -> None:
+        await asyncio.sleep(delay_s)
+        if redeliver:  # a new delivery: a new attempt, the fencing token of this run
+            items = list(await self._source.redeliver(worker_id, [t.task_id for t in items]))
+            if not items:
+                return
+        slots = self._queue_slots[worker_id]
+        await slots.acquire()
+        try:
+            await self.limiter.acquire()
+        except BaseException:
+            slots.release()
+            raise
+        # From here the batch is an invocation (shutdown waits for it), not a timer.
+        self._spawn(self._run(worker_id, items, slots), self._invocations)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("shim task %s crashed", task.get_name(), exc_info=exc)

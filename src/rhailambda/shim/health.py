@@ -1,0 +1,75 @@
+"""Redis health for the shim: retry an operation through an outage, log it once.
+
+Every Redis call of the shim goes through :meth:`Health.call`: a connection error
+marks the shim unhealthy, logs one line, and retries with capped exponential
+backoff until Redis answers (or the caller is cancelled, e.g. at shutdown). The
+ids themselves are safe meanwhile: they sit in Redis lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.exceptions as rex
+
+__all__ = ["TRANSIENT_ERRORS", "Health"]
+
+T = TypeVar("T")
+log = logging.getLogger("rhailambda.shim")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.BusyLoadingError,
+    rex.TryAgainError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+class Health:
+    """Whether Redis answered the last call, and since when it has not."""
+
+    def __init__(self, *, redis_url: str, min_delay_s: float = 0.05, max_delay_s: float = 5.0):
+        self._redacted_url = redis_url
+        self._min_delay_s = min_delay_s
+        self._max_delay_s = max_delay_s
+        self.healthy = True
+        self.last_error = ""
+        self.down_since: float | None = None
+        self.outages = 0
+
+    async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` until it succeeds; transient Redis errors are waited out."""
+        delay = self._min_delay_s
+        while True:
+            try:
+                result = await op()
+            except TRANSIENT_ERRORS as exc:
+                self._mark_down(what, exc)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(self._max_delay_s, delay * 2)
+                continue
+            self._mark_up()
+            return result
+
+    def _mark_down(self, what: str, exc: BaseException) -> None:
+        self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        if self.healthy:
+            self.healthy = False
+            self.down_since = time.monotonic()
+            self.outages += 1
+            log.warning("redis %s unreachable (%s); retrying", self._redacted_url, self.last_error)
+
+    def _mark_up(self) -> None:
+        if not self.healthy:
+            down_s = time.monotonic() - (self.down_since or time.monotonic())
+            log.warning("redis %s reachable again after %.1f s", self._redacted_url, down_s)
+            self.healthy = True
+            self.down_since = None

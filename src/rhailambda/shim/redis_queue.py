@@ -1,0 +1,274 @@
+"""The Redis :class:`~rhailambda.shim.source.QueueSource`: reliable take, ack, dead-letter.
+
+Taking is ``BLMOVE queue inflight RIGHT LEFT`` (only on an empty queue) plus one
+Lua call that fills the batch with ``LMOVE``, skips tasks already final, and
+counts the attempt (``HINCRBY`` on the task hash, only where the hash exists):
+one or two round trips per batch, never a bare pop. Every later step (ack,
+dead-letter, hand back) is one round trip per batch as well.
+
+If a call that moves ids fails half-way (connection lost after the server ran
+it), ids can sit in our in-flight list unknown to us; the next successful take
+on that queue hands such orphans back to the queue.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from rhailambda import taskstore
+from rhailambda.settings import ProtocolSettings
+from rhailambda.shim.health import Health
+from rhailambda.shim.source import Taken, TakeResult
+
+__all__ = ["RedisQueueSource"]
+
+# KEYS: queue, inflight, paused. ARGV: n, worker id, task key prefix, [first id]
+_TAKE_LUA = """
+local queue, inflight = KEYS[1], KEYS[2]
+local n, prefix = tonumber(ARGV[1]), ARGV[3]
+local ids = {}
+if ARGV[4] then ids[1] = ARGV[4] end
+if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
+  for i = #ids, 1, -1 do
+    if redis.call('LREM', inflight, 1, ids[i]) == 1 then redis.call('RPUSH', queue, ids[i]) end
+  end
+  return {-1}
+end
+while #ids < n do
+  local id = redis.call('LMOVE', queue, inflight, 'RIGHT', 'LEFT')
+  if not id then break end
+  ids[#ids + 1] = id
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local key = prefix .. id
+  local h = redis.call('HMGET', key, 'status', 'createdAt', 'created_at')
+  if h[1] == 'completed' or h[1] == 'error' then
+    redis.call('LREM', inflight, 1, id)
+  else
+    local attempt = 1
+    if h[1] or redis.call('EXISTS', key) == 1 then
+      attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
+    end
+    out[#out + 1] = id
+    out[#out + 1] = attempt
+    out[#out + 1] = h[2] or h[3] or ''
+  end
+end
+return out
+"""
+
+# KEYS: inflight. ARGV: task key prefix, ids... (only ids still in flight are redelivered)
+_REDELIVER_LUA = """
+local inflight, prefix = KEYS[1], ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('LPOS', inflight, id) then
+    local key = prefix .. id
+    local h = redis.call('HMGET', key, 'status', 'createdAt', 'created_at')
+    if h[1] == 'completed' or h[1] == 'error' then
+      redis.call('LREM', inflight, 1, id)
+    else
+      local attempt = 1
+      if h[1] or redis.call('EXISTS', key) == 1 then
+        attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
+      end
+      out[#out + 1] = id
+      out[#out + 1] = attempt
+      out[#out + 1] = h[2] or h[3] or ''
+    end
+  end
+end
+return out
+"""
+
+# KEYS: inflight. ARGV: ids.
+_ACK_LUA = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return #ARGV
+"""
+
+# KEYS: inflight, dead-letter list. ARGV: ids.
+_DEAD_LETTER_LUA = """
+for i = 1, #ARGV do
+  redis.call('LREM', KEYS[1], 1, ARGV[i])
+  redis.call('LPUSH', KEYS[2], ARGV[i])
+end
+return #ARGV
+"""
+
+# KEYS: inflight, queue. ARGV: ids (newest first), or none for all.
+# The in-flight list holds the newest on the left; pushing left-to-right onto the
+# queue's right end leaves the oldest at the very right: taken next, oldest first.
+HAND_BACK_LUA = """
+local inflight, queue = KEYS[1], KEYS[2]
+local moved = 0
+if #ARGV == 0 then
+  local items = redis.call('LRANGE', inflight, 0, -1)
+  for i = 1, #items, 1000 do
+    redis.call('RPUSH', queue, unpack(items, i, math.min(i + 999, #items)))
+  end
+  redis.call('DEL', inflight)
+  return #items
+end
+for i = 1, #ARGV do
+  if redis.call('LREM', inflight, 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', queue, ARGV[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+def _parse_taken(flat: list[Any]) -> tuple[Taken, ...]:
+    return tuple(
+        Taken(str(flat[i]), int(flat[i + 1]), str(flat[i + 2])) for i in range(0, len(flat), 3)
+    )
+
+
+class RedisQueueSource:
+    """Worker queues of one shim in Redis. ``client`` must decode strings."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        protocol: ProtocolSettings,
+        shim_id: str,
+        health: Health,
+    ) -> None:
+        self._client = client
+        self._protocol = protocol
+        self._layout = protocol.layout
+        self._shim_id = shim_id
+        self._health = health
+        self._task_prefix = self._layout.task("")
+        self._take = client.register_script(_TAKE_LUA)
+        self._redeliver = client.register_script(_REDELIVER_LUA)
+        self._ack = client.register_script(_ACK_LUA)
+        self._dead_letter = client.register_script(_DEAD_LETTER_LUA)
+        self._hand_back = client.register_script(HAND_BACK_LUA)
+        self._held: dict[str, Counter[str]] = {}  # ids handed to the drain loop, per queue
+        self._suspect: set[str] = set()  # queues where a move may have half-failed
+
+    def held_count(self) -> int:
+        return sum(c.total() for c in self._held.values())
+
+    def _keys(self, worker_id: str) -> tuple[str, str]:
+        return self._layout.queue(worker_id), self._layout.inflight(worker_id, self._shim_id)
+
+    def _hold(self, worker_id: str, items: Sequence[Taken]) -> None:
+        held = self._held.setdefault(worker_id, Counter())
+        for item in items:
+            held[item.task_id] += 1
+
+    def _release(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        held = self._held.get(worker_id)
+        if held is not None:
+            held.subtract(task_ids)
+            for task_id in task_ids:
+                if held[task_id] <= 0:
+                    del held[task_id]
+
+    async def take(self, worker_id: str, max_items: int, *, block_s: float) -> TakeResult:
+        if worker_id in self._suspect:
+            await self._hand_back_orphans(worker_id)
+        queue, inflight = self._keys(worker_id)
+        block_s = max(block_s, 0.01) if block_s > 0 else 0.0  # BLMOVE 0 blocks forever
+        keys = [queue, inflight, self._layout.paused()]
+        args: list[str | int] = [max_items, worker_id, self._task_prefix]
+        try:
+            flat = await self._health.call("take", lambda: self._take(keys=keys, args=args))
+            if not flat and block_s > 0:
+                first = await self._health.call(
+                    "blmove",
+                    # Redis takes fractional seconds; redis-py's annotation says int.
+                    lambda: self._client.blmove(queue, inflight, block_s, "RIGHT", "LEFT"),  # type: ignore[arg-type]
+                )
+                if first is None:
+                    return TakeResult()
+                args.append(str(first))
+                flat = await self._health.call("take", lambda: self._take(keys=keys, args=args))
+        except BaseException:
+            self._suspect.add(worker_id)  # cancelled or failed mid-move: look for orphans
+            raise
+        if flat and flat[0] == -1:
+            return TakeResult(paused=True)
+        items = _parse_taken(flat)
+        self._hold(worker_id, items)
+        return TakeResult(items)
+
+    async def _hand_back_orphans(self, worker_id: str) -> None:
+        _, inflight = self._keys(worker_id)
+        raw = await self._health.call("lrange", lambda: self._client.lrange(inflight, 0, -1))
+        present = [x.decode() if isinstance(x, bytes) else x for x in raw]
+        held = Counter(self._held.get(worker_id, Counter()))
+        orphans: list[str] = []
+        for task_id in present:
+            if held[task_id] > 0:
+                held[task_id] -= 1
+            else:
+                orphans.append(task_id)
+        if orphans:
+            await self.hand_back(worker_id, orphans)
+        self._suspect.discard(worker_id)
+
+    async def redeliver(self, worker_id: str, task_ids: Sequence[str]) -> tuple[Taken, ...]:
+        _, inflight = self._keys(worker_id)
+        args = [self._task_prefix, *task_ids]
+        flat = await self._health.call(
+            "redeliver", lambda: self._redeliver(keys=[inflight], args=args)
+        )
+        items = _parse_taken(flat)
+        kept = {t.task_id for t in items}
+        self._release(worker_id, [t for t in task_ids if t not in kept])
+        return items
+
+    async def ack(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        _, inflight = self._keys(worker_id)
+        ids = list(task_ids)
+        await self._health.call("ack", lambda: self._ack(keys=[inflight], args=ids))
+        self._release(worker_id, ids)
+
+    async def dead_letter(self, worker_id: str, task_ids: Sequence[str], reason: str) -> None:
+        if not task_ids:
+            return
+        _, inflight = self._keys(worker_id)
+        ids = list(task_ids)
+        # Reply first: a crash after it leaves an id whose task is final (skipped later).
+        await self._health.call(
+            "fail_tasks",
+            lambda: taskstore.fail_tasks_async(self._client, self._protocol, ids, reason),
+        )
+        dlq = self._layout.dead_letter(worker_id)
+        await self._health.call(
+            "dead_letter", lambda: self._dead_letter(keys=[inflight, dlq], args=ids)
+        )
+        self._release(worker_id, ids)
+
+    async def hand_back(self, worker_id: str, task_ids: Sequence[str] | None = None) -> int:
+        queue, inflight = self._keys(worker_id)
+        ids = list(task_ids) if task_ids is not None else []
+        if task_ids is not None and not ids:
+            return 0
+        moved = await self._health.call(
+            "hand_back", lambda: self._hand_back(keys=[inflight, queue], args=ids)
+        )
+        if task_ids is None:
+            self._held.pop(worker_id, None)
+        else:
+            self._release(worker_id, ids)
+        return int(moved)
+
+    async def is_paused(self, worker_id: str) -> bool:
+        paused = await self._health.call(
+            "sismember", lambda: self._client.sismember(self._layout.paused(), worker_id)
+        )
+        return bool(paused)

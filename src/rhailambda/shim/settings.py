@@ -1,0 +1,295 @@
+"""The shim's one frozen settings object, parsed once from flags and the environment.
+
+Every option has a flag and an environment variable; a flag wins over the
+variable. A bad value raises :class:`~rhailambda.errors.SettingError` naming the
+flag (when it was given) or the variable. Options are grouped into small frozen
+dataclasses; :class:`ShimSettings` holds one of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rhailambda.errors import SettingError
+from rhailambda.protocol import normalize_worker_id
+from rhailambda.settings import Env, ProtocolSettings, RedisSettings
+
+__all__ = [
+    "BatchSettings",
+    "FlowSettings",
+    "FunctionSettings",
+    "LocalBackendSettings",
+    "QueueSettings",
+    "RetrySettings",
+    "ShimSettings",
+    "add_arguments",
+    "from_args",
+]
+
+Backend = Literal["local", "lambda"]
+DEFAULT_HANDLER = "rhailambda.functions.handler.handler"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """Which queues this shim drains, and its lease on what it takes."""
+
+    worker_ids: tuple[str, ...]
+    shim_id: str
+    lease_s: float = 30.0
+    block_s: float = 5.0  # BLMOVE block on an empty queue
+    pause_poll_s: float = 1.0  # how often a paused queue is looked at again
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    batch_size: int = 10
+    window_ms: int = 0
+
+    @property
+    def window_s(self) -> float:
+        return self.window_ms / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSettings:
+    """Concurrency caps (in invocations) and the shutdown grace period."""
+
+    max_concurrency: int = 2
+    per_queue_concurrency: int = 2
+    shutdown_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    max_attempts: int = 3
+    max_task_age_s: float | None = None  # None: no limit (Lambda's -1)
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSettings:
+    backend: Backend = "local"
+    function_name: str = "rhailambda"
+    function_timeout_s: float = 30.0
+    timeout_margin_s: float = 5.0  # the invoker gives up this long after the budget
+
+
+@dataclass(frozen=True, slots=True)
+class LocalBackendSettings:
+    handler: str = DEFAULT_HANDLER
+    max_workers: int = 2
+    idle_timeout_s: float = 300.0
+    memory_limit_mb: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ShimSettings:
+    redis: RedisSettings
+    protocol: ProtocolSettings
+    queues: QueueSettings
+    batch: BatchSettings = BatchSettings()
+    flow: FlowSettings = FlowSettings()
+    retry: RetrySettings = RetrySettings()
+    function: FunctionSettings = FunctionSettings()
+    local: LocalBackendSettings = LocalBackendSettings()
+    log_level: str = "INFO"
+    #: Variables set for the function's environment (local workers), on top of the shim's.
+    function_env: Mapping[str, str] = field(default_factory=dict)
+
+
+# (flag, variable, help). The flag's dest is the variable lower-cased.
+_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--redis-url", "REDIS_URL", "Redis URL (redis://, rediss://, unix://)"),
+    ("--workers", "RHAILAMBDA_WORKERS", "worker ids to drain, comma separated"),
+    ("--backend", "RHAILAMBDA_BACKEND", "local | lambda (default local)"),
+    (
+        "--shim-id",
+        "RHAILAMBDA_SHIM_ID",
+        "this shim's id; a restart with the same id "
+        "recovers its in-flight tasks at once (default: host-pid-random)",
+    ),
+    ("--batch-size", "RHAILAMBDA_BATCH_SIZE", "tasks per invocation (default 10)"),
+    (
+        "--batch-window-ms",
+        "RHAILAMBDA_BATCH_WINDOW_MS",
+        "wait up to this long to fill a batch on a busy queue (default 0)",
+    ),
+    (
+        "--max-concurrency",
+        "RHAILAMBDA_MAX_CONCURRENCY",
+        "invocations at once, all queues (default: local workers)",
+    ),
+    (
+        "--per-queue-concurrency",
+        "RHAILAMBDA_PER_QUEUE_CONCURRENCY",
+        "invocations at once per queue (default: max concurrency)",
+    ),
+    ("--max-attempts", "RHAILAMBDA_MAX_ATTEMPTS", "deliveries before dead-lettering (default 3)"),
+    (
+        "--max-task-age-s",
+        "RHAILAMBDA_MAX_TASK_AGE_S",
+        "dead-letter tasks created longer ago than this (default: no limit)",
+    ),
+    ("--backoff-base-s", "RHAILAMBDA_BACKOFF_BASE_S", "retry backoff base (default 0.5)"),
+    ("--backoff-cap-s", "RHAILAMBDA_BACKOFF_CAP_S", "retry backoff cap (default 30)"),
+    (
+        "--function-timeout-s",
+        "RHAILAMBDA_FUNCTION_TIMEOUT_S",
+        "the function's time budget per invocation (default 30)",
+    ),
+    ("--function-name", "RHAILAMBDA_FUNCTION_NAME", "Lambda function name or ARN"),
+    ("--handler", "RHAILAMBDA_HANDLER", f"handler import path (default {DEFAULT_HANDLER})"),
+    ("--local-workers", "RHAILAMBDA_LOCAL_WORKERS", "local worker processes (default: CPUs)"),
+    (
+        "--idle-timeout-s",
+        "RHAILAMBDA_IDLE_TIMEOUT_S",
+        "retire local workers idle this long (default 300)",
+    ),
+    (
+        "--shutdown-timeout-s",
+        "RHAILAMBDA_SHUTDOWN_TIMEOUT_S",
+        "on SIGTERM, wait this long for in-flight invocations (default 30)",
+    ),
+    ("--lease-s", "RHAILAMBDA_LEASE_S", "shim lease; renewed every third of it (default 30)"),
+    ("--block-s", "RHAILAMBDA_BLOCK_S", "BLMOVE block on an empty queue (default 5)"),
+    ("--log-level", "RHAILAMBDA_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
+)
+_FLAG_OF = {var: flag for flag, var, _ in _OPTIONS}
+# Variables the function reads; the local backend hands them to its workers.
+_FUNCTION_VARS = (
+    "RHAILAMBDA_KEY_PREFIX",
+    "RHAILAMBDA_REPLY_KEY_TEMPLATE",
+    "RHAILAMBDA_INTERNAL_PREFIX",
+    "RHAILAMBDA_REPLY_TTL_S",
+    "RHAILAMBDA_PRESERVE_TASKS",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every shim option as a flag (values are parsed later, by :func:`from_args`)."""
+    for flag, var, help_text in _OPTIONS:
+        parser.add_argument(flag, dest=var.lower(), default=None, help=f"{help_text} [{var}]")
+
+
+class _Overlay(Mapping[str, str]):
+    """The environment with the given flags laid over it (flags win)."""
+
+    def __init__(self, args: argparse.Namespace, env: Env) -> None:
+        self._flags = {
+            var: str(getattr(args, var.lower()))
+            for _, var, _ in _OPTIONS
+            if getattr(args, var.lower(), None) is not None
+        }
+        self._env = env
+
+    def flag_given(self, var: str) -> bool:
+        return var in self._flags
+
+    def __getitem__(self, key: str) -> str:
+        if key in self._flags:
+            return self._flags[key]
+        value = self._env.optional_str(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._flags)
+
+    def __len__(self) -> int:
+        return len(self._flags)
+
+
+def _default_shim_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def from_args(args: argparse.Namespace, env: Env) -> ShimSettings:
+    """Build the settings; raises SettingError naming the flag or variable at fault."""
+    overlay = _Overlay(args, env)
+    try:
+        return _build(Env(overlay))
+    except SettingError as exc:
+        if overlay.flag_given(exc.name) and exc.name in _FLAG_OF:
+            message = str(exc).split(": ", 1)[-1]
+            raise SettingError(_FLAG_OF[exc.name], message) from None
+        raise
+
+
+def _positive(env: Env, name: str, default: float) -> float:
+    value = env.float(name, default)
+    if value <= 0:
+        raise SettingError(name, f"must be greater than 0, got {value:g}")
+    return value
+
+
+def _build(env: Env) -> ShimSettings:
+    workers = tuple(dict.fromkeys(normalize_worker_id(w) for w in env.list("RHAILAMBDA_WORKERS")))
+    if not workers:
+        raise SettingError("RHAILAMBDA_WORKERS", "give at least one worker id to drain")
+    backend = env.str("RHAILAMBDA_BACKEND", "local").strip().lower()
+    if backend not in ("local", "lambda"):
+        raise SettingError("RHAILAMBDA_BACKEND", f"expected local or lambda, got {backend!r}")
+    function_name = env.str("RHAILAMBDA_FUNCTION_NAME", "rhailambda")
+    if backend == "lambda" and not function_name:
+        raise SettingError("RHAILAMBDA_FUNCTION_NAME", "required with the lambda backend")
+    local_workers = env.int("RHAILAMBDA_LOCAL_WORKERS", os.cpu_count() or 2, minimum=1)
+    default_concurrency = local_workers if backend == "local" else 10
+    max_concurrency = env.int("RHAILAMBDA_MAX_CONCURRENCY", default_concurrency, minimum=1)
+    per_queue = env.int("RHAILAMBDA_PER_QUEUE_CONCURRENCY", max_concurrency, minimum=1)
+    max_age = env.float("RHAILAMBDA_MAX_TASK_AGE_S", 0.0, minimum=0.0)
+    base_s = _positive(env, "RHAILAMBDA_BACKOFF_BASE_S", 0.5)
+    cap_s = _positive(env, "RHAILAMBDA_BACKOFF_CAP_S", 30.0)
+    if cap_s < base_s:
+        raise SettingError("RHAILAMBDA_BACKOFF_CAP_S", f"must be at least the base {base_s:g}")
+    level = env.str("RHAILAMBDA_LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingError("RHAILAMBDA_LOG_LEVEL", f"unknown level {level!r}")
+    redis_settings = RedisSettings.from_env(env)
+    function_env = {v: env.str(v, "") for v in _FUNCTION_VARS if env.optional_str(v)}
+    function_env["REDIS_URL"] = redis_settings.url
+    return ShimSettings(
+        redis=redis_settings,
+        protocol=ProtocolSettings.from_env(env),
+        queues=QueueSettings(
+            worker_ids=workers,
+            shim_id=env.optional_str("RHAILAMBDA_SHIM_ID") or _default_shim_id(),
+            lease_s=_positive(env, "RHAILAMBDA_LEASE_S", 30.0),
+            block_s=_positive(env, "RHAILAMBDA_BLOCK_S", 5.0),
+        ),
+        batch=BatchSettings(
+            batch_size=env.int("RHAILAMBDA_BATCH_SIZE", 10, minimum=1),
+            window_ms=env.int("RHAILAMBDA_BATCH_WINDOW_MS", 0, minimum=0),
+        ),
+        flow=FlowSettings(
+            max_concurrency=max_concurrency,
+            per_queue_concurrency=per_queue,
+            shutdown_timeout_s=env.float("RHAILAMBDA_SHUTDOWN_TIMEOUT_S", 30.0, minimum=0.0),
+        ),
+        retry=RetrySettings(
+            max_attempts=env.int("RHAILAMBDA_MAX_ATTEMPTS", 3, minimum=1),
+            max_task_age_s=max_age or None,
+            backoff_base_s=base_s,
+            backoff_cap_s=cap_s,
+        ),
+        function=FunctionSettings(
+            backend="lambda" if backend == "lambda" else "local",
+            function_name=function_name,
+            function_timeout_s=_positive(env, "RHAILAMBDA_FUNCTION_TIMEOUT_S", 30.0),
+        ),
+        local=LocalBackendSettings(
+            handler=env.str("RHAILAMBDA_HANDLER", DEFAULT_HANDLER),
+            max_workers=local_workers,
+            idle_timeout_s=_positive(env, "RHAILAMBDA_IDLE_TIMEOUT_S", 300.0),
+        ),
+        log_level=level,
+        function_env=function_env,
+    )

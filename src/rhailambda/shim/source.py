@@ -1,0 +1,80 @@
+"""The seams between the drain loop and where task ids live (Redis, in production).
+
+:class:`QueueSource` is what the drain loop needs from a set of worker queues;
+:class:`LeaseStore` is what the lease keeper needs. Ids taken from a queue sit in
+an in-flight list owned by this shim until they are acknowledged, dead-lettered
+or handed back, so a crash never loses one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rhailambda.errors import RhailambdaError
+
+__all__ = ["LeaseStore", "QueueSource", "SourceUnavailableError", "TakeResult", "Taken"]
+
+
+class SourceUnavailableError(RhailambdaError):
+    """The queue store cannot be reached right now (the caller retries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """One delivery of a task id: ``attempt`` is the fencing token sent to the function."""
+
+    task_id: str
+    attempt: int
+    created_at: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeResult:
+    items: tuple[Taken, ...] = ()
+    paused: bool = False
+
+
+class QueueSource(Protocol):
+    async def take(self, worker_id: str, max_items: int, *, block_s: float) -> TakeResult:
+        """Move up to ``max_items`` ids (oldest first) into in-flight, counting an attempt.
+
+        With ``block_s`` > 0, wait that long for the first id on an empty queue.
+        Ids of tasks already final are dropped (acknowledged) without a delivery.
+        """
+        ...
+
+    async def redeliver(self, worker_id: str, task_ids: Sequence[str]) -> tuple[Taken, ...]:
+        """Count a new attempt for ids we still hold (for a retry); drops final ones."""
+        ...
+
+    async def ack(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        """Forget ids that are done (remove them from in-flight)."""
+        ...
+
+    async def dead_letter(self, worker_id: str, task_ids: Sequence[str], reason: str) -> None:
+        """Give each an error reply saying ``reason``, then move it to the dead-letter list."""
+        ...
+
+    async def hand_back(self, worker_id: str, task_ids: Sequence[str] | None = None) -> int:
+        """Return ids (all in-flight ones when None) to the queue's front (taken next)."""
+        ...
+
+    async def is_paused(self, worker_id: str) -> bool: ...
+
+
+class LeaseStore(Protocol):
+    async def heartbeat(self, info: Mapping[str, str], *, lease_s: float) -> bool:
+        """Renew this shim's lease and info; False when it had lapsed (we were reaped)."""
+        ...
+
+    async def recover_own(self, worker_ids: Sequence[str]) -> int:
+        """Hand back what a previous run with this shim id left in flight."""
+        ...
+
+    async def reap_expired(self, worker_ids: Sequence[str]) -> dict[str, int]:
+        """Hand back the in-flight ids of shims whose lease expired; shim id -> count."""
+        ...
+
+    async def deregister(self) -> None: ...
