@@ -1,0 +1,69 @@
+"""The circle extension: built once per cold start, one session per task.
+
+Wiring (in the function, once per cold start)::
+
+    from rhailambda.circle import CircleExtension
+    circle = CircleExtension.from_env(Env(os.environ))   # builds the store client
+    session = circle.open(ScriptContext(caller_id, context_id, worker_id, task_id))
+
+``rhailambda.circle:extension`` is the same factory in the
+``RHAILAMBDA_EXTENSIONS`` spelling (``factory(env) -> Extension``).
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from rhailambda.circle.dynamo_store import DynamoCircleStore, DynamoClient
+from rhailambda.circle.redis_store import RedisCircleStore
+from rhailambda.circle.session import CircleSession
+from rhailambda.circle.settings import CircleSettings, Limits
+from rhailambda.circle.store import CircleStore
+from rhailambda.functions.extension import ScriptContext
+from rhailambda.redis_conn import connect
+from rhailambda.settings import Env
+
+__all__ = ["CircleExtension", "build_store", "extension", "extension_from_env"]
+
+
+class CircleExtension:
+    """The extension giving scripts ``db::`` and ``circle::`` functions."""
+
+    name = "circle"
+
+    def __init__(self, store: CircleStore, limits: Limits | None = None) -> None:
+        self.store = store
+        self.limits = limits or Limits()
+
+    def open(self, ctx: ScriptContext) -> CircleSession:
+        return CircleSession(self.store, ctx, self.limits)
+
+    @classmethod
+    def from_settings(cls, settings: CircleSettings) -> CircleExtension:
+        return cls(build_store(settings), settings.limits)
+
+    @classmethod
+    def from_env(cls, env: Env) -> CircleExtension:
+        return cls.from_settings(CircleSettings.from_env(env))
+
+
+def build_store(settings: CircleSettings) -> CircleStore:
+    """The store client the settings ask for (no I/O until the first call)."""
+    if settings.backend == "dynamodb":
+        import boto3  # only deployments on DynamoDB need it
+
+        client = boto3.client(
+            "dynamodb", endpoint_url=settings.endpoint_url, region_name=settings.region
+        )
+        assert settings.table is not None  # CircleSettings checks it
+        return DynamoCircleStore(cast(DynamoClient, client), settings.table)
+    return RedisCircleStore(connect(settings.redis_url), settings.layout)
+
+
+def extension(env: Env) -> CircleExtension:
+    """``RHAILAMBDA_EXTENSIONS`` factory: the circle extension configured from ``env``."""
+    return CircleExtension.from_env(env)
+
+
+#: The name the function's bootstrap imports.
+extension_from_env = extension

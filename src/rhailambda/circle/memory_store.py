@@ -1,0 +1,110 @@
+"""An in-process circle store: for unit tests and for trying scripts without a server.
+
+Same contract as the Redis and DynamoDB stores (the shared store test suite runs
+against all three); one lock makes every commit atomic.
+"""
+
+from __future__ import annotations
+
+import bisect
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rhailambda.circle.errors import CommitTooLarge, StoreConflict
+from rhailambda.circle.store import (
+    ABSENT,
+    Expectations,
+    Members,
+    MemberWrite,
+    Page,
+    RecordWrite,
+    Stored,
+    commit_items,
+)
+
+__all__ = ["MemoryCircleStore"]
+
+
+@dataclass
+class _Circle:
+    records: dict[str, dict[str, Stored]] = field(default_factory=dict)
+    order: dict[str, list[str]] = field(default_factory=dict)  # sorted ids per collection
+    stamps: dict[str, str] = field(default_factory=dict)
+    members: set[str] = field(default_factory=set)
+    members_stamp: str = ABSENT
+
+
+class MemoryCircleStore:
+    """:class:`~rhailambda.circle.store.CircleStore` in a dict, guarded by one lock."""
+
+    def __init__(self, max_items_per_commit: int | None = None) -> None:
+        self.max_items_per_commit = max_items_per_commit
+        self._circles: dict[str, _Circle] = {}
+        self._lock = threading.Lock()
+        self.commits = 0  # successful commits, for tests
+
+    def _circle(self, context: str) -> _Circle:
+        return self._circles.setdefault(context, _Circle())
+
+    def read(self, context: str, collection: str, ids: Sequence[str]) -> dict[str, Stored]:
+        with self._lock:
+            records = self._circle(context).records.get(collection, {})
+            return {i: records[i] for i in ids if i in records}
+
+    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+        with self._lock:
+            circle = self._circle(context)
+            ids = circle.order.get(collection, [])[offset : offset + max(limit, 0)]
+            records = circle.records.get(collection, {})
+            return Page(
+                records=tuple(records[i] for i in ids),
+                stamp=circle.stamps.get(collection, ABSENT),
+            )
+
+    def members(self, context: str) -> Members:
+        with self._lock:
+            circle = self._circle(context)
+            return Members(ids=frozenset(circle.members), stamp=circle.members_stamp)
+
+    def commit(
+        self,
+        context: str,
+        writes: Sequence[RecordWrite],
+        member_writes: Sequence[MemberWrite],
+        expected: Expectations,
+    ) -> None:
+        if not writes and not member_writes:
+            return
+        needed = commit_items(writes, member_writes, expected)
+        if self.max_items_per_commit is not None and needed > self.max_items_per_commit:
+            raise CommitTooLarge(needed, self.max_items_per_commit, "items")
+        with self._lock:
+            circle = self._circle(context)
+            for collection, stamp in expected.collections.items():
+                if circle.stamps.get(collection, ABSENT) != stamp:
+                    raise StoreConflict(f"collection {collection}")
+            for (collection, id_), version in expected.records.items():
+                current = circle.records.get(collection, {}).get(id_)
+                if (current.version if current else ABSENT) != version:
+                    raise StoreConflict(f"record {collection}/{id_}")
+            if expected.members is not None and circle.members_stamp != expected.members:
+                raise StoreConflict("the member set")
+            token = secrets.token_hex(8)
+            for w in writes:
+                records = circle.records.setdefault(w.collection, {})
+                order = circle.order.setdefault(w.collection, [])
+                if w.data is None:
+                    if records.pop(w.id, None) is not None:
+                        order.remove(w.id)
+                else:
+                    if w.id not in records:
+                        bisect.insort(order, w.id)
+                    records[w.id] = Stored(id=w.id, data=w.data, version=token)
+                circle.stamps[w.collection] = token
+            for m in member_writes:
+                (circle.members.add if m.present else circle.members.discard)(m.member_id)
+            if member_writes:
+                circle.members_stamp = token
+            self.commits += 1

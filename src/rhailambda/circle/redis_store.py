@@ -1,0 +1,157 @@
+"""The circle store on Redis (the embedded default).
+
+Keys of circle ``C`` (``E`` = :func:`~rhailambda.circle.names.encode_context` of C),
+all built by :meth:`KeyLayout.circle`, all sharing the hash tag ``{E}`` so one
+commit touches one Redis Cluster slot::
+
+    rhailambda:circle:{E}:rec:<collection>   hash   id -> "<version>|<json>"
+    rhailambda:circle:{E}:idx:<collection>   zset   id (score 0: ordered by id)
+    rhailambda:circle:{E}:stamps             hash   "col:<collection>" / "members" -> token
+    rhailambda:circle:{E}:members            set    member ids
+
+Reads of one page are one Lua call (stamp, ids and records seen together);
+a commit is one Lua call that checks every expectation, then writes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, cast
+
+import redis
+
+from rhailambda.circle.errors import StoreConflict, StoreError
+from rhailambda.circle.names import encode_context
+from rhailambda.circle.store import (
+    ABSENT,
+    Expectations,
+    Members,
+    MemberWrite,
+    Page,
+    RecordWrite,
+    Stored,
+)
+from rhailambda.protocol import KeyLayout
+
+__all__ = ["RedisCircleStore"]
+
+_CHUNK = 1000
+
+
+def _lua(name: str) -> str:
+    return resources.files("rhailambda.circle").joinpath(name).read_text(encoding="utf-8")
+
+
+def _split(id_: str, value: str) -> Stored:
+    version, _, data = value.partition("|")
+    return Stored(id=id_, data=data, version=version)
+
+
+class RedisCircleStore:
+    """:class:`~rhailambda.circle.store.CircleStore` on one Redis (or Cluster) client.
+
+    ``client`` must decode responses (``decode_responses=True``), as
+    :func:`rhailambda.redis_conn.connect` builds it.
+    """
+
+    max_items_per_commit: int | None = None
+
+    def __init__(self, client: redis.Redis, layout: KeyLayout | None = None) -> None:
+        self._client = client
+        self._layout = layout or KeyLayout()
+        self._commit = client.register_script(_lua("commit.lua"))
+        self._scan = client.register_script(_lua("scan.lua"))
+
+    # --- keys ----------------------------------------------------------------
+    def _key(self, context: str, *parts: str) -> str:
+        return self._layout.circle(encode_context(context), *parts)
+
+    def _records_key(self, context: str, collection: str) -> str:
+        return self._key(context, "rec", collection)
+
+    def _index_key(self, context: str, collection: str) -> str:
+        return self._key(context, "idx", collection)
+
+    # --- reads ---------------------------------------------------------------
+    def read(self, context: str, collection: str, ids: Sequence[str]) -> dict[str, Stored]:
+        key = self._records_key(context, collection)
+        found: dict[str, Stored] = {}
+        unique = list(dict.fromkeys(ids))
+        try:
+            for first in range(0, len(unique), _CHUNK):
+                chunk = unique[first : first + _CHUNK]
+                values = cast(list[str | None], self._client.hmget(key, chunk))
+                for id_, value in zip(chunk, values, strict=True):
+                    if value is not None:
+                        found[id_] = _split(id_, value)
+        except redis.RedisError as exc:
+            raise StoreError(f"circle store (redis) read failed: {exc}") from exc
+        return found
+
+    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+        keys = [
+            self._key(context, "stamps"),
+            self._records_key(context, collection),
+            self._index_key(context, collection),
+        ]
+        try:
+            reply = cast(
+                list[Any], self._scan(keys=keys, args=[f"col:{collection}", offset, limit])
+            )
+        except redis.RedisError as exc:
+            raise StoreError(f"circle store (redis) scan failed: {exc}") from exc
+        stamp, ids, values = str(reply[0]), reply[1], reply[2]
+        records = tuple(_split(id_, value) for id_, value in zip(ids, values, strict=True) if value)
+        return Page(records=records, stamp=stamp)
+
+    def members(self, context: str) -> Members:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hget(self._key(context, "stamps"), "members")
+        pipe.smembers(self._key(context, "members"))
+        try:
+            stamp, ids = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"circle store (redis) members read failed: {exc}") from exc
+        return Members(ids=frozenset(ids), stamp=stamp or ABSENT)
+
+    # --- commit --------------------------------------------------------------
+    def commit(
+        self,
+        context: str,
+        writes: Sequence[RecordWrite],
+        member_writes: Sequence[MemberWrite],
+        expected: Expectations,
+    ) -> None:
+        colls: list[str] = []
+        slot: dict[str, int] = {}
+
+        def index(collection: str) -> int:
+            if collection not in slot:
+                colls.append(collection)
+                slot[collection] = len(colls)  # 1-based, as Lua counts
+            return slot[collection]
+
+        plan = {
+            "token": secrets.token_hex(8),
+            "stamps": [[index(c), stamp] for c, stamp in expected.collections.items()],
+            "records": [[index(c), id_, v] for (c, id_), v in expected.records.items()],
+            "check_members": expected.members is not None,
+            "members_stamp": expected.members or ABSENT,
+            "writes": [[index(w.collection), w.id, w.data or ""] for w in writes],
+            "member_writes": [[m.member_id, 1 if m.present else 0] for m in member_writes],
+            "colls": colls,
+        }
+        keys = [self._key(context, "stamps"), self._key(context, "members")]
+        for collection in colls:
+            keys += [self._records_key(context, collection), self._index_key(context, collection)]
+        try:
+            reply = cast(
+                list[str], self._commit(keys=keys, args=[json.dumps(plan, ensure_ascii=False)])
+            )
+        except redis.RedisError as exc:
+            raise StoreError(f"circle store (redis) commit failed: {exc}") from exc
+        if reply[0] != "ok":
+            raise StoreConflict(reply[1])

@@ -1,0 +1,95 @@
+"""The circle store's settings, read once per cold start from the environment.
+
+=================================  ==========================================
+``RHAILAMBDA_CIRCLE_BACKEND``      ``redis`` (default) or ``dynamodb``
+``RHAILAMBDA_CIRCLE_REDIS_URL``    Redis of the circle data (default: ``REDIS_URL``)
+``RHAILAMBDA_CIRCLE_TABLE``        DynamoDB table (required for ``dynamodb``)
+``AWS_ENDPOINT_URL``               DynamoDB endpoint (LocalStack, moto), optional
+``AWS_REGION``                     region (else ``AWS_DEFAULT_REGION``, else boto3's)
+``RHAILAMBDA_CIRCLE_MAX_LIST``     most records one ``db::list`` returns (1000)
+``RHAILAMBDA_CIRCLE_MAX_SCAN``     most records ``db::find`` searches (10000)
+``RHAILAMBDA_CIRCLE_MAX_RECORD_BYTES``  largest record, as JSON (65536)
+``RHAILAMBDA_CIRCLE_MAX_WRITES``   most records + members one script changes (1000;
+                                   DynamoDB caps a commit at 100 items anyway)
+=================================  ==========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rhailambda.errors import SettingError
+from rhailambda.protocol import KeyLayout
+from rhailambda.settings import DEFAULT_REDIS_URL, Env, ProtocolSettings, redact_url
+
+__all__ = ["Backend", "CircleSettings", "Limits"]
+
+Backend = Literal["redis", "dynamodb"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one script may ask of the store."""
+
+    max_list: int = 1000
+    max_scan: int = 10_000
+    max_record_bytes: int = 65_536
+    max_writes: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Env) -> Limits:
+        return cls(
+            max_list=env.int("RHAILAMBDA_CIRCLE_MAX_LIST", 1000, minimum=1),
+            max_scan=env.int("RHAILAMBDA_CIRCLE_MAX_SCAN", 10_000, minimum=1),
+            max_record_bytes=env.int("RHAILAMBDA_CIRCLE_MAX_RECORD_BYTES", 65_536, minimum=64),
+            max_writes=env.int("RHAILAMBDA_CIRCLE_MAX_WRITES", 1000, minimum=1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CircleSettings:
+    """Which backend holds circle data, how to reach it, and the limits."""
+
+    backend: Backend = "redis"
+    redis_url: str = DEFAULT_REDIS_URL
+    table: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    layout: KeyLayout = field(default_factory=KeyLayout)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("redis", "dynamodb"):
+            raise SettingError(
+                "RHAILAMBDA_CIRCLE_BACKEND", f"expected redis or dynamodb, got {self.backend!r}"
+            )
+        if self.backend == "dynamodb" and not self.table:
+            raise SettingError("RHAILAMBDA_CIRCLE_TABLE", "required when the backend is dynamodb")
+
+    def __repr__(self) -> str:
+        return (
+            f"CircleSettings(backend={self.backend!r}, redis_url={redact_url(self.redis_url)!r}, "
+            f"table={self.table!r}, endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
+            f"limits={self.limits!r})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Env) -> CircleSettings:
+        backend = env.str("RHAILAMBDA_CIRCLE_BACKEND", "redis").strip().lower() or "redis"
+        if backend not in ("redis", "dynamodb"):
+            raise SettingError(
+                "RHAILAMBDA_CIRCLE_BACKEND", f"expected redis or dynamodb, got {backend!r}"
+            )
+        redis_url = env.optional_str("RHAILAMBDA_CIRCLE_REDIS_URL") or env.str(
+            "REDIS_URL", DEFAULT_REDIS_URL
+        )
+        return cls(
+            backend="dynamodb" if backend == "dynamodb" else "redis",
+            redis_url=redis_url,
+            table=env.optional_str("RHAILAMBDA_CIRCLE_TABLE"),
+            endpoint_url=env.optional_str("AWS_ENDPOINT_URL"),
+            region=env.optional_str("AWS_REGION") or env.optional_str("AWS_DEFAULT_REGION"),
+            layout=ProtocolSettings.from_env(env).layout,
+            limits=Limits.from_env(env),
+        )

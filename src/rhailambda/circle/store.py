@@ -1,0 +1,198 @@
+"""The one narrow interface between circle sessions and storage.
+
+A :class:`CircleStore` holds, per circle (context id):
+
+- records: JSON maps in named collections, each with an opaque *version* token;
+- a *stamp* per collection, changed by every commit that writes to it (so a
+  script that listed or searched a collection notices any later change to it);
+- the member set, with its own stamp.
+
+Reads are plain. :meth:`CircleStore.commit` applies staged writes atomically, and
+only if every expectation still holds (optimistic concurrency); otherwise it
+raises :class:`~rhailambda.circle.errors.StoreConflict` and changes nothing.
+Every commit writes a fresh random version token, so a record deleted and
+created again never looks unchanged to a reader (no ABA).
+
+Two backends implement it: :mod:`rhailambda.circle.redis_store` and
+:mod:`rhailambda.circle.dynamo_store`. Context ids reach a store already
+validated; it encodes them itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from rhailambda.circle.errors import InvalidArgument
+
+__all__ = [
+    "ABSENT",
+    "CircleStore",
+    "Expectations",
+    "MemberWrite",
+    "Members",
+    "Page",
+    "RecordWrite",
+    "Stored",
+    "commit_items",
+    "decode_record",
+    "encode_record",
+]
+
+#: The version of a record that does not exist, and the stamp of a collection
+#: (or member set) that was never written.
+ABSENT: Final = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A record as stored: its id, its JSON text and its version token."""
+
+    id: str
+    data: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Records of one collection in id order, and the collection's stamp when read."""
+
+    records: tuple[Stored, ...]
+    stamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A circle's members (the owner is implicit, never listed) and the set's stamp."""
+
+    ids: frozenset[str]
+    stamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """Create or replace (``data`` is JSON text) or delete (``data`` is None) one record."""
+
+    collection: str
+    id: str
+    data: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberWrite:
+    """Add (``present``) or remove one member."""
+
+    member_id: str
+    present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Expectations:
+    """What must still hold at commit time.
+
+    ``records``: (collection, id) -> version read (:data:`ABSENT`: did not exist);
+    ``collections``: collection -> stamp seen by a list or find;
+    ``members``: the member set's stamp, when authorization relied on membership.
+    """
+
+    records: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    collections: Mapping[str, str] = field(default_factory=dict)
+    members: str | None = None
+
+
+class CircleStore(Protocol):
+    """Storage of circle data. Implementations are thread-safe and built once."""
+
+    #: Most items one commit may touch (writes plus checks), or None for no limit.
+    max_items_per_commit: int | None
+
+    def read(self, context: str, collection: str, ids: Sequence[str]) -> dict[str, Stored]:
+        """The stored records among ``ids`` (absent ids are left out)."""
+        ...
+
+    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+        """Up to ``limit`` records from position ``offset`` in id order, and the stamp."""
+        ...
+
+    def members(self, context: str) -> Members:
+        """The circle's member ids and the member set's stamp."""
+        ...
+
+    def commit(
+        self,
+        context: str,
+        writes: Sequence[RecordWrite],
+        member_writes: Sequence[MemberWrite],
+        expected: Expectations,
+    ) -> None:
+        """Apply all writes atomically if ``expected`` holds, else raise StoreConflict.
+
+        Raises CommitTooLarge (before touching anything) when the commit needs
+        more than :attr:`max_items_per_commit` items.
+        """
+        ...
+
+
+def commit_items(
+    writes: Sequence[RecordWrite], member_writes: Sequence[MemberWrite], expected: Expectations
+) -> int:
+    """How many items a commit touches: each write, each record only read, each
+    collection written or listed, and the member set's stamp when it is set or checked."""
+    written = {(w.collection, w.id) for w in writes}
+    collections = {w.collection for w in writes} | set(expected.collections)
+    return (
+        len(writes)
+        + sum(1 for key in expected.records if key not in written)
+        + len(collections)
+        + len(member_writes)
+        + (1 if member_writes or expected.members is not None else 0)
+    )
+
+
+def encode_record(record: object, max_bytes: int) -> str:
+    """The JSON text stored for a record a script passed (a map of plain values)."""
+    if not isinstance(record, dict):
+        raise InvalidArgument(f"a record must be a map, got {type(record).__name__}")
+    _check_value(record, depth=0)
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise InvalidArgument("a record may not hold NaN or infinite numbers") from None
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidArgument(f"record too large: {size} bytes as JSON, at most {max_bytes}")
+    return text
+
+
+def decode_record(text: str) -> dict[str, Any]:
+    """A fresh map for the script (it may change it without touching staged state)."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("stored record is not a JSON object")
+    return value
+
+
+_MAX_DEPTH: Final = 32
+
+
+def _check_value(value: object, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise InvalidArgument(f"record nested deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgument(f"record keys must be strings, got {key!r}")
+            _check_value(item, depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_value(item, depth + 1)
+        return
+    raise InvalidArgument(
+        f"a record may hold maps, arrays, strings, numbers, booleans and (); "
+        f"not {type(value).__name__}"
+    )
