@@ -1,0 +1,114 @@
+"""A local worker process: one warm "Lambda environment" for the local backend.
+
+Run as ``python -m rhailambda.shim.local_worker <handler path>``. It imports the
+handler once (the cold start), answers ``{"ready": true}``, then loops: read a
+request frame, call ``handler(event, context)``, write the response frame.
+Frames are a 4-byte big-endian length and a JSON body, on stdin / stdout; the
+handler's own prints go to stderr so they cannot corrupt a frame. EOF on stdin
+means "retire": the process exits 0.
+
+Request ``{"event": {...}, "requestId": "...", "deadlineMs": <epoch ms>}``;
+response ``{"ok": true, "result": ...}`` or
+``{"ok": false, "errorType": "...", "errorMessage": "..."}`` (Lambda's FunctionError).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import IO, Any
+
+__all__ = ["LocalContext", "encode_frame", "load_handler", "main", "read_frame"]
+
+_HEADER = struct.Struct(">I")
+Handler = Callable[[Any, Any], Any]
+
+
+def encode_frame(payload: Any) -> bytes:
+    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+    return _HEADER.pack(len(body)) + body
+
+
+def read_frame(stream: IO[bytes]) -> Any | None:
+    """The next frame's JSON, or None at EOF."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return json.loads(body)
+
+
+class LocalContext:
+    """The parts of Lambda's context object a handler uses."""
+
+    def __init__(self, *, function_name: str, request_id: str, memory_mb: int, deadline_ms: int):
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.aws_request_id = request_id
+        self.memory_limit_in_mb = memory_mb
+        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = f"local/{os.getpid()}"
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+
+def load_handler(path: str) -> Handler:
+    """``pkg.module.func`` or ``pkg.module:func``."""
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    if not module_name:
+        raise ValueError(f"handler path must be module.function, got {path!r}")
+    handler = getattr(importlib.import_module(module_name), attr)
+    if not callable(handler):
+        raise TypeError(f"{path} is not callable")
+    return handler  # type: ignore[no-any-return]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print("usage: python -m rhailambda.shim.local_worker <handler path> [function name]",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    function_name = argv[2] if len(argv) > 2 else "rhailambda"
+    memory_mb = int(argv[3]) if len(argv) > 3 else 1024
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # the handler's prints go to stderr
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    try:
+        handler = load_handler(argv[1])
+    except BaseException as exc:
+        out.write(encode_frame({"ready": False, "error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    out.write(encode_frame({"ready": True, "pid": os.getpid()}))
+    while (request := read_frame(inp)) is not None:
+        context = LocalContext(
+            function_name=function_name,
+            request_id=str(request.get("requestId", "")),
+            memory_mb=memory_mb,
+            deadline_ms=int(request["deadlineMs"]),
+        )
+        try:
+            response = {"ok": True, "result": handler(request["event"], context)}
+            frame = encode_frame(response)
+        except Exception as exc:
+            traceback.print_exc()
+            frame = encode_frame(
+                {"ok": False, "errorType": type(exc).__name__, "errorMessage": str(exc)}
+            )
+        out.write(frame)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,142 @@
+"""The local backend: the handler in local worker processes, like warm Lambda environments."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+import pytest
+import redis
+
+from rhailambda.errors import InvocationError
+from rhailambda.event import InvocationEvent, TaskRef
+from rhailambda.protocol import ATTEMPT, KeyLayout
+from rhailambda.settings import ProtocolSettings, RedisSettings
+from rhailambda.shim.app import serve
+from rhailambda.shim.local_backend import LocalInvoker
+from rhailambda.shim.settings import FlowSettings, QueueSettings, RetrySettings, ShimSettings
+from rhailambda.shim.testing import seed_tasks, wait_until
+
+BEHAVE = "rhailambda.shim.testing.behaviour_handler"
+ECHO = "rhailambda.shim.testing.echo_handler"
+L = KeyLayout()
+
+
+def event(*task_ids: str, attempt: int = 1) -> InvocationEvent:
+    return InvocationEvent("w1", tuple(TaskRef(t, attempt) for t in task_ids))
+
+
+def invoker(handler: str = BEHAVE, **kw: object) -> LocalInvoker:
+    options: dict[str, object] = {"max_workers": 2, "idle_timeout_s": 60.0, "timeout_margin_s": 0.3}
+    options.update(kw)
+    return LocalInvoker(handler=handler, function_name="fn-test", **options)  # type: ignore[arg-type]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_runs_the_handler_with_a_lambda_like_context() -> None:
+    async def scenario() -> None:
+        inv = invoker(ECHO)
+        try:
+            response = await inv.invoke(event("a", "b"), timeout_s=5)
+            assert response.outcomes == {"a": "completed", "b": "completed"}
+            assert response.failed_ids == frozenset()
+        finally:
+            await inv.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_failed_items_handler_errors_and_crashes() -> None:
+    async def scenario() -> None:
+        inv = invoker()
+        try:
+            response = await inv.invoke(event("ok", "fail-1"), timeout_s=5)
+            assert response.failed_ids == {"fail-1"}
+            with pytest.raises(InvocationError, match="RuntimeError: boom on raise-1") as err:
+                await inv.invoke(event("raise-1"), timeout_s=5)
+            assert err.value.retryable
+            with pytest.raises(InvocationError, match="exited with code 3"):
+                await inv.invoke(event("crash-1"), timeout_s=5)
+            # The crashed worker is replaced on demand.
+            assert (await inv.invoke(event("ok2"), timeout_s=5)).outcomes == {"ok2": "completed"}
+        finally:
+            await inv.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_timeout_kills_the_worker() -> None:
+    async def scenario() -> None:
+        inv = invoker(max_workers=1)
+        try:
+            await inv.invoke(event("warm"), timeout_s=5)
+            (pid,) = inv.worker_pids()
+            with pytest.raises(InvocationError, match="timed out after 0.5 s"):
+                await inv.invoke(event("sleep-1"), timeout_s=0.5)
+            await wait_until(lambda: not alive(pid), timeout_s=5, what="the worker to die")
+            assert (await inv.invoke(event("ok"), timeout_s=5)).outcomes == {"ok": "completed"}
+            assert inv.worker_pids() != [pid]
+        finally:
+            await inv.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_scales_up_to_max_then_retires_idle_workers() -> None:
+    async def scenario() -> None:
+        inv = invoker(ECHO, max_workers=2, idle_timeout_s=0.3)
+        try:
+            await asyncio.gather(*(inv.invoke(event(f"t{i}"), timeout_s=5) for i in range(6)))
+            assert inv.spawned == 2
+            assert inv.worker_count == 2
+            pids = inv.worker_pids()
+            await wait_until(lambda: inv.worker_count == 0, timeout_s=5, what="idle retirement")
+            await wait_until(lambda: not any(map(alive, pids)), timeout_s=5)
+            await inv.invoke(event("again"), timeout_s=5)  # scales from zero again
+            assert inv.spawned == 3
+        finally:
+            await inv.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_crashed_worker_means_a_retry(redis_client: redis.Redis, redis_url: str) -> None:
+    seed_tasks(redis_client, L, "w1", ["crash-once-1", "ok-1"])
+    settings = ShimSettings(
+        redis=RedisSettings(redis_url),
+        protocol=ProtocolSettings(),
+        queues=QueueSettings(worker_ids=("w1",), shim_id="s1", block_s=0.5),
+        flow=FlowSettings(max_concurrency=1, per_queue_concurrency=1, shutdown_timeout_s=5),
+        retry=RetrySettings(max_attempts=3, backoff_base_s=0.01, backoff_cap_s=0.05),
+    )
+    settings = dataclasses.replace(settings, function=dataclasses.replace(settings.function,
+                                   function_timeout_s=5))  # fmt: skip
+
+    async def scenario() -> None:
+        inv = invoker(max_workers=1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, inv, stop=stop))
+        try:
+            await wait_until(
+                lambda: (
+                    redis_client.hget(L.task("crash-once-1"), ATTEMPT) == "2"
+                    and redis_client.llen(L.inflight("w1", "s1")) == 0
+                    and redis_client.llen(L.queue("w1")) == 0
+                ),
+                timeout_s=20,
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+            await inv.aclose()
+        assert inv.spawned == 2  # the crashed environment was replaced
+
+    asyncio.run(scenario())
