@@ -1,0 +1,283 @@
+"""The circle store contract, run against every backend: memory, Redis, DynamoDB (moto).
+
+Scripts reach the store through sessions, so most tests drive a
+:class:`CircleSession` the way the function does: open, call the ``db::`` and
+``circle::`` functions as Python functions, then commit (or discard).
+Set ``AWS_ENDPOINT_URL`` to run the DynamoDB cases against LocalStack instead of
+an in-process moto server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rhailambda.circle import (
+    CircleSession,
+    CircleStore,
+    CommitTooLarge,
+    InsufficientAuthorization,
+    Limits,
+    StoreConflict,
+)
+from rhailambda.circle.dynamo_store import DynamoCircleStore
+from rhailambda.circle.memory_store import MemoryCircleStore
+from rhailambda.circle.redis_store import RedisCircleStore
+from rhailambda.circle.store import Expectations, RecordWrite
+from rhailambda.circle.testing import create_table, dynamodb_client, start_moto
+from rhailambda.functions.extension import ScriptContext
+from rhailambda.redis_conn import connect
+
+TRICKY_CONTEXTS = ["alice", "alice}", "{alice}", "alice:rec:todo", "alice%3A", "alice:", "é {x}#"]
+
+
+@pytest.fixture(scope="session")
+def dynamo_endpoint() -> Iterator[str]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        yield endpoint
+        return
+    with start_moto() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis", "dynamodb"])
+def store(request: pytest.FixtureRequest) -> Iterator[CircleStore]:
+    if request.param == "memory":
+        yield MemoryCircleStore()
+    elif request.param == "redis":
+        client = connect(request.getfixturevalue("redis_url"))
+        yield RedisCircleStore(client)
+        client.close()
+    else:
+        client = dynamodb_client(request.getfixturevalue("dynamo_endpoint"))
+        table = f"circle-{uuid.uuid4().hex[:12]}"
+        create_table(client, table)
+        yield DynamoCircleStore(client, table)
+
+
+def session(store: CircleStore, caller: str, context: str | None = None) -> CircleSession:
+    ctx = ScriptContext(caller, context if context is not None else caller, "w1", "t1")
+    return CircleSession(store, ctx, Limits())
+
+
+def committed(store: CircleStore, caller: str, script: Any, context: str | None = None) -> Any:
+    """Run ``script(session)`` and commit, as the function does after success."""
+    s = session(store, caller, context)
+    result = script(s)
+    s.commit()
+    return result
+
+
+# --- records -----------------------------------------------------------------
+def test_save_get_delete_round_trip_keeps_values(store: CircleStore) -> None:
+    record = {"n": 1, "x": 1.5, "ok": True, "s": "héllo ✓", "none": None, "l": [1, {"a": []}]}
+    committed(store, "alice", lambda s: s.save("things", "k:{1}", record))
+    assert session(store, "alice").get("things", "k:{1}") == record
+    assert session(store, "alice").get("things", "other") is None
+    assert committed(store, "alice", lambda s: s.delete("things", "k:{1}")) is True
+    assert committed(store, "alice", lambda s: s.delete("things", "k:{1}")) is False
+    assert session(store, "alice").get("things", "k:{1}") is None
+
+
+def test_list_is_ordered_by_id_and_pages(store: CircleStore) -> None:
+    ids = ["b", "a", "c:1", "A", "é", "c", "0"]
+
+    def fill(s: CircleSession) -> None:
+        for i in ids:
+            s.save("todo", i, {"id": i})
+
+    committed(store, "alice", fill)
+    s = session(store, "alice")
+    assert [r["id"] for r in s.list_records("todo")] == sorted(ids)
+    assert [r["id"] for r in s.list_records("todo", 2, 3)] == sorted(ids)[2:5]
+    assert s.list_records("todo", 10, 5) == []
+    assert s.list_records("empty") == []
+
+
+def test_reads_see_the_scripts_own_staged_writes(store: CircleStore) -> None:
+    committed(store, "alice", lambda s: [s.save("todo", i, {"id": i}) for i in "abcde"])
+    s = session(store, "alice")
+    s.save("todo", "bb", {"id": "bb"})
+    s.delete("todo", "a")
+    s.save("todo", "c", {"id": "c", "done": True})
+    assert s.get("todo", "bb") == {"id": "bb"}
+    assert s.get("todo", "a") is None
+    assert [r["id"] for r in s.list_records("todo")] == ["b", "bb", "c", "d", "e"]
+    assert [r["id"] for r in s.list_records("todo", 1, 2)] == ["bb", "c"]
+    assert s.find("todo", "done", True) == [{"id": "c", "done": True}]
+    s.discard()
+    assert [r["id"] for r in session(store, "alice").list_records("todo")] == list("abcde")
+
+
+def test_find_matches_by_exact_value_and_type(store: CircleStore) -> None:
+    rows = {"1": {"n": 1}, "2": {"n": 1.0}, "3": {"n": True}, "4": {"n": "1"}, "5": {"m": 1}}
+    committed(store, "alice", lambda s: [s.save("c", k, v) for k, v in rows.items()])
+    s = session(store, "alice")
+    assert s.find("c", "n", 1) == [{"n": 1}]
+    assert s.find("c", "n", "1") == [{"n": "1"}]
+    assert s.find("c", "n", True) == [{"n": True}]
+    assert s.find("c", "missing", 1) == []
+
+
+# --- isolation ---------------------------------------------------------------
+def test_circles_never_see_each_others_data(store: CircleStore) -> None:
+    for context in TRICKY_CONTEXTS:
+        committed(store, context, lambda s, c=context: s.save("todo", "x", {"owner": c}))
+        committed(store, context, lambda s, c=context: s.add_member(f"m-{c}"))
+    for context in TRICKY_CONTEXTS:
+        s = session(store, context)
+        assert s.list_records("todo") == [{"owner": context}]
+        assert s.get("todo", "x") == {"owner": context}
+        assert s.members() == [f"m-{context}"]
+
+
+def test_redis_keys_stay_under_the_circles_hash_tag(redis_url: str) -> None:
+    client = connect(redis_url)
+    store = RedisCircleStore(client)
+    for context in TRICKY_CONTEXTS:
+        committed(store, context, lambda s: s.save("todo", "a}:{b", {"v": 1}))
+    keys = client.keys("*")  # a test may look at everything
+    tags = {k[k.index("{") + 1 : k.index("}")] for k in keys}
+    assert len(tags) == len(TRICKY_CONTEXTS)
+    for key in keys:
+        assert key.count("{") == 1 and key.count("}") == 1, key
+
+
+# --- authorization -----------------------------------------------------------
+def test_owner_and_members_read_and_write_strangers_get_nothing(store: CircleStore) -> None:
+    committed(store, "alice", lambda s: s.add_member("bob"))
+    committed(store, "bob", lambda s: s.save("todo", "1", {"by": "bob"}), context="alice")
+    assert session(store, "alice").get("todo", "1") == {"by": "bob"}
+    assert session(store, "bob", "alice").members() == ["bob"]
+
+    stranger = session(store, "eve", "alice")
+    for call in (
+        lambda: stranger.get("todo", "1"),
+        lambda: stranger.save("todo", "1", {"by": "eve"}),
+        lambda: stranger.delete("todo", "1"),
+        lambda: stranger.list_records("todo"),
+        lambda: stranger.find("todo", "by", "bob"),
+        lambda: stranger.members(),
+        lambda: stranger.add_member("eve"),
+    ):
+        with pytest.raises(InsufficientAuthorization, match="Insufficient authorization"):
+            call()
+    stranger.commit()
+    assert session(store, "alice").get("todo", "1") == {"by": "bob"}
+
+    member = session(store, "bob", "alice")
+    with pytest.raises(PermissionError, match="Insufficient authorization"):
+        member.add_member("eve")
+    with pytest.raises(PermissionError, match="Insufficient authorization"):
+        member.remove_member("bob")
+
+
+def test_removed_member_loses_access(store: CircleStore) -> None:
+    committed(store, "alice", lambda s: s.add_member("bob"))
+    assert committed(store, "alice", lambda s: s.remove_member("bob")) is True
+    assert committed(store, "alice", lambda s: s.remove_member("bob")) is False
+    with pytest.raises(InsufficientAuthorization):
+        session(store, "bob", "alice").get("todo", "1")
+
+
+def test_member_removed_while_its_script_runs_cannot_write(store: CircleStore) -> None:
+    committed(store, "alice", lambda s: s.add_member("bob"))
+    bob = session(store, "bob", "alice")
+    bob.save("todo", "1", {"by": "bob"})
+    committed(store, "alice", lambda s: s.remove_member("bob"))
+    with pytest.raises(StoreConflict):
+        bob.commit()
+    assert session(store, "alice").get("todo", "1") is None
+
+
+# --- concurrency -------------------------------------------------------------
+def test_concurrent_read_modify_write_conflicts_and_changes_nothing(store: CircleStore) -> None:
+    committed(store, "alice", lambda s: s.save("c", "n", {"count": 0}))
+    first, second = session(store, "alice"), session(store, "alice")
+    for s in (first, second):
+        count = s.get("c", "n")["count"]  # type: ignore[index]
+        s.save("c", "n", {"count": count + 1})
+        s.save("c", f"log-{id(s)}", {"seen": count})
+    first.commit()
+    with pytest.raises(StoreConflict):
+        second.commit()
+    assert session(store, "alice").get("c", "n") == {"count": 1}
+    assert len(session(store, "alice").list_records("c")) == 2  # n + first's log only
+
+
+def test_a_list_notices_records_added_meanwhile(store: CircleStore) -> None:
+    s = session(store, "alice")
+    if not s.list_records("todo"):
+        s.save("summary", "todo", {"empty": True})
+    committed(store, "alice", lambda t: t.save("todo", "1", {}))
+    with pytest.raises(StoreConflict):
+        s.commit()
+
+
+def test_deleted_and_recreated_record_is_not_mistaken_for_unchanged(store: CircleStore) -> None:
+    committed(store, "alice", lambda s: s.save("c", "n", {"v": 1}))
+    s = session(store, "alice")
+    assert s.get("c", "n") == {"v": 1}
+    s.save("c", "other", {"from": "stale"})
+    committed(store, "alice", lambda t: t.delete("c", "n"))
+    committed(store, "alice", lambda t: t.save("c", "n", {"v": 1}))
+    with pytest.raises(StoreConflict):
+        s.commit()
+
+
+def test_blind_saves_do_not_conflict(store: CircleStore) -> None:
+    first, second = session(store, "alice"), session(store, "alice")
+    first.save("c", "n", {"v": 1})
+    second.save("c", "n", {"v": 2})
+    first.commit()
+    second.commit()
+    assert session(store, "alice").get("c", "n") == {"v": 2}
+
+
+def test_parallel_increments_lose_no_update(store: CircleStore) -> None:
+    workers, rounds = 8, 5
+
+    def increment() -> None:
+        for _ in range(rounds):
+            while True:
+                s = session(store, "alice")
+                current = s.get("c", "n") or {"count": 0}
+                s.save("c", "n", {"count": current["count"] + 1})
+                try:
+                    s.commit()
+                    break
+                except StoreConflict:
+                    continue
+
+    threads = [threading.Thread(target=increment) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert session(store, "alice").get("c", "n") == {"count": workers * rounds}
+
+
+# --- limits ------------------------------------------------------------------
+def test_commit_too_large_for_the_backend_fails_clearly_and_writes_nothing(
+    store: CircleStore,
+) -> None:
+    limit = store.max_items_per_commit
+    if limit is None:
+        committed(store, "alice", lambda s: [s.save("c", str(i), {}) for i in range(150)])
+        assert len(session(store, "alice").list_records("c")) == 150
+        return
+    s = session(store, "alice")
+    with pytest.raises(CommitTooLarge, match=f"at most {limit}"):
+        for i in range(limit + 1):
+            s.save("c", str(i), {})
+    s.discard()
+    writes = [RecordWrite("c", str(i), "{}") for i in range(limit + 1)]
+    with pytest.raises(CommitTooLarge):
+        store.commit("alice", writes, [], Expectations())
+    assert session(store, "alice").list_records("c") == []
