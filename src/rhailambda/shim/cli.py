@@ -1,0 +1,133 @@
+"""The shim's subcommands: ``shim`` (run it), ``status``, ``pause`` and ``resume``.
+
+:func:`configure` adds them to the top-level ``rhailambda`` parser; each handler
+takes the parsed args and returns the exit code. ``python -m rhailambda.shim``
+runs the same commands without the top-level CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import redis.exceptions
+
+from rhailambda.errors import RhailambdaError, SettingError
+from rhailambda.protocol import normalize_worker_id
+from rhailambda.redis_conn import connect
+from rhailambda.settings import Env, ProtocolSettings, RedisSettings
+from rhailambda.shim import settings as shim_settings
+
+__all__ = ["configure", "main"]
+
+
+def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``shim``, ``status``, ``pause``, ``resume`` to the ``rhailambda`` command."""
+    shim = subparsers.add_parser(
+        "shim",
+        help="drain worker queues into function invocations",
+        description="Drain rhailib worker queues into invocations of the function "
+        "(local worker processes or AWS Lambda). Every flag can also be set by the "
+        "environment variable shown in brackets.",
+    )
+    shim_settings.add_arguments(shim)
+    shim.set_defaults(func=_run_shim)
+
+    status = subparsers.add_parser("status", help="queue depths, in-flight ids, shims")
+    _add_redis(status)
+    status.add_argument("--worker", action="append", default=[], help="a queue to show (repeat)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    status.set_defaults(func=_status)
+
+    for name, verb in (("pause", "stop taking from"), ("resume", "take again from")):
+        sub = subparsers.add_parser(name, help=f"{verb} a worker queue (all shims)")
+        _add_redis(sub)
+        sub.add_argument("--worker", action="append", required=True, help="worker id (repeat)")
+        sub.set_defaults(func=_pause if name == "pause" else _resume)
+
+
+def _add_redis(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", default=None, help="Redis URL [REDIS_URL]")
+
+
+def _redis_and_protocol(args: argparse.Namespace) -> tuple[RedisSettings, ProtocolSettings]:
+    env = Env(os.environ)
+    redis_settings = (
+        RedisSettings(url=args.redis_url) if args.redis_url else RedisSettings.from_env(env)
+    )
+    return redis_settings, ProtocolSettings.from_env(env)
+
+
+class _Unreachable(RhailambdaError):
+    def __init__(self, settings: RedisSettings, exc: Exception) -> None:
+        super().__init__(f"cannot reach Redis at {settings.redacted()}: {exc}")
+
+
+def _run_shim(args: argparse.Namespace) -> int:
+    from rhailambda.shim.app import run
+
+    settings = shim_settings.from_args(args, Env(os.environ))
+    return run(settings)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rhailambda.shim.status import gather_status, render_status
+
+    redis_settings, protocol = _redis_and_protocol(args)
+    client = connect(redis_settings.url)
+    try:
+        workers = [normalize_worker_id(w) for w in args.worker]
+        status = gather_status(client, protocol.layout, workers)
+    except redis.exceptions.RedisError as exc:
+        raise _Unreachable(redis_settings, exc) from None
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+    else:
+        render_status(status)
+    return 0
+
+
+def _set_paused(args: argparse.Namespace, paused: bool) -> int:
+    redis_settings, protocol = _redis_and_protocol(args)
+    workers = [normalize_worker_id(w) for w in args.worker]
+    client = connect(redis_settings.url)
+    try:
+        key = protocol.layout.paused()
+        if paused:
+            client.sadd(key, *workers)
+        else:
+            client.srem(key, *workers)
+    except redis.exceptions.RedisError as exc:
+        raise _Unreachable(redis_settings, exc) from None
+    finally:
+        client.close()
+    print(f"{'paused' if paused else 'resumed'}: {', '.join(workers)}")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    return _set_paused(args, True)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    return _set_paused(args, False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rhailambda.shim")
+    configure(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingError as exc:
+        print(f"rhailambda: bad setting {exc}", file=sys.stderr)
+        return 2
+    except RhailambdaError as exc:
+        print(f"rhailambda: {exc}", file=sys.stderr)
+        return 1
+    return code
