@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
@@ -84,6 +85,11 @@ class CircleSettings:
         redis_url = env.optional_str("RHAILAMBDA_CIRCLE_REDIS_URL") or env.str(
             "REDIS_URL", DEFAULT_REDIS_URL
         )
+        if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingError(
+                "RHAILAMBDA_CIRCLE_REDIS_URL",
+                f"unsupported URL {redact_url(redis_url)!r} (redis://, rediss://, unix://)",
+            )
         return cls(
             backend="dynamodb" if backend == "dynamodb" else "redis",
             redis_url=redis_url,
