@@ -22,7 +22,12 @@ pub const MAX_VARIADIC_ARITY: usize = 16;
 /// Calls a Python function with Rhai arguments and converts its result back.
 /// A Python exception becomes a catchable Rhai runtime error whose message holds
 /// the exception's type and text; the exception itself is kept for `__cause__`.
-pub fn call_python(func: &Py<PyAny>, name: &str, args: &FnCallArgs) -> Result<Dynamic, Box<EvalAltResult>> {
+pub fn call_python(
+    func: &Py<PyAny>,
+    name: &str,
+    args: &FnCallArgs,
+    pos: Position,
+) -> Result<Dynamic, Box<EvalAltResult>> {
     Python::attach(|py| {
         let result = (|| -> PyResult<Dynamic> {
             let mut py_args = Vec::with_capacity(args.len());
@@ -37,7 +42,7 @@ pub fn call_python(func: &Py<PyAny>, name: &str, args: &FnCallArgs) -> Result<Dy
             let text = exception_text(py, &err);
             let message = format!("{name}: {text}");
             stash_callback_error(message.clone(), err);
-            Box::new(EvalAltResult::ErrorRuntime(message.into(), Position::NONE))
+            Box::new(EvalAltResult::ErrorRuntime(message.into(), pos))
         })
     })
 }
@@ -49,7 +54,11 @@ fn exception_text(py: Python<'_>, err: &PyErr) -> String {
         .qualname()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Exception".to_owned());
-    let text = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
+    let text = err
+        .value(py)
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     if text.is_empty() {
         type_name
     } else {
@@ -68,9 +77,13 @@ pub fn arities(py: Python<'_>, name: &str, func: &Bound<'_, PyAny>) -> PyResult<
             func.get_type().qualname()?
         )));
     }
-    let inspect = INSPECT.get_or_try_init(py, || py.import("inspect").map(Bound::unbind))?.bind(py);
+    let inspect = INSPECT
+        .get_or_try_init(py, || py.import("inspect").map(Bound::unbind))?
+        .bind(py);
     let signature = inspect.call_method1("signature", (func,)).map_err(|err| {
-        PyValueError::new_err(format!("{name}: cannot read the signature of {func:?}: {err}"))
+        PyValueError::new_err(format!(
+            "{name}: cannot read the signature of {func:?}: {err}"
+        ))
     })?;
     let parameter = inspect.getattr("Parameter")?;
     let positional_only = parameter.getattr("POSITIONAL_ONLY")?;
@@ -80,7 +93,11 @@ pub fn arities(py: Python<'_>, name: &str, func: &Bound<'_, PyAny>) -> PyResult<
     let empty = parameter.getattr("empty")?;
 
     let (mut required, mut total, mut variadic) = (0usize, 0usize, false);
-    for param in signature.getattr("parameters")?.call_method0("values")?.try_iter()? {
+    for param in signature
+        .getattr("parameters")?
+        .call_method0("values")?
+        .try_iter()?
+    {
         let param = param?;
         let kind = param.getattr("kind")?;
         let has_default = !param.getattr("default")?.is(&empty);
@@ -117,7 +134,7 @@ pub fn native_fn(
        + Send
        + Sync
        + 'static {
-    move |_ctx, args| call_python(&func, &name, args)
+    move |ctx, args| call_python(&func, &name, args, ctx.call_position())
 }
 
 /// Registers one overload of `func` per accepted arity into `module`.
@@ -131,15 +148,17 @@ pub fn set_module_fn(
     let qualified: Arc<str> = format!("{module_name}::{name}").into();
     for arity in arities.0..=arities.1 {
         let (func, qualified) = (Arc::clone(func), Arc::clone(&qualified));
-        let call = move |_ctx: Option<rhai::NativeCallContext>, args: &mut FnCallArgs| {
-            call_python(&func, &qualified, args)
+        // Rhai does not add the call position to errors of qualified native calls.
+        let call = move |ctx: Option<rhai::NativeCallContext>, args: &mut FnCallArgs| {
+            let pos = ctx.map_or(Position::NONE, |c| c.call_position());
+            call_python(&func, &qualified, args, pos)
         };
         rhai::FuncRegistration::new(name).set_into_module_raw(
             module,
             vec![TypeId::of::<Dynamic>(); arity],
             RhaiFunc::Method {
                 func: Shared::new(call),
-                has_context: false,
+                has_context: true,
                 is_pure: true,
                 is_volatile: true,
             },
@@ -195,7 +214,13 @@ pub fn debug_hook(sink: Sink) -> impl Fn(&str, Option<&str>, Position) + Send + 
                 Sink::Logger => logger(py).and_then(|l| {
                     l.call_method1(
                         "debug",
-                        ("%s @ line %s, position %s | %s", source.unwrap_or("<script>"), line, column, text),
+                        (
+                            "%s @ line %s, position %s | %s",
+                            source.unwrap_or("<script>"),
+                            line,
+                            column,
+                            text,
+                        ),
                     )
                 }),
                 Sink::Callable(f) => f.bind(py).call1((text, source, line, column)),

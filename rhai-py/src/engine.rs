@@ -31,7 +31,12 @@ fn standard_package() -> SharedModule {
 }
 
 /// Builds a Rhai engine with the standard package, `limits` and the hooks.
-pub fn build_engine(limits: &Limits, strict_variables: bool, print: Sink, debug: Sink) -> rhai::Engine {
+pub fn build_engine(
+    limits: &Limits,
+    strict_variables: bool,
+    print: Sink,
+    debug: Sink,
+) -> rhai::Engine {
     let mut engine = rhai::Engine::new_raw();
     engine.register_global_module(standard_package());
     limits.apply(&mut engine);
@@ -94,7 +99,10 @@ fn build_scope(
             let name = key.cast::<PyString>().map_err(|_| {
                 PyTypeError::new_err(format!(
                     "scope names must be str, got {}",
-                    key.get_type().qualname().map(|n| n.to_string()).unwrap_or_default()
+                    key.get_type()
+                        .qualname()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
                 ))
             })?;
             let name = name.to_str()?.to_owned();
@@ -226,7 +234,10 @@ impl Engine {
             },
             max_call_levels: non_negative("max_call_levels", max_call_levels)?,
             max_expr_depth: non_negative("max_expr_depth", max_expr_depth)?,
-            max_function_expr_depth: non_negative("max_function_expr_depth", max_function_expr_depth)?,
+            max_function_expr_depth: non_negative(
+                "max_function_expr_depth",
+                max_function_expr_depth,
+            )?,
             max_string_size: non_negative("max_string_size", max_string_size)?,
             max_array_size: non_negative("max_array_size", max_array_size)?,
             max_map_size: non_negative("max_map_size", max_map_size)?,
@@ -308,14 +319,25 @@ impl Engine {
     }
 
     /// Registers a static module: scripts call `name::function(...)`.
-    fn register_module(&self, py: Python<'_>, name: &str, functions: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn register_module(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        functions: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         check_name(name)?;
         let mut module = rhai::Module::new();
         for item in functions.call_method0("items")?.try_iter()? {
             let (fn_name, func): (String, Bound<'_, PyAny>) = item?.extract()?;
             check_name(&fn_name)?;
             let arities = callbacks::arities(py, &format!("{name}::{fn_name}"), &func)?;
-            callbacks::set_module_fn(&mut module, name, &fn_name, &Arc::new(func.unbind()), arities);
+            callbacks::set_module_fn(
+                &mut module,
+                name,
+                &fn_name,
+                &Arc::new(func.unbind()),
+                arities,
+            );
         }
         module.build_index();
         let module: SharedModule = module.into();
@@ -330,7 +352,9 @@ fn check_name(name: &str) -> PyResult<()> {
     if rhai::is_valid_identifier(name) {
         Ok(())
     } else {
-        Err(PyValueError::new_err(format!("{name:?} is not a valid Rhai identifier")))
+        Err(PyValueError::new_err(format!(
+            "{name:?} is not a valid Rhai identifier"
+        )))
     }
 }
 

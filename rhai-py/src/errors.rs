@@ -49,9 +49,8 @@ fn data_limit(what: &str) -> &'static str {
 /// raised inside function calls and modules.
 pub fn classify(err: &EvalAltResult) -> Kind {
     match err {
-        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
-            classify(inner)
-        }
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => classify(inner),
         EvalAltResult::ErrorParsing(p, _) => classify_parse(p),
         EvalAltResult::ErrorTooManyOperations(_) => Kind::Limit("operations"),
         EvalAltResult::ErrorTooManyVariables(_) => Kind::Limit("variables"),
@@ -65,9 +64,8 @@ pub fn classify(err: &EvalAltResult) -> Kind {
 
 fn is_timeout(err: &EvalAltResult) -> bool {
     match err {
-        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
-            is_timeout(inner)
-        }
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => is_timeout(inner),
         EvalAltResult::ErrorTerminated(token, _) => token
             .read_lock::<rhai::ImmutableString>()
             .is_some_and(|t| t.as_str() == TIMEOUT_TOKEN),
@@ -97,7 +95,10 @@ impl ErrorInfo {
     pub fn from_eval(err: &EvalAltResult) -> Self {
         let pos = err.position();
         let message = if is_timeout(err) {
-            format!("Script terminated: time limit exceeded{}", position_suffix(pos))
+            format!(
+                "Script terminated: time limit exceeded{}",
+                position_suffix(pos)
+            )
         } else {
             err.to_string()
         };

@@ -172,7 +172,10 @@ mod tests {
         {
             let _outer = DeadlineGuard::new(Some(Duration::ZERO));
             assert!(check_deadline(0).is_some());
-            assert!(check_deadline(1).is_none(), "clock read only every interval");
+            assert!(
+                check_deadline(1).is_none(),
+                "clock read only every interval"
+            );
             {
                 let _inner = DeadlineGuard::new(None);
                 assert!(check_deadline(0).is_none());
