@@ -135,3 +135,30 @@ def seed_tasks(
     for i in range(0, len(task_ids), 1000):
         pipe.lpush(layout.queue(worker_id), *task_ids[i : i + 1000])
     pipe.execute()
+
+
+_RUNS_KEY = "rhailambda:test:runs"
+_counting_client: Any = None
+
+
+def counting_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The real handler, plus a count of the tasks it ran, per task id.
+
+    Counts go to the hash ``rhailambda:test:runs`` (one round trip per batch):
+    an id counted twice was executed twice. For chaos tests only.
+    """
+    global _counting_client
+    from rhailambda.functions.handler import handler
+
+    if _counting_client is None:
+        import redis
+
+        _counting_client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+    response: dict[str, Any] = handler(event, context)
+    ran = [t for t, o in response.get("outcomes", {}).items() if o in ("completed", "error")]
+    if ran:
+        pipe = _counting_client.pipeline(transaction=False)
+        for task_id in ran:
+            pipe.hincrby(_RUNS_KEY, task_id, 1)
+        pipe.execute()
+    return response
