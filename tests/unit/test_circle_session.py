@@ -90,6 +90,17 @@ def test_the_backend_item_limit_counts_reads_too() -> None:
         s.save("d", "x", {})  # + one write + one collection stamp = 6
 
 
+def test_reads_after_writes_fail_the_script_before_the_commit_would() -> None:
+    store = MemoryCircleStore(max_items_per_commit=5)
+    s = open_session(store)
+    s.save("d", "x", {})  # 2 items: the write and the stamp of "d"
+    s.get("c", "1")
+    s.get("c", "2")
+    s.list_records("e")  # 5
+    with pytest.raises(CommitTooLarge, match="at most 5"):
+        s.get("c", "3")
+
+
 def test_staged_maps_are_copies() -> None:
     store = MemoryCircleStore()
     s = open_session(store)

@@ -218,17 +218,22 @@ class CircleSession:
         if previous is None:
             self._within_budget(lambda: self._member_staged.pop(member))
 
-    def _within_budget(self, undo: Callable[[], object]) -> None:
-        """Fail the script at the write that makes its changes too big to commit."""
+    def _within_budget(self, undo: Callable[[], object] | None) -> None:
+        """Fail the script at the call that makes its changes too big to commit.
+
+        Reads count on backends with an item limit (each is checked at commit), but
+        only once the script has written something: read-only scripts commit nothing.
+        """
         writes = len(self._staged) + len(self._member_staged)
-        if writes > self._limits.max_writes:
+        if writes > self._limits.max_writes and undo is not None:
             undo()
             raise CommitTooLarge(writes, self._limits.max_writes, "records and members changed")
         max_items = self._store.max_items_per_commit
-        if max_items is not None:
+        if max_items is not None and writes:
             items = commit_items(*self._plan())
             if items > max_items:
-                undo()
+                if undo is not None:
+                    undo()
                 raise CommitTooLarge(items, max_items, "items (writes, reads and lists)")
 
     def _plan(self) -> tuple[list[RecordWrite], list[MemberWrite], Expectations]:
@@ -249,6 +254,7 @@ class CircleSession:
             assert self._context is not None
             found = self._store.read(self._context, key[0], [key[1]])
             self._read[key] = found.get(key[1])
+            self._within_budget(None)
         stored = self._read[key]
         return None if stored is None else stored.data
 
@@ -259,6 +265,7 @@ class CircleSession:
         if not staged:
             page = self._store.scan(self._context, coll, offset, limit)
             self._stamps.setdefault(coll, page.stamp)
+            self._within_budget(None)
             return [(r.id, r.data) for r in page.records]
         # Staged deletes can pull later stored records into the window: read enough.
         deletes = sum(1 for data in staged.values() if data is None)
