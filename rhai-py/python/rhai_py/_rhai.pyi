@@ -4,6 +4,8 @@ from collections.abc import Callable, Mapping
 from types import EllipsisType
 from typing import final
 
+__all__ = ["AST", "RHAI_VERSION", "Engine", "__version__", "render"]
+
 __version__: str
 RHAI_VERSION: str
 
