@@ -79,7 +79,7 @@ def test_timeout_kills_the_worker() -> None:
         try:
             await inv.invoke(event("warm"), timeout_s=5)
             (pid,) = inv.worker_pids()
-            with pytest.raises(InvocationError, match="timed out after 0.5 s"):
+            with pytest.raises(InvocationError, match=r"timed out after 0\.5 s"):
                 await inv.invoke(event("sleep-1"), timeout_s=0.5)
             await wait_until(lambda: not alive(pid), timeout_s=5, what="the worker to die")
             assert (await inv.invoke(event("ok"), timeout_s=5)).outcomes == {"ok": "completed"}

@@ -32,6 +32,7 @@ __all__ = ["DrainStats", "Drainer"]
 
 log = logging.getLogger("rhailambda.shim")
 _MIN_BLOCK_S = 0.01  # BLMOVE 0 would block forever
+_STOP_TAKING_S = 2.0
 
 
 @dataclass(slots=True)
@@ -95,9 +96,15 @@ class Drainer:
 
     async def stop_taking(self) -> None:
         """Stop the takers and pending retries (their ids stay in flight, to hand back)."""
-        for task in [*self._takers, *self._timers]:
+        tasks = [*self._takers, *self._timers]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._takers, *self._timers, return_exceptions=True)
+        if tasks:
+            # Bounded: redis-py can sit on a cancelled blocking call; the final hand-back
+            # moves the whole in-flight list anyway, and closing the client ends the call.
+            _, stuck = await asyncio.wait(tasks, timeout=_STOP_TAKING_S)
+            if stuck:
+                log.warning("%d takers did not stop within %g s", len(stuck), _STOP_TAKING_S)
         self._takers.clear()
 
     async def finish_invocations(self, timeout_s: float) -> int:
@@ -147,22 +154,25 @@ class Drainer:
         """Take a batch holding a global slot (kept when items come back); (items, paused)."""
         size = self._s.batch.batch_size
         await self.limiter.acquire()
+        held = True
         try:
             result = await self._source.take(worker_id, size, block_s=0)
             if not result.items:
                 # Idle queue: wait for work WITHOUT holding a global slot.
                 self.limiter.release()
+                held = False
                 if result.paused:
                     return [], True
                 result = await self._source.take(worker_id, size, block_s=self._s.queues.block_s)
                 if not result.items:
                     return [], result.paused
                 await self.limiter.acquire()
+                held = True
             items = list(result.items)
             await self._fill_window(worker_id, items)
             return items, False
         except BaseException:
-            if self.limiter.in_use > 0:
+            if held:
                 self.limiter.release()
             raise
 
