@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import rhai_py
 from rich.console import Console
 from rich.table import Table
-
-import rhai_py
 
 FIB_SCRIPT = "fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } } fib(22)"
 
@@ -75,9 +74,21 @@ def main() -> int:
     engine = rhai_py.Engine()
     answer = engine.compile("40 + 2")
     figures = [
-        Figure("eval(cached AST '40 + 2')", per_call_us(lambda: engine.eval(answer), 20_000), "µs", 5.0),
-        Figure("eval_text(cached AST '40 + 2')", per_call_us(lambda: engine.eval_text(answer), 20_000), "µs", 5.0),
-        Figure("compile + eval('40 + 2')", per_call_us(lambda: engine.eval("40 + 2"), 20_000), "µs", 25.0),
+        Figure(
+            "eval(cached AST '40 + 2')", per_call_us(lambda: engine.eval(answer), 20_000), "µs", 5.0
+        ),
+        Figure(
+            "eval_text(cached AST '40 + 2')",
+            per_call_us(lambda: engine.eval_text(answer), 20_000),
+            "µs",
+            5.0,
+        ),
+        Figure(
+            "compile + eval('40 + 2')",
+            per_call_us(lambda: engine.eval("40 + 2"), 20_000),
+            "µs",
+            25.0,
+        ),
         Figure("Engine()", per_call_us(rhai_py.Engine, 20_000), "µs", 20.0),
     ]
 
@@ -111,12 +122,19 @@ def main() -> int:
             ),
         ]
 
-    table = Table(title=f"rhai_py {rhai_py.__version__} (Rhai {rhai_py.RHAI_VERSION}), median of runs")
+    table = Table(
+        title=f"rhai_py {rhai_py.__version__} (Rhai {rhai_py.RHAI_VERSION}), median of runs"
+    )
     for column in ("benchmark", "value", "floor", "ok"):
         table.add_column(column, justify="left" if column == "benchmark" else "right")
     for f in figures:
         floor = "" if f.floor is None else f"≤ {f.floor:g} {f.unit}"
-        table.add_row(f.name, f"{f.value:.3f} {f.unit}", floor, "" if f.floor is None else ("yes" if f.ok else "NO"))
+        table.add_row(
+            f.name,
+            f"{f.value:.3f} {f.unit}",
+            floor,
+            "" if f.floor is None else ("yes" if f.ok else "NO"),
+        )
     Console().print(table)
 
     if args.json:

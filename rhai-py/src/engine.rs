@@ -210,10 +210,12 @@ impl Engine {
         on_print = None,
         on_debug = None,
     ))]
-    #[pyo3(text_signature = "(*, max_operations=100000000, max_call_levels=64, max_expr_depth=128, \
+    #[pyo3(
+        text_signature = "(*, max_operations=100000000, max_call_levels=64, max_expr_depth=128, \
         max_function_expr_depth=128, max_string_size=10485760, max_array_size=10000, \
         max_map_size=10000, max_variables=10000, max_functions=1000, max_modules=100, \
-        timeout_s=30.0, strict_variables=False, on_print=None, on_debug=None)")]
+        timeout_s=30.0, strict_variables=False, on_print=None, on_debug=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn new(
         max_operations: Option<i64>,

@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import pytest
-
 from rhai_py import Engine, RhaiRuntimeError
 
 
@@ -106,7 +105,7 @@ def test_python_exception_inside_a_script_function_reports_the_call_site() -> No
 def test_scripts_can_catch_python_exceptions() -> None:
     engine = Engine()
     engine.register_fn("fail", lambda: int("x"))
-    caught = engine.eval("let r = (); try { fail() } catch (e) { r = e } r")
+    caught = engine.eval_text("let r = (); try { fail() } catch (e) { r = e } r")
     assert "ValueError: invalid literal" in caught
 
 

@@ -8,7 +8,6 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from rhai_py import Engine
 
 ENGINE = Engine()
@@ -16,8 +15,9 @@ I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 scalars = st.none() | st.booleans() | I64 | st.floats(allow_nan=False) | st.text() | st.binary()
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -48,7 +48,7 @@ def test_types_from_rhai() -> None:
     assert ENGINE.eval("[1, [2, #{a: ()}]]") == [1, [2, {"a": None}]]
     assert ENGINE.eval("let b = blob(3, 7); b") == b"\x07\x07\x07"
     assert ENGINE.eval("1..3") == "1..3"  # anything else: its text
-    assert ENGINE.eval("Fn(\"f\")") == "Fn(f)"
+    assert ENGINE.eval('Fn("f")') == "Fn(f)"
     assert ENGINE.eval("let t = timestamp(); type_of(t)") == "timestamp"
 
 

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from rhai_py import Engine, RhaiCompileError, RhaiLimitError
 
 
@@ -29,10 +28,15 @@ def test_unbounded_recursion_hits_call_levels() -> None:
 
 
 def test_recursion_is_fine_within_the_limit() -> None:
-    assert Engine(max_call_levels=10).eval("fn f(x) { if x == 0 { 0 } else { f(x - 1) } } f(9)") == 0
-    assert limit_hit(
-        Engine(max_call_levels=10), "fn f(x) { if x == 0 { 0 } else { f(x - 1) } } f(11)"
-    ).limit == "call_levels"
+    assert (
+        Engine(max_call_levels=10).eval("fn f(x) { if x == 0 { 0 } else { f(x - 1) } } f(9)") == 0
+    )
+    assert (
+        limit_hit(
+            Engine(max_call_levels=10), "fn f(x) { if x == 0 { 0 } else { f(x - 1) } } f(11)"
+        ).limit
+        == "call_levels"
+    )
 
 
 def test_string_doubling_hits_string_size() -> None:
@@ -47,7 +51,9 @@ def test_string_literal_too_long_is_a_limit_at_parse_time() -> None:
 
 def test_huge_array_hits_array_size() -> None:
     assert limit_hit(Engine(), "let a = []; loop { a.push(1); }").limit == "array_size"
-    assert limit_hit(Engine(max_array_size=10), "let a = []; a.pad(100, 0); a").limit == "array_size"
+    assert (
+        limit_hit(Engine(max_array_size=10), "let a = []; a.pad(100, 0); a").limit == "array_size"
+    )
 
 
 def test_huge_blob_hits_array_size() -> None:

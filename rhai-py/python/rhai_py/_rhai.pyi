@@ -46,7 +46,7 @@ class Engine:
         *,
         constants: Mapping[str, object] | None = None,
         variables: Mapping[str, object] | None = None,
-        timeout_s: float | None | EllipsisType = ...,
+        timeout_s: float | EllipsisType | None = ...,
     ) -> object: ...
     def eval_text(
         self,
@@ -54,9 +54,11 @@ class Engine:
         *,
         constants: Mapping[str, object] | None = None,
         variables: Mapping[str, object] | None = None,
-        timeout_s: float | None | EllipsisType = ...,
+        timeout_s: float | EllipsisType | None = ...,
     ) -> str: ...
     def register_fn(self, name: str, fn: Callable[..., object]) -> None: ...
-    def register_module(self, name: str, functions: Mapping[str, Callable[..., object]]) -> None: ...
+    def register_module(
+        self, name: str, functions: Mapping[str, Callable[..., object]]
+    ) -> None: ...
 
 def render(value: object) -> str: ...
