@@ -60,10 +60,10 @@ def test_failed_items_handler_errors_and_crashes() -> None:
         try:
             response = await inv.invoke(event("ok", "fail-1"), timeout_s=5)
             assert response.failed_ids == {"fail-1"}
-            with pytest.raises(InvocationError, match="RuntimeError: boom on raise-1") as err:
+            with pytest.raises(InvocationError, match=r"RuntimeError: boom on raise-1") as err:
                 await inv.invoke(event("raise-1"), timeout_s=5)
             assert err.value.retryable
-            with pytest.raises(InvocationError, match="exited with code 3"):
+            with pytest.raises(InvocationError, match=r"worker \d+ exited with code"):
                 await inv.invoke(event("crash-1"), timeout_s=5)
             # The crashed worker is replaced on demand.
             assert (await inv.invoke(event("ok2"), timeout_s=5)).outcomes == {"ok2": "completed"}
