@@ -33,11 +33,13 @@ metrics = Metrics(namespace=ENV.str("POWERTOOLS_METRICS_NAMESPACE", "rhailambda"
 
 
 def _on_print(text: str) -> None:
-    logger.info(text, script_output="print")
+    logger.info(text, extra={"script_output": "print"})
 
 
 def _on_debug(text: str, source: str | None, line: int | None, column: int | None) -> None:
-    logger.debug(text, script_output="debug", script_line=line, script_column=column)
+    logger.debug(
+        text, extra={"script_output": "debug", "script_line": line, "script_column": column}
+    )
 
 
 RUNNER = build_runner(SETTINGS, ENV, on_print=_on_print, on_debug=_on_debug)
@@ -54,13 +56,15 @@ class _Observer:
         self.counts[result.outcome] = self.counts.get(result.outcome, 0) + 1
         self.script_s += result.duration_s
         f = result.fields
-        keys = {"task_id": result.task_id}
+        keys: dict[str, object] = {"task_id": result.task_id}
         if f is not None:
             keys |= {"caller_id": f.caller_id, "context_id": f.context_id}
         if result.outcome == "completed":
-            logger.debug("task completed", **keys, duration_ms=round(result.duration_s * 1e3, 3))
+            keys["duration_ms"] = round(result.duration_s * 1e3, 3)
+            logger.debug("task completed", extra=keys)
         else:
-            logger.info(f"task {result.outcome}", **keys, error=result.error, runs=result.runs)
+            keys |= {"error": result.error, "runs": result.runs}
+            logger.info(f"task {result.outcome}", extra=keys)
 
 
 @metrics.log_metrics
@@ -77,9 +81,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     )
     logger.info(
         "batch done",
-        worker_id=parsed.worker_id,
-        tasks=len(parsed.tasks),
-        outcomes=observer.counts,
-        request_id=getattr(context, "aws_request_id", None),
+        extra={
+            "worker_id": parsed.worker_id,
+            "tasks": len(parsed.tasks),
+            "outcomes": observer.counts,
+            "request_id": getattr(context, "aws_request_id", None),
+        },
     )
     return response.to_json()

@@ -115,9 +115,9 @@ class BatchRunner:
             return TaskResult(task_id, None, "skipped", None, 0.0), None
         if claim.state == "missing" or claim.fields is None:
             fields = p.TaskFields.from_hash(task_id, {}, worker_id)
-            error = f"task {task_id} not found: no task hash (expired or never written)"
-            finish = Finish(claim.ref, fields, p.STATUS_ERROR, error=error, mode="missing")
-            return TaskResult(task_id, fields, "error", error, 0.0), finish
+            missing = f"task {task_id} not found: no task hash (expired or never written)"
+            finish = Finish(claim.ref, fields, p.STATUS_ERROR, error=missing, mode="missing")
+            return TaskResult(task_id, fields, "error", missing, 0.0), finish
         fields = claim.fields
         if not fields.worker_id:
             fields = p.TaskFields.from_hash(task_id, fields.raw, worker_id)
@@ -137,9 +137,9 @@ class BatchRunner:
                 reason = f"{type(exc).__name__}: {exc}"
                 return TaskResult(task_id, fields, "failed", reason, 0.0), None
         duration = time.monotonic() - started
-        status = p.STATUS_COMPLETED if error is None else p.STATUS_ERROR
-        finish = Finish(claim.ref, fields, status, output=output, error=error)
-        return TaskResult(task_id, fields, status, error, duration, runs), finish
+        outcome: Outcome = "completed" if error is None else "error"
+        finish = Finish(claim.ref, fields, outcome, output=output, error=error)
+        return TaskResult(task_id, fields, outcome, error, duration, runs), finish
 
     def _execute(
         self, fields: p.TaskFields, timeout_s: float
