@@ -38,6 +38,7 @@ def _start_redis(run_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     if server is None:
         sys.exit("redis-server not found: `make setup` installs it (apt-get install redis-server)")
     port = _free_port(6379)
+    run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import struct
 import sys
 import time
@@ -80,6 +81,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m rhailambda.shim.local_worker <handler path> [function name]",
               file=sys.stderr)  # fmt: skip
         return 2
+    # Ctrl-C reaches the whole process group; the shim decides when workers stop
+    # (it closes their stdin, or kills them past its deadline).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     function_name = argv[2] if len(argv) > 2 else "rhailambda"
     memory_mb = int(argv[3]) if len(argv) > 3 else 1024
     out = os.fdopen(os.dup(1), "wb", buffering=0)
