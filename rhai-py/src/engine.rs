@@ -3,7 +3,7 @@
 //! threads at once.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, TryLockError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -70,13 +70,13 @@ impl<'py> FromPyObject<'_, 'py> for TimeoutArg {
 /// The script to run: source text, or a compiled AST.
 enum Script {
     Text(PyBackedStr),
-    Compiled(Arc<rhai::AST>),
+    Compiled(Py<Ast>),
 }
 
 impl Script {
     fn from_py(script: &Bound<'_, PyAny>) -> PyResult<Self> {
         if let Ok(ast) = script.cast::<Ast>() {
-            return Ok(Self::Compiled(Arc::clone(&ast.get().ast)));
+            return Ok(Self::Compiled(ast.clone().unbind()));
         }
         if let Ok(text) = script.cast::<PyString>() {
             return Ok(Self::Text(text.clone().try_into()?));
@@ -130,7 +130,7 @@ fn build_scope(
 
 #[pyclass(frozen, module = "rhai_py", name = "Engine")]
 pub struct Engine {
-    inner: RwLock<rhai::Engine>,
+    inner: Arc<RwLock<rhai::Engine>>,
     timeout: Option<Duration>,
 }
 
@@ -154,10 +154,17 @@ impl Engine {
         let outcome = py.detach(|| {
             catch_unwind(AssertUnwindSafe(|| {
                 let _deadline = DeadlineGuard::new(timeout);
-                let engine = self.inner.read().unwrap_or_else(PoisonError::into_inner);
                 match &script {
-                    Script::Text(text) => engine.eval_with_scope::<Dynamic>(&mut scope, text),
-                    Script::Compiled(ast) => engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast),
+                    Script::Compiled(ast) => {
+                        // Lease before locking the engine: leasing may compile a copy.
+                        let ast = ast.get().lease();
+                        let engine = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+                        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+                    }
+                    Script::Text(text) => {
+                        let engine = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+                        engine.eval_with_scope::<Dynamic>(&mut scope, text)
+                    }
                 }
             }))
         });
@@ -172,9 +179,15 @@ impl Engine {
 
     /// Changes the Rhai engine; waits for running scripts with the GIL released.
     fn modify(&self, py: Python<'_>, change: impl FnOnce(&mut rhai::Engine) + Send) {
-        py.detach(|| {
-            let mut engine = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-            change(&mut engine);
+        // Poll instead of `write()`: a writer queued on the lock would block new readers,
+        // and a script whose Python callback evaluates on this same engine takes a
+        // second read lock on its thread -- that would deadlock.
+        py.detach(|| loop {
+            match self.inner.try_write() {
+                Ok(mut engine) => return change(&mut engine),
+                Err(TryLockError::Poisoned(poisoned)) => return change(&mut poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+            }
         });
     }
 }
@@ -255,7 +268,12 @@ impl Engine {
         let print = sink(on_print, "on_print")?;
         let debug = sink(on_debug, "on_debug")?;
         Ok(Self {
-            inner: RwLock::new(build_engine(&limits, strict_variables, print, debug)),
+            inner: Arc::new(RwLock::new(build_engine(
+                &limits,
+                strict_variables,
+                print,
+                debug,
+            ))),
             timeout: limits.timeout,
         })
     }
@@ -270,7 +288,12 @@ impl Engine {
             }))
         });
         match compiled {
-            Ok(Ok(ast)) => Ok(Ast::new(ast, script.unbind())),
+            Ok(Ok(ast)) => Ok(Ast::new(
+                ast,
+                text.to_string(),
+                Arc::clone(&self.inner),
+                script.unbind(),
+            )),
             Ok(Err(err)) => Err(parse_error(py, &err)),
             Err(_) => Err(PyRuntimeError::new_err(
                 "internal error: the Rhai engine panicked while compiling the script",

@@ -72,3 +72,16 @@ def test_registering_while_another_thread_runs_a_script() -> None:
         engine.register_fn("later", lambda: 2)
         assert future.result(timeout=60) == 20000
     assert engine.eval("later()") == 2
+
+
+def test_nested_eval_on_the_same_engine_while_registering() -> None:
+    """A callback evaluating on its own engine must not deadlock with a registration."""
+    engine = Engine(max_operations=None)
+    ast = engine.compile("inner() + 1")
+    engine.register_fn("inner", lambda: engine.eval("20 + 1"))
+    engine.register_fn("slow", lambda: engine.eval(ast))
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(engine.eval, "let s = 0; for i in 0..300 { s += slow(); } s")
+        for n in range(20):
+            engine.register_fn(f"extra{n}", lambda n=n: n)
+        assert future.result(timeout=60) == 300 * 22
