@@ -2,9 +2,11 @@
 //! `print` / `debug` hooks. Each call re-attaches to the interpreter for its duration.
 
 use std::any::TypeId;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
@@ -66,10 +68,63 @@ fn exception_text(py: Python<'_>, err: &PyErr) -> String {
     }
 }
 
+/// Arities already worked out, keyed by what decides them: the code object (held
+/// here, so its address cannot be reused), whether the callable is a bound method,
+/// and how many defaults it has. `inspect.signature` costs ~10 µs a call, and the
+/// function registers fresh closures (same code, new objects) for every task.
+type ArityKey = (usize, bool, usize, usize);
+type ArityMap = HashMap<ArityKey, (Py<PyAny>, (usize, usize))>;
+static ARITY_CACHE: Mutex<Option<ArityMap>> = Mutex::new(None);
+const ARITY_CACHE_MAX: usize = 4096;
+
+fn arity_key(func: &Bound<'_, PyAny>) -> Option<(ArityKey, Py<PyAny>)> {
+    let py = func.py();
+    let (target, bound) = match func.getattr(intern!(py, "__func__")) {
+        Ok(inner) => (inner, true),
+        Err(_) => (func.clone(), false),
+    };
+    let code = target.getattr(intern!(py, "__code__")).ok()?;
+    let count = |attr: &Bound<'_, PyAny>| -> Option<usize> {
+        if attr.is_none() {
+            Some(0)
+        } else {
+            attr.len().ok()
+        }
+    };
+    let defaults = count(&target.getattr(intern!(py, "__defaults__")).ok()?)?;
+    let kw_defaults = count(&target.getattr(intern!(py, "__kwdefaults__")).ok()?)?;
+    let key = (code.as_ptr() as usize, bound, defaults, kw_defaults);
+    Some((key, code.unbind()))
+}
+
 /// The positional arities a Python callable accepts, from `inspect.signature`:
 /// every count from the required parameters up to all positional ones
-/// (up to [`MAX_VARIADIC_ARITY`] with `*args`).
+/// (up to [`MAX_VARIADIC_ARITY`] with `*args`). Cached per code object.
 pub fn arities(py: Python<'_>, name: &str, func: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+    let key = arity_key(func);
+    if let Some((k, _)) = &key {
+        let cache = ARITY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, found)) = cache.as_ref().and_then(|c| c.get(k)) {
+            return Ok(*found);
+        }
+    }
+    let found = inspect_arities(py, name, func)?;
+    if let Some((k, code)) = key {
+        let mut cache = ARITY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let map = cache.get_or_insert_with(HashMap::new);
+        if map.len() >= ARITY_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(k, (code, found));
+    }
+    Ok(found)
+}
+
+fn inspect_arities(
+    py: Python<'_>,
+    name: &str,
+    func: &Bound<'_, PyAny>,
+) -> PyResult<(usize, usize)> {
     static INSPECT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     if !func.is_callable() {
         return Err(PyTypeError::new_err(format!(

@@ -161,3 +161,28 @@ def test_a_failing_print_callback_does_not_fail_the_script() -> None:
 def test_callbacks_must_be_callable() -> None:
     with pytest.raises(TypeError, match="on_print"):
         Engine(on_print="nope")  # type: ignore[arg-type]
+
+
+def test_arity_cache_follows_defaults_and_binding() -> None:
+    """Arities are cached per code object; defaults and bound methods still count."""
+
+    def make(offset: int):  # type: ignore[no-untyped-def]
+        def add(a: int, b: int = 1) -> int:
+            return a + b + offset
+
+        return add
+
+    class Box:
+        def get(self, a: int) -> int:
+            return a * 10
+
+    for offset in range(3):  # fresh closures over one code object
+        engine = Engine()
+        engine.register_module("m", {"add": make(offset), "get": Box().get})
+        assert engine.eval("m::add(1) + m::add(1, 2) + m::get(2)") == 2 + 3 + 20 + 2 * offset
+    no_default = make(0)
+    no_default.__defaults__ = None
+    engine = Engine()
+    engine.register_module("m", {"add": no_default})
+    with pytest.raises(RhaiRuntimeError, match="Function not found"):
+        engine.eval("m::add(1)")
