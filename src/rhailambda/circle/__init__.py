@@ -1,7 +1,7 @@
 """Circle data for scripts: records in collections and members of the task's circle.
 
 Scripts get ``db::save/get/delete/list/find`` and ``circle::members/add_member/
-remove_member`` (see ``README.md`` next to this file). Only ``CONTEXT_ID``'s data is
+remove_member`` (see "Circle data" in the project README). Only ``CONTEXT_ID``'s data is
 reachable; the owner and members may read and write, only the owner changes the
 member list. Writes are staged and committed atomically after the script succeeds,
 with optimistic concurrency (a conflict makes the function run the script again).
