@@ -113,6 +113,11 @@ def test_settings_from_env_and_flags_win() -> None:
     assert "pw" not in repr(s.redis)
 
 
+def test_worker_flag_repeats_and_takes_comma_lists() -> None:
+    s = parse(["--worker", "a", "--worker", "B c,d", "--workers", "e"], {"RHAILAMBDA_WORKERS": "z"})
+    assert s.queues.worker_ids == ("a", "b_c", "d", "e")
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "name"),
     [

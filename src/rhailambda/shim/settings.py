@@ -108,7 +108,7 @@ class ShimSettings:
 # (flag, variable, help). The flag's dest is the variable lower-cased.
 _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--redis-url", "REDIS_URL", "Redis URL (redis://, rediss://, unix://)"),
-    ("--workers", "RHAILAMBDA_WORKERS", "worker ids to drain, comma separated"),
+    ("--worker", "RHAILAMBDA_WORKERS", "a worker id to drain (repeat, or a comma list)"),
     ("--backend", "RHAILAMBDA_BACKEND", "local | lambda (default local)"),
     (
         "--shim-id",
@@ -176,7 +176,20 @@ _FUNCTION_VARS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every shim option as a flag (values are parsed later, by :func:`from_args`)."""
     for flag, var, help_text in _OPTIONS:
+        if var == "RHAILAMBDA_WORKERS":  # --worker a --worker b,c (and --workers, its alias)
+            parser.add_argument(
+                flag, f"{flag}s", dest=var.lower(), action="append", default=None,
+                help=f"{help_text} [{var}]",
+            )  # fmt: skip
+            continue
         parser.add_argument(flag, dest=var.lower(), default=None, help=f"{help_text} [{var}]")
+
+
+def _flag_text(value: object) -> str:
+    """A flag's value as its environment variable would spell it (lists comma-joined)."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 class _Overlay(Mapping[str, str]):
@@ -184,7 +197,7 @@ class _Overlay(Mapping[str, str]):
 
     def __init__(self, args: argparse.Namespace, env: Env) -> None:
         self._flags = {
-            var: str(getattr(args, var.lower()))
+            var: _flag_text(getattr(args, var.lower()))
             for _, var, _ in _OPTIONS
             if getattr(args, var.lower(), None) is not None
         }
