@@ -8,6 +8,8 @@ than the longest block they will issue.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import redis.asyncio as aioredis
 
@@ -18,37 +20,30 @@ _COMMAND_TIMEOUT_S = 10.0
 _BLOCK_MARGIN_S = 5.0
 
 
-def _socket_timeout(max_block_s: float | None) -> float:
-    if max_block_s is None:
-        return _COMMAND_TIMEOUT_S
-    return max(_COMMAND_TIMEOUT_S, max_block_s + _BLOCK_MARGIN_S)
+def _pool_options(max_block_s: float | None, max_connections: int) -> dict[str, Any]:
+    timeout_s = _COMMAND_TIMEOUT_S
+    if max_block_s is not None:
+        timeout_s = max(_COMMAND_TIMEOUT_S, max_block_s + _BLOCK_MARGIN_S)
+    return {
+        "decode_responses": True,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": _CONNECT_TIMEOUT_S,
+        "health_check_interval": 30,
+        "max_connections": max_connections,
+    }
 
 
 def connect(
     url: str, *, max_block_s: float | None = None, max_connections: int = 64
 ) -> redis.Redis:
     """A synchronous client (strings decoded) for ``url`` (redis://, rediss://, unix://)."""
-    pool = redis.ConnectionPool.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=_socket_timeout(max_block_s),
-        socket_connect_timeout=_CONNECT_TIMEOUT_S,
-        health_check_interval=30,
-        max_connections=max_connections,
-    )
-    return redis.Redis(connection_pool=pool)
+    options = _pool_options(max_block_s, max_connections)
+    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, **options))
 
 
 def connect_async(
     url: str, *, max_block_s: float | None = None, max_connections: int = 64
 ) -> aioredis.Redis:
     """An asyncio client (strings decoded) for ``url``."""
-    pool = aioredis.ConnectionPool.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=_socket_timeout(max_block_s),
-        socket_connect_timeout=_CONNECT_TIMEOUT_S,
-        health_check_interval=30,
-        max_connections=max_connections,
-    )
-    return aioredis.Redis(connection_pool=pool)
+    options = _pool_options(max_block_s, max_connections)
+    return aioredis.Redis(connection_pool=aioredis.ConnectionPool.from_url(url, **options))

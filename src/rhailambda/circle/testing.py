@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from rhailambda.circle.dynamo_store import DynamoClient
 
@@ -74,7 +74,7 @@ def dynamodb_client(endpoint_url: str | None, region: str = "us-east-1") -> Dyna
     """A boto3 DynamoDB client for an emulator, with dummy credentials."""
     import boto3
 
-    client: DynamoClient = boto3.client(
+    client = boto3.client(
         "dynamodb",
         endpoint_url=endpoint_url,
         region_name=region,
@@ -82,7 +82,7 @@ def dynamodb_client(endpoint_url: str | None, region: str = "us-east-1") -> Dyna
         aws_secret_access_key=DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         aws_session_token=DUMMY_AWS_ENV["AWS_SESSION_TOKEN"],
     )
-    return client
+    return cast(DynamoClient, client)
 
 
 def create_table(client: Any, table: str) -> None:

@@ -1,7 +1,7 @@
-"""``python -m rhailambda.shim shim|status|pause|resume ...``."""
+"""``python -m rhailambda.shim shim|status|pause|resume ...``: the ``rhailambda`` command."""
 
 import sys
 
-from rhailambda.shim.cli import main
+from rhailambda.cli import main
 
 sys.exit(main())

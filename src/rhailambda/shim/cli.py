@@ -10,18 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from collections.abc import Sequence
 
 import redis.exceptions
 
-from rhailambda.errors import RhailambdaError, SettingError
+from rhailambda.errors import RhailambdaError
 from rhailambda.protocol import normalize_worker_id
 from rhailambda.redis_conn import connect
 from rhailambda.settings import Env, ProtocolSettings, RedisSettings
 from rhailambda.shim import settings as shim_settings
 
-__all__ = ["configure", "main"]
+__all__ = ["configure"]
 
 
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,18 +114,3 @@ def _pause(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     return _set_paused(args, False)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rhailambda.shim")
-    configure(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except SettingError as exc:
-        print(f"rhailambda: bad setting {exc}", file=sys.stderr)
-        return 2
-    except RhailambdaError as exc:
-        print(f"rhailambda: {exc}", file=sys.stderr)
-        return 1
-    return code

@@ -27,7 +27,27 @@ from rhailambda.shim.source import Taken, TakeResult
 __all__ = ["RedisQueueSource"]
 
 # KEYS: queue, inflight, paused. ARGV: n, worker id, task key prefix, [first id]
-_TAKE_LUA = """
+# One delivery of an in-flight id: drop it if the task is already final, else count
+# the attempt (only where the hash exists) and report id, attempt, createdAt.
+_DELIVER_LUA = """
+local function deliver(inflight, prefix, id, out)
+  local key = prefix .. id
+  local h = redis.call('HMGET', key, 'status', 'createdAt', 'created_at')
+  if h[1] == 'completed' or h[1] == 'error' then
+    redis.call('LREM', inflight, 1, id)
+    return
+  end
+  local attempt = 1
+  if h[1] or redis.call('EXISTS', key) == 1 then
+    attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
+  end
+  out[#out + 1] = id
+  out[#out + 1] = attempt
+  out[#out + 1] = h[2] or h[3] or ''
+end
+"""
+
+_TAKE_LUA = _DELIVER_LUA + """
 local queue, inflight = KEYS[1], KEYS[2]
 local n, prefix = tonumber(ARGV[1]), ARGV[3]
 local ids = {}
@@ -44,45 +64,16 @@ while #ids < n do
   ids[#ids + 1] = id
 end
 local out = {}
-for _, id in ipairs(ids) do
-  local key = prefix .. id
-  local h = redis.call('HMGET', key, 'status', 'createdAt', 'created_at')
-  if h[1] == 'completed' or h[1] == 'error' then
-    redis.call('LREM', inflight, 1, id)
-  else
-    local attempt = 1
-    if h[1] or redis.call('EXISTS', key) == 1 then
-      attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
-    end
-    out[#out + 1] = id
-    out[#out + 1] = attempt
-    out[#out + 1] = h[2] or h[3] or ''
-  end
-end
+for _, id in ipairs(ids) do deliver(inflight, prefix, id, out) end
 return out
 """
 
 # KEYS: inflight. ARGV: task key prefix, ids... (only ids still in flight are redelivered)
-_REDELIVER_LUA = """
+_REDELIVER_LUA = _DELIVER_LUA + """
 local inflight, prefix = KEYS[1], ARGV[1]
 local out = {}
 for i = 2, #ARGV do
-  local id = ARGV[i]
-  if redis.call('LPOS', inflight, id) then
-    local key = prefix .. id
-    local h = redis.call('HMGET', key, 'status', 'createdAt', 'created_at')
-    if h[1] == 'completed' or h[1] == 'error' then
-      redis.call('LREM', inflight, 1, id)
-    else
-      local attempt = 1
-      if h[1] or redis.call('EXISTS', key) == 1 then
-        attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
-      end
-      out[#out + 1] = id
-      out[#out + 1] = attempt
-      out[#out + 1] = h[2] or h[3] or ''
-    end
-  end
+  if redis.call('LPOS', inflight, ARGV[i]) then deliver(inflight, prefix, ARGV[i], out) end
 end
 return out
 """
