@@ -1,0 +1,201 @@
+"""The shim as a scheduled Lambda function (the stack's "poller").
+
+An EventBridge schedule invokes this handler every minute; with reserved
+concurrency 1, a trigger that finds a run in progress is throttled and dropped.
+Each run is one ordinary shim (:func:`rhailambda.shim.app.serve` with the
+Lambda backend) that drains the worker queues for almost its whole timeout,
+blocking in Redis while idle, then stops taking, waits for its running
+invocations, hands its in-flight ids back to the front of their queues and
+returns. The next trigger starts the next run within a minute; a run that dies
+(timeout, crash) is covered by its lease, and with a fixed ``RHAILAMBDA_SHIM_ID``
+the next run hands its ids back at once.
+
+The hand-back needs ``shutdown_timeout_s`` (set to the script function's timeout)
+plus a few seconds for Redis, so the run stops taking at
+``remaining time - (shutdown_timeout_s + HAND_BACK_RESERVE_S)``.
+
+Every minute (and at the end) the run publishes ``DeadLetterDepth``: the length
+of the dead-letter lists of its queues, as an Embedded Metric Format log line
+(Powertools ``Metrics``: namespace ``POWERTOOLS_METRICS_NAMESPACE``, dimension
+``service`` = ``POWERTOOLS_SERVICE_NAME``), which CloudWatch turns into the
+metric the stack's alarm watches. No ``PutMetricData`` call, no IAM for it.
+
+Settings are the shim's (``RHAILAMBDA_*``, see ``rhailambda shim --help``);
+``REDIS_SECRET_ARN`` names a Secrets Manager secret holding the Redis URL, read
+through Powertools parameters (cached five minutes) and used instead of
+``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from rhailambda.errors import SettingError
+from rhailambda.protocol import KeyLayout
+from rhailambda.redis_conn import connect_async
+from rhailambda.settings import Env
+from rhailambda.shim import settings as shim_settings
+from rhailambda.shim.app import build_invoker, serve
+from rhailambda.shim.invoker import Invoker
+from rhailambda.shim.settings import ShimSettings
+
+__all__ = [
+    "HAND_BACK_RESERVE_S",
+    "PollerRun",
+    "dead_letter_depth",
+    "handler",
+    "run_poller",
+    "settings_from_env",
+]
+
+#: Seconds kept after the shutdown timeout for the hand-back, deregistering and the
+#: last metrics (the shim's own Redis steps are capped at 10 s).
+HAND_BACK_RESERVE_S = 15.0
+#: A run with less drain time than this left does nothing (the next trigger will).
+MIN_DRAIN_S = 5.0
+DEPTH_INTERVAL_S = 60.0
+
+logger = Logger(service="rhailambda-shim")
+metrics = Metrics()
+
+
+class LambdaContextLike(Protocol):
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PollerRun:
+    """What one run did (the handler's return value, as JSON)."""
+
+    shim_id: str
+    drained_s: float
+    dead_letter_depth: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shimId": self.shim_id,
+            "drainedS": round(self.drained_s, 3),
+            "deadLetterDepth": self.dead_letter_depth,
+        }
+
+
+def settings_from_env(environ: Mapping[str, str]) -> ShimSettings:
+    """The shim's settings from the function's environment (the secret resolved first)."""
+    env = dict(environ)
+    secret_arn = env.get("REDIS_SECRET_ARN", "").strip()
+    if secret_arn:
+        env["REDIS_URL"] = _secret_url(secret_arn)
+    env.setdefault("RHAILAMBDA_BACKEND", "lambda")
+    parser = argparse.ArgumentParser(add_help=False)
+    shim_settings.add_arguments(parser)
+    return shim_settings.from_args(parser.parse_args([]), Env(env))
+
+
+def _secret_url(secret_arn: str) -> str:
+    from aws_lambda_powertools.utilities import parameters
+
+    value = parameters.get_secret(secret_arn, max_age=300)
+    if not isinstance(value, str) or not value.strip():
+        raise SettingError("REDIS_SECRET_ARN", "the secret holds no Redis URL")
+    return value.strip()
+
+
+async def dead_letter_depth(
+    client: aioredis.Redis, layout: KeyLayout, worker_ids: tuple[str, ...]
+) -> int:
+    """Dead-lettered ids across ``worker_ids`` (one pipelined round trip)."""
+    pipe = client.pipeline(transaction=False)
+    for worker_id in worker_ids:
+        pipe.llen(layout.dead_letter(worker_id))
+    return sum(int(n) for n in await pipe.execute())
+
+
+async def _publish_depth(client: aioredis.Redis, settings: ShimSettings) -> int | None:
+    """Publish DeadLetterDepth; None (and a warning) when Redis or the metric fails."""
+    try:
+        depth = await dead_letter_depth(
+            client, settings.protocol.layout, settings.queues.worker_ids
+        )
+        metrics.add_metric(name="DeadLetterDepth", unit=MetricUnit.Count, value=depth)
+        metrics.flush_metrics()
+    except Exception as exc:  # never the reason a run fails: the shim reports Redis itself
+        logger.warning("dead-letter depth not published", extra={"error": str(exc)})
+        return None
+    return depth
+
+
+async def _depth_loop(client: aioredis.Redis, settings: ShimSettings) -> None:
+    while True:
+        await _publish_depth(client, settings)
+        await asyncio.sleep(DEPTH_INTERVAL_S)
+
+
+async def run_poller(
+    settings: ShimSettings, drain_s: float, *, invoker: Invoker | None = None
+) -> PollerRun:
+    """Serve for ``drain_s`` seconds, then shut down gracefully (the hand-back)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.call_later(drain_s, stop.set)
+    own_invoker = invoker is None
+    inv = invoker or build_invoker(settings)
+    client = connect_async(settings.redis.url, max_block_s=settings.queues.block_s)
+    depth_task = asyncio.create_task(_depth_loop(client, settings))
+    started = time.monotonic()
+    try:
+        await serve(settings, inv, stop=stop, client=client)
+    finally:
+        drained_s = time.monotonic() - started
+        depth_task.cancel()
+        await asyncio.gather(depth_task, return_exceptions=True)
+        depth = await _publish_depth(client, settings)
+        if own_invoker:
+            await inv.aclose()
+        await client.aclose()
+    return PollerRun(settings.queues.shim_id, drained_s, depth)
+
+
+def drain_budget_s(settings: ShimSettings, remaining_s: float) -> float:
+    """How long a run with ``remaining_s`` left may take new tasks."""
+    return remaining_s - settings.flow.shutdown_timeout_s - HAND_BACK_RESERVE_S
+
+
+@logger.inject_lambda_context(log_event=False)
+def handler(event: Mapping[str, Any], context: LambdaContextLike) -> dict[str, Any]:
+    # The edge: the poller's settings come from its environment, once per run.
+    settings = settings_from_env(os.environ)
+    logging.getLogger("rhailambda").setLevel(settings.log_level)
+    remaining_s = context.get_remaining_time_in_millis() / 1000.0
+    drain_s = drain_budget_s(settings, remaining_s)
+    if drain_s < MIN_DRAIN_S:
+        logger.warning(
+            "timeout too short to drain",
+            extra={
+                "remaining_s": remaining_s,
+                "shutdown_timeout_s": settings.flow.shutdown_timeout_s,
+            },
+        )
+        return PollerRun(settings.queues.shim_id, 0.0, None).to_json()
+    logger.info(
+        "poller run starts",
+        extra={
+            "shim_id": settings.queues.shim_id,
+            "workers": list(settings.queues.worker_ids),
+            "function": settings.function.function_name,
+            "drain_s": round(drain_s, 1),
+        },
+    )
+    result = asyncio.run(run_poller(settings, drain_s))
+    logger.info("poller run ends", extra=result.to_json())
+    return result.to_json()
