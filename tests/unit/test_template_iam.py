@@ -187,7 +187,7 @@ EXPECTED_PARAMETERS = {
 
 
 def test_parameters(sam: dict[str, Any]) -> None:
-    assert EXPECTED_PARAMETERS <= set(sam["Parameters"])
+    assert set(sam["Parameters"]) >= EXPECTED_PARAMETERS
     assert sam["Parameters"]["RedisUrl"].get("NoEcho") is True
 
 
