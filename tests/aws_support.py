@@ -268,7 +268,85 @@ def deploy_built_stack(
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     summaries = cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]
     resources = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in summaries}
+    resolver = _Resolver(cfn_template, {**_defaults(cfn_template), **parameters}, resources, name)
+    resources |= _put_skipped_alarms(endpoint_url, cfn_template, resources, resolver, name)
     return Stack(name, outputs, resources, cfn_template)
+
+
+def _defaults(template: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        k: str(v["Default"]) for k, v in template.get("Parameters", {}).items() if "Default" in v
+    }
+
+
+class _Resolver:
+    """Enough of CloudFormation's intrinsics to resolve the alarms' properties."""
+
+    def __init__(
+        self,
+        template: Mapping[str, Any],
+        parameters: Mapping[str, str],
+        physical: Mapping[str, str],
+        stack_name: str,
+    ) -> None:
+        self._template = template
+        self._refs = {**parameters, **physical, "AWS::StackName": stack_name, "AWS::Region": REGION}
+
+    def condition(self, name: str) -> bool:
+        return bool(self.value(self._template["Conditions"][name]))
+
+    def value(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [v for v in (self.value(i) for i in node) if v is not _NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            ((key, arg),) = node.items()
+            if key == "Ref":
+                return _NO_VALUE if arg == "AWS::NoValue" else self._refs[arg]
+            if key == "Fn::If":
+                return self.value(arg[1] if self.condition(arg[0]) else arg[2])
+            if key == "Fn::Equals":
+                return self.value(arg[0]) == self.value(arg[1])
+            if key == "Fn::Not":
+                return not self.value(arg[0])
+            if key == "Fn::And":
+                return all(self.value(a) for a in arg)
+            if key == "Fn::Or":
+                return any(self.value(a) for a in arg)
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::Join":
+                return arg[0].join(str(v) for v in self.value(arg[1]))
+        out = {k: self.value(v) for k, v in node.items()}
+        return {k: v for k, v in out.items() if v is not _NO_VALUE}
+
+
+_NO_VALUE = object()
+
+
+def _put_skipped_alarms(
+    endpoint_url: str,
+    template: Mapping[str, Any],
+    physical: Mapping[str, str],
+    resolver: _Resolver,
+    stack_name: str,
+) -> dict[str, str]:
+    """Alarms the emulator's CloudFormation skipped (moto has no AWS::CloudWatch::Alarm),
+    put through the CloudWatch API with the template's resolved properties."""
+    cloudwatch = client("cloudwatch", endpoint_url)
+    created: dict[str, str] = {}
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::CloudWatch::Alarm" or logical_id in physical:
+            continue
+        if "Condition" in resource and not resolver.condition(resource["Condition"]):
+            continue
+        props = resolver.value(resource["Properties"])
+        props.setdefault("AlarmName", f"{stack_name}-{logical_id}")
+        props["Threshold"] = float(props["Threshold"])
+        cloudwatch.put_metric_alarm(**props)
+        created[logical_id] = props["AlarmName"]
+    return created
 
 
 def sam_build(build_dir: Path, *, template: Path = TEMPLATE, log: Path | None = None) -> None:
