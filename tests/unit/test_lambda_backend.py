@@ -11,7 +11,9 @@ import asyncio
 import io
 import json
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import boto3
@@ -280,3 +282,35 @@ def test_from_settings_uses_the_function_name_and_timeouts() -> None:
         assert client.meta.config.max_pool_connections == 16
     finally:
         asyncio.run(invoker.aclose())
+
+
+def test_an_emulator_crash_keeps_the_runtime_message() -> None:
+    # The RIE answers a crashed runtime with 502 and the runtime's error as the body.
+    body = json.dumps(
+        {"errorType": "Runtime.ExitError", "errorMessage": "Runtime exited with error: exit 70"}
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(502)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    invoker = LambdaInvoker(FUNCTION, client=_client(f"http://127.0.0.1:{server.server_port}"))
+    try:
+        with pytest.raises(InvocationError) as caught:
+            _invoke(invoker)
+    finally:
+        asyncio.run(invoker.aclose())
+        server.shutdown()
+        server.server_close()
+    assert caught.value.retryable and not isinstance(caught.value, ThrottledError)
+    assert "Runtime.ExitError: Runtime exited with error: exit 70" in str(caught.value)

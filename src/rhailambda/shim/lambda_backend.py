@@ -124,6 +124,7 @@ class LambdaInvoker:
             )
             client = boto3.client("lambda", config=config, region_name=_region_of(function_name))
         self._client = client
+        client.meta.events.register("after-call.lambda.Invoke", _keep_runtime_error_message)
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, max_concurrency), thread_name_prefix="lambda-invoke"
         )
@@ -224,6 +225,26 @@ def _function_error(payload: bytes) -> tuple[str, str]:
     error_type = str(raw.get("errorType") or "")
     message = str(raw.get("errorMessage") or "")[:_MESSAGE_LIMIT]
     return error_type, message
+
+
+def _keep_runtime_error_message(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+    """Keep the runtime's ``{"errorType", "errorMessage"}`` of an error status.
+
+    Lambda reports a crashed runtime as 200 + ``FunctionError``, but emulators (the
+    RIE, LocalStack) answer 502 with that body, which botocore's error parser drops.
+    """
+    error = parsed.get("Error")
+    if getattr(http_response, "status_code", 200) < 400 or not isinstance(error, dict):
+        return
+    if error.get("Message"):
+        return
+    try:
+        body = json.loads(http_response.content)
+    except (TypeError, ValueError):
+        return
+    if isinstance(body, dict) and body.get("errorMessage"):
+        error_type = body.get("errorType") or "Unhandled"
+        error["Message"] = f"{error_type}: {str(body['errorMessage'])[:_MESSAGE_LIMIT]}"
 
 
 def _retry_after(response: Any) -> float | None:
