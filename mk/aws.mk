@@ -75,4 +75,5 @@ deploy: $(SAM_STAMP)
 ## test-aws: the AWS e2e tests (moto + RIE; no Docker, no AWS account)
 test-aws: setup wheel $(SAM_STAMP) $(LAMBDA_STAMP)
 	RHAILAMBDA_REQUIRE_AWS_TESTS=1 $(PY) -m pytest -q tests/unit/test_template_iam.py \
-	  tests/unit/test_lambda_backend.py tests/e2e/test_aws_stack.py
+	  tests/unit/test_lambda_backend.py tests/unit/test_lambda_backend_poller.py \
+	  tests/e2e/test_aws_stack.py
