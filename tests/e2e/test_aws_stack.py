@@ -50,7 +50,7 @@ from rhailambda.client import Client
 pytestmark = [
     pytest.mark.aws,
     # moto's CloudFormation skips these (the alarms are then put through the API).
-    pytest.mark.filterwarnings("ignore:Tried to parse AWS::.* but it's not supported:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Tried to parse AWS:UserWarning"),
 ]
 
 SCRIPT_TIMEOUT_S = 3  # FunctionTimeout: what the hanging task runs into
