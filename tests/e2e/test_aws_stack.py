@@ -54,7 +54,8 @@ pytestmark = [
 ]
 
 SCRIPT_TIMEOUT_S = 3  # FunctionTimeout: what the hanging task runs into
-POLLER_TIMEOUT_S = 45  # drains for 45 - (3 + 15) s, then hands back
+POLLER_TIMEOUT_S = 60  # drains for 60 - (3 + 15) s, then hands back
+SECOND_POLLER_TIMEOUT_S = 25  # the next run: drains for 7 s
 WORKERS = ("w-ok", "w-crash", "w-hang")
 TASKS = 200
 
@@ -210,7 +211,8 @@ def test_stack_creates_function_table_alarms_and_roles(endpoint: str, stack: Sta
 class _PollerRun:
     """One invocation of the poller's RIE, in a thread (it blocks for the whole run)."""
 
-    def __init__(self, rie: RieProcess) -> None:
+    def __init__(self, rie: RieProcess, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
@@ -223,15 +225,15 @@ class _PollerRun:
         url = f"{self._rie.endpoint_url}/2015-03-31/functions/function/invocations"
         request = urllib.request.Request(url, data=b"{}", method="POST")  # the schedule's event
         try:
-            with urllib.request.urlopen(request, timeout=POLLER_TIMEOUT_S + 30) as response:
+            with urllib.request.urlopen(request, timeout=self._timeout_s + 30) as response:
                 self.result = json.loads(response.read())
         except BaseException as exc:
             self.error = exc
         self.seconds = time.monotonic() - started
 
-    def join(self, timeout_s: float) -> dict[str, Any]:
-        self._thread.join(timeout_s)
-        assert not self._thread.is_alive(), f"poller still running after {timeout_s} s"
+    def join(self) -> dict[str, Any]:
+        self._thread.join(self._timeout_s + 30)
+        assert not self._thread.is_alive(), f"poller still running after {self._timeout_s} s"
         assert self.error is None, self.error
         assert self.result is not None
         return self.result
@@ -271,20 +273,28 @@ def test_poller_drains_into_the_built_function(
         # serves the Invoke API for the function named "function".
         poller_env["AWS_ENDPOINT_URL_LAMBDA"] = script_rie.endpoint_url
         poller_env["RHAILAMBDA_FUNCTION_NAME"] = "function"
-        with RieProcess(
-            build_dir / "PollerFunction",
-            "rhailambda.shim.poller.handler",
-            poller_env,
-            timeout_s=POLLER_TIMEOUT_S,
-            log_path=tmp_path / "poller-rie.log",
-        ) as poller_rie:
-            try:
-                _drain_and_check(redis_module, poller_rie, stack)
-            except BaseException:
-                print("--- script RIE log ---\n" + script_rie.log_text()[-6000:])
-                print("--- poller RIE log ---\n" + poller_rie.log_text()[-6000:])
-                raise
-            poller_log = poller_rie.log_text()
+
+        def poller(timeout_s: int, log_name: str) -> RieProcess:
+            return RieProcess(
+                build_dir / "PollerFunction",
+                "rhailambda.shim.poller.handler",
+                poller_env,
+                timeout_s=timeout_s,
+                log_path=tmp_path / log_name,
+            )
+
+        for step, rie in (
+            (_first_run, poller(POLLER_TIMEOUT_S, "poller-rie.log")),
+            (_next_run, poller(SECOND_POLLER_TIMEOUT_S, "poller-rie-2.log")),
+        ):
+            with rie:
+                try:
+                    step(redis_module, rie, stack)
+                except BaseException:
+                    print("--- script RIE log ---\n" + script_rie.log_text()[-6000:])
+                    print("--- poller RIE log ---\n" + rie.log_text()[-6000:])
+                    raise
+        poller_log = (tmp_path / "poller-rie.log").read_text()
     # DeadLetterDepth went out as an EMF line in the namespace the alarm watches.
     emf = [
         json.loads(line)
@@ -297,10 +307,10 @@ def test_poller_drains_into_the_built_function(
     assert emf[-1]["service"] == "rhailambda-shim"
 
 
-def _drain_and_check(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
+def _first_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     started = time.monotonic()
-    run = _PollerRun(poller_rie)
+    run = _PollerRun(poller_rie, POLLER_TIMEOUT_S)
     with Client(redis_url) as c:
         ids = [
             c.submit(f"let x = {i}; x * 2", worker_id="w-ok", context_id="alice", caller_id="alice")
@@ -343,20 +353,27 @@ def _drain_and_check(redis_url: str, poller_rie: RieProcess, stack: Stack) -> No
         assert r.hget(f"rhailib:{hang}", "rhailambdaAttempt") in (None, "3")
 
         # The run ends by itself before its timeout: stop taking, hand back, deregister.
-        result = run.join(POLLER_TIMEOUT_S + 30)
+        result = run.join()
         assert result["deadLetterDepth"] == 2
         assert result["shimId"] == f"{stack.name}-poller"
         assert run.seconds < POLLER_TIMEOUT_S
         assert r.zcard("rhailambda:shims") == 0
         assert [k for k in r.scan_iter("rhailambda:inflight:*")] == []
 
-        # Between runs nothing polls: a new task waits in its queue for the next run.
+    r.close()
+
+
+def _next_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
+    """Between runs nothing polls: a new task waits in its queue for the next run."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    with Client(redis_url) as c:
         late = c.submit("40 + 2", worker_id="w-ok", context_id="alice", caller_id="alice")
         _wait_until(lambda: r.llen("rhailib:w-ok") == 1, 5, "the late task to be queued")
         time.sleep(1.0)  # a poller would have taken it by now; none runs
         assert r.llen("rhailib:w-ok") == 1
-        second = _PollerRun(poller_rie)
+        run = _PollerRun(poller_rie, SECOND_POLLER_TIMEOUT_S)
         reply = c.wait(late, timeout_s=30)
         assert (reply.status, reply.output) == ("completed", "42")
-        second.join(POLLER_TIMEOUT_S + 30)
+        assert run.join()["shimId"] == f"{stack.name}-poller"
+        assert r.zcard("rhailambda:shims") == 0
     r.close()
