@@ -19,7 +19,6 @@ import copy
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -470,8 +469,3 @@ class RieProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
