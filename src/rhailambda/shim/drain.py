@@ -135,14 +135,8 @@ class Drainer:
     async def _take_loop(self, worker_id: str) -> None:
         slots = self._queue_slots[worker_id]
         while True:
-            await slots.acquire()
-            try:
-                items, paused = await self._take_batch(worker_id)
-            except BaseException:
-                slots.release()
-                raise
+            items, paused = await self._take_batch(worker_id, slots)
             if not items:
-                slots.release()
                 if paused:
                     await self._wait_while_paused(worker_id)
                 continue
@@ -150,30 +144,48 @@ class Drainer:
             self._last_dispatch[worker_id] = time.monotonic()
             self._spawn(self._run(worker_id, items, slots), self._invocations)
 
-    async def _take_batch(self, worker_id: str) -> tuple[list[Taken], bool]:
-        """Take a batch holding a global slot (kept when items come back); (items, paused)."""
+    async def _acquire(self, slots: asyncio.Semaphore) -> None:
+        """The queue's slot, then a global one (FIFO-fair across queues)."""
+        await slots.acquire()
+        try:
+            await self.limiter.acquire()
+        except BaseException:
+            slots.release()
+            raise
+
+    def _release(self, slots: asyncio.Semaphore) -> None:
+        self.limiter.release()
+        slots.release()
+
+    async def _take_batch(
+        self, worker_id: str, slots: asyncio.Semaphore
+    ) -> tuple[list[Taken], bool]:
+        """Take a batch; when items come back the caller owns both slots. (items, paused)
+
+        An idle queue is waited on (BLMOVE) holding NO slot, so neither other queues
+        nor this queue's own retries wait behind a reader blocked in Redis.
+        """
         size = self._s.batch.batch_size
-        await self.limiter.acquire()
+        await self._acquire(slots)
         held = True
         try:
             result = await self._source.take(worker_id, size, block_s=0)
             if not result.items:
-                # Idle queue: wait for work WITHOUT holding a global slot.
-                self.limiter.release()
+                self._release(slots)
                 held = False
                 if result.paused:
                     return [], True
                 result = await self._source.take(worker_id, size, block_s=self._s.queues.block_s)
                 if not result.items:
                     return [], result.paused
-                await self.limiter.acquire()
+                await self._acquire(slots)
                 held = True
             items = list(result.items)
             await self._fill_window(worker_id, items)
             return items, False
         except BaseException:
             if held:
-                self.limiter.release()
+                self._release(slots)
             raise
 
     async def _fill_window(self, worker_id: str, items: list[Taken]) -> None:
@@ -208,8 +220,7 @@ class Drainer:
                 return
             failed, reason, retryable = await self._invoke(worker_id, items)
         finally:
-            self.limiter.release()
-            slots.release()
+            self._release(slots)
         if failed:
             await self._settle_failures(worker_id, failed, reason, retryable=retryable)
 
@@ -339,12 +350,7 @@ class Drainer:
             if not items:
                 return
         slots = self._queue_slots[worker_id]
-        await slots.acquire()
-        try:
-            await self.limiter.acquire()
-        except BaseException:
-            slots.release()
-            raise
+        await self._acquire(slots)
         # From here the batch is an invocation (shutdown waits for it), not a timer.
         self._spawn(self._run(worker_id, items, slots), self._invocations)
 
