@@ -202,6 +202,27 @@ def test_batch_item_failures_are_retried_alone(redis_client: redis.Redis, redis_
     ]
 
 
+def test_retry_does_not_wait_behind_an_idle_queue_reader(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Per-queue concurrency 1 and a 5 s BLMOVE: the retry still goes out right away."""
+    seed_tasks(redis_client, L, "w1", ["flaky1"])
+    sent_at: list[float] = []
+
+    async def flaky(event: InvocationEvent) -> BatchResponse:
+        sent_at.append(time.monotonic())
+        first = all(t.attempt == 1 for t in event.tasks)
+        return BatchResponse({t.task_id: "failed" if first else "completed" for t in event.tasks})
+
+    invoker = FakeInvoker(flaky)
+    settings = make_settings(redis_url, flow=FlowSettings(1, 1, 5))
+    settings = dataclasses.replace(
+        settings, queues=dataclasses.replace(settings.queues, block_s=5.0)
+    )
+    asyncio.run(run_shim(settings, invoker, lambda: len(invoker.events) == 2))
+    assert sent_at[1] - sent_at[0] < 2.0, "the retry waited for the blocked reader"
+
+
 def test_non_retryable_error_dead_letters_at_once(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
