@@ -17,9 +17,10 @@ import redis
 from bench.config import REPO
 
 sys.path.insert(0, str(REPO))
-from tests.redis_server import RedisServer  # noqa: E402  (the tests' helper, reused)
+from tests.redis_server import RedisServer, free_port  # noqa: E402  (the tests' helper)
 
 __all__ = [
+    "free_port",
     "CLK_TCK",
     "RedisServer",
     "Shim",

@@ -1,0 +1,95 @@
+"""End-to-end throughput: N tasks submitted at once, every reply awaited; tasks per second.
+
+Ours: the shim (local backend) as a child process, our client as another
+(``bench.load``). Peers: their workers and clients in their venvs
+(``bench.peers``). Each system is warmed first (workers started, one small run),
+then measured ``runs`` times on the same redis-server; the figure is the median.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.config import BenchConfig
+from bench.infra import PY, Shim, run_json
+from bench.peers import PEER_NOTES, PeerWorkers, commands
+
+__all__ = ["ours", "peer", "sweep"]
+
+WORKER = "bench"
+Tick = Callable[[], None] | None
+
+
+def _check(res: dict[str, Any], who: str) -> None:
+    if res["ok"] != res["n"]:
+        raise RuntimeError(f"{who}: {res['ok']} of {res['n']} replies were right")
+
+
+def _summary(rates: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(rates), "runs": rates,
+            "min": min(rates), "max": max(rates)}  # fmt: skip
+
+
+def ours(cfg: BenchConfig, url: str, shim_args: Sequence[str], log: Path, runs: int,
+         tick: Tick = None) -> dict[str, Any]:  # fmt: skip
+    args = [*shim_args, "--local-workers", str(cfg.processes)]
+    rates = []
+    with Shim(url, WORKER, args, log=log) as shim:
+        warm = run_json([PY, "-m", "bench.load", url, WORKER, str(min(1000, cfg.n_tasks))],
+                        timeout_s=300)  # fmt: skip
+        _check(warm, "ours (warm-up)")
+        for _ in range(runs):
+            res = run_json([PY, "-m", "bench.load", url, WORKER, str(cfg.n_tasks)], timeout_s=900)
+            _check(res, "ours")
+            shim.check()
+            rates.append(res["rate"])
+            if tick:
+                tick()
+    return {**_summary(rates), "settings": " ".join(args),
+            "command": " ".join(Shim(url, WORKER, args, log=log).cmd[1:])}  # fmt: skip
+
+
+def peer(cfg: BenchConfig, name: str, url: str, log: Path, tick: Tick = None) -> dict[str, Any]:
+    redis.Redis.from_url(url).flushall()
+    rates = []
+    with PeerWorkers(cfg, name, url, log) as workers:
+        _check(workers.client(50, timeout_s=120), f"{name} (warm-up)")  # also waits for startup
+        _check(workers.client(min(1000, cfg.n_tasks)), f"{name} (warm-up)")
+        for _ in range(cfg.runs):
+            res = workers.client(cfg.n_tasks)
+            _check(res, name)
+            rates.append(res["rate"])
+            if tick:
+                tick()
+    redis.Redis.from_url(url).flushall()
+    return {**_summary(rates), "settings": PEER_NOTES[name], "workers": commands(cfg, name)}
+
+
+SWEEP_GRID = {
+    "--batch-size": (10, 50, 100, 200),
+    "--batch-window-ms": (0, 2),
+    "--max-concurrency": (2, 4),
+}
+
+
+def sweep(cfg: BenchConfig, url: str, log: Path, tick: Tick = None) -> list[dict[str, Any]]:
+    """One run of every combination of the shim's knobs; best first."""
+    rows = []
+    keys = list(SWEEP_GRID)
+    for values in itertools.product(*SWEEP_GRID.values()):
+        args = [str(x) for pair in zip(keys, values, strict=True) for x in pair]
+        res = ours(cfg, url, args, log, runs=1)
+        rows.append({"args": " ".join(args), "rate": res["median"]})
+        if tick:
+            tick()
+    return sorted(rows, key=lambda r: -r["rate"])
+
+
+def sweep_size() -> int:
+    return len(list(itertools.product(*SWEEP_GRID.values())))
