@@ -40,8 +40,9 @@ setup: $(STAMP) redis-server
 run: setup
 	$(PY) -m rhailambda.devstack
 
-test: setup
-	$(PY) -m pytest -q
+## test: every test; the AWS e2e needs the wheel, aws-sam-cli and a python3.12 venv
+test: setup wheel sam-venv lambda-venv
+	RHAILAMBDA_REQUIRE_AWS_TESTS=1 $(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not aws"
@@ -51,6 +52,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 	$(MAKE) -C rhai-py lint VENV=$(abspath $(VENV))
+	$(MAKE) validate
 
 fmt:
 	$(VENV)/bin/ruff format src tests bench
