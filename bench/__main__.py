@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import ceiling, coldstart, commands, latency, report, throughput
 from bench.config import REPO, BenchConfig
-from bench.infra import PY, run_json, start_redis
+from bench.infra import PY, run_json, server_pid, start_redis
 from bench.throughput import sweep_size
 
 
@@ -92,7 +92,8 @@ def main() -> int:
 
                 started = time.monotonic()
                 try:
-                    _run_section(section, cfg, url, server.port, results, logs, tick, progress, task)
+                    _run_section(section, cfg, url, server.port, results, logs, tick, progress,
+                                 task, server_pid(server))  # fmt: skip
                 except Exception as exc:  # one failed section must not lose the others
                     results["errors"][section] = f"{type(exc).__name__}: {exc}"[:2000]
                     (logs / f"{section}.error.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -119,13 +120,14 @@ def main() -> int:
 
 
 def _run_section(section: str, cfg: BenchConfig, url: str, port: int, results: dict[str, Any],
-                 logs: Any, tick: Callable[[], None], progress: Progress, task: Any) -> None:  # fmt: skip
+                 logs: Any, tick: Callable[[], None], progress: Progress, task: Any,
+                 redis_pid: int | None = None) -> None:  # fmt: skip
     if section == "throughput":
         if cfg.sweep:
-            rows = throughput.sweep(cfg, url, logs / "sweep-shim.log", tick)
+            rows = throughput.sweep(cfg, url, logs / "sweep-shim.log", tick, redis_pid)
             results["sweep"] = rows
         results["throughput"] = throughput.ours(cfg, url, cfg.shim_args, logs / "shim.log",
-                                                cfg.runs, tick)  # fmt: skip
+                                                cfg.runs, tick, redis_pid)  # fmt: skip
     elif section == "peers":
         results["peers"] = {}
         for name in cfg.peers:

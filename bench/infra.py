@@ -144,3 +144,9 @@ class Shim:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def server_pid(server: RedisServer) -> int | None:
+    """The redis-server's pid (the tests' helper keeps its process private)."""
+    proc = getattr(server, "_proc", None)
+    return proc.pid if proc is not None else None

@@ -38,8 +38,9 @@ def _bin(cfg: BenchConfig, name: str) -> str:
 def peer_settings(cfg: BenchConfig, peer: str) -> list[list[str]]:
     """The worker command lines of ``peer`` (one per process for peers without a pool)."""
     p = str(cfg.processes)
-    if peer == "dramatiq":
-        return [[_bin(cfg, "dramatiq"), "peer_dramatiq", "--processes", p, "--threads", "1"]]
+    if peer in ("dramatiq", "dramatiq-1t"):
+        threads = "1" if peer == "dramatiq-1t" else "8"  # 8: dramatiq's default
+        return [[_bin(cfg, "dramatiq"), "peer_dramatiq", "--processes", p, "--threads", threads]]
     if peer == "celery":
         return [[
             _bin(cfg, "celery"), "-A", "peer_celery", "worker", "-P", "prefork", "-c", p,
@@ -56,8 +57,9 @@ def peer_settings(cfg: BenchConfig, peer: str) -> list[list[str]]:
 
 
 PEER_NOTES = {
-    "dramatiq": "RedisBroker + Results(RedisBackend), `--processes P --threads 1`; "
+    "dramatiq": "RedisBroker + Results(RedisBackend), `--processes P --threads 8` (its default); "
     "client: `actor.send` per task, `message.get_result(block=True)`",
+    "dramatiq-1t": "as dramatiq but `--threads 1` (one thread per process, like our workers)",
     "celery": "Redis broker + Redis result backend, prefork `-c P`, prefetch multiplier 16, "
     "no gossip/mingle/heartbeat; client: `task.delay` per task, `ResultSet.get` (native join)",
     "arq": "P worker processes (`arq.run_worker`, logging at WARNING), max_jobs 100, poll_delay 10 ms, keep_result 1 h; "
@@ -108,7 +110,7 @@ class PeerWorkers:
     def client(self, n: int, timeout_s: float = 900.0) -> dict[str, Any]:
         self.check()
         return run_json(
-            [python(self.cfg, self.peer), f"peer_{self.peer}.py", "client", str(n)],
+            [python(self.cfg, self.peer), f"peer_{self.peer.split('-')[0]}.py", "client", str(n)],
             env=self._env(), timeout_s=timeout_s, cwd=PEER_DIR,
         )  # fmt: skip
 

@@ -70,8 +70,8 @@ def print_tables(r: dict[str, Any], console: Console) -> None:
     t = Table(title="Throughput end to end (median tasks/s)")
     for col in ("system", "tasks/s", "ratio to ours", "settings"):
         t.add_column(col, overflow="fold")
-    for row in _throughput_rows(r):
-        t.add_row(*row)
+    for name, rate, ratio, settings in _throughput_rows(r):
+        t.add_row(name, rate, ratio, settings.split(";")[0][:60])
     console.print(t)
     f = Table(title="Floors")
     for col in ("floor", "measured", "verdict"):
@@ -232,6 +232,13 @@ def markdown(r: dict[str, Any]) -> str:
             lines += ["", f"At our median throughput Redis served "
                       f"{_get(r, 'derived', 'top_level_cmds_per_s'):,.0f} top-level commands/s: "
                       f"{frac:.0%} of the unpipelined EVAL ceiling (Redis is not the bottleneck)."]  # fmt: skip
+    cpu = _get(r, "throughput", "cpu_ms_per_1000_tasks")
+    if cpu:
+        total = sum(cpu.values())
+        lines += ["", "## Where the CPU goes (end to end, ms of CPU per 1,000 tasks, median run)", "",
+                  "| process | CPU ms / 1,000 tasks | share |", "|---|---:|---:|"]  # fmt: skip
+        lines += [f"| {k} | {v:.0f} | {v / total:.0%} |" for k, v in cpu.items()]
+        lines.append(f"| total | {total:.0f} | (2 cores give 2,000 ms per second) |")
     if r.get("sweep"):
         lines += ["", "## Shim knob sweep (one run each, best first)", "", "| knobs | tasks/s |",
                   "|---|---:|"]  # fmt: skip
