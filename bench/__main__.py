@@ -32,8 +32,9 @@ def _load() -> str:
 
 
 def _meta(cfg: BenchConfig) -> dict[str, Any]:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=REPO).stdout.strip()  # fmt: skip
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
     redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     quick = "BENCH_QUICK=1 " if cfg.quick else ""
     return {
@@ -79,9 +80,12 @@ def main() -> int:
     url = server.url
     try:
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console,
-        ) as progress:  # fmt: skip
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             overall = progress.add_task("all sections", total=sum(steps[s] for s in cfg.sections))
             for section in cfg.sections:
                 task = progress.add_task(section, total=steps[section])
@@ -92,15 +96,28 @@ def main() -> int:
 
                 started = time.monotonic()
                 try:
-                    _run_section(section, cfg, url, server.port, results, logs, tick, progress,
-                                 task, server_pid(server))  # fmt: skip
+                    _run_section(
+                        section,
+                        cfg,
+                        url,
+                        server.port,
+                        results,
+                        logs,
+                        tick,
+                        progress,
+                        task,
+                        server_pid(server),
+                    )
                 except Exception as exc:  # one failed section must not lose the others
                     results["errors"][section] = f"{type(exc).__name__}: {exc}"[:2000]
                     (logs / f"{section}.error.txt").parent.mkdir(parents=True, exist_ok=True)
                     (logs / f"{section}.error.txt").write_text(traceback.format_exc())
                 left = progress.tasks[task].remaining or 0
-                progress.update(task, completed=steps[section],
-                                description=f"{section} ({time.monotonic() - started:.0f} s)")  # fmt: skip
+                progress.update(
+                    task,
+                    completed=steps[section],
+                    description=f"{section} ({time.monotonic() - started:.0f} s)",
+                )
                 progress.advance(overall, left)
     finally:
         server.close()
@@ -111,23 +128,34 @@ def main() -> int:
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
     png = report.plot(results, out_dir / "bench.png")
     report.print_tables(results, console)
-    if set(cfg.sections) == set(("throughput", "peers", "shim", "latency", "coldstart",
-                                 "commands", "idle", "ceiling")) or os.environ.get("BENCH_WRITE_MD"):  # fmt: skip
+    if set(cfg.sections) == set(
+        ("throughput", "peers", "shim", "latency", "coldstart", "commands", "idle", "ceiling")
+    ) or os.environ.get("BENCH_WRITE_MD"):
         (REPO / "bench" / "RESULTS.md").write_text(report.markdown(results))
         console.print("table: bench/RESULTS.md")
     console.print(f"results: {out_dir / 'latest.json'}" + (f", plot: {png}" if png else ""))
     return 1 if results["errors"] else 0
 
 
-def _run_section(section: str, cfg: BenchConfig, url: str, port: int, results: dict[str, Any],
-                 logs: Any, tick: Callable[[], None], progress: Progress, task: Any,
-                 redis_pid: int | None = None) -> None:  # fmt: skip
+def _run_section(
+    section: str,
+    cfg: BenchConfig,
+    url: str,
+    port: int,
+    results: dict[str, Any],
+    logs: Any,
+    tick: Callable[[], None],
+    progress: Progress,
+    task: Any,
+    redis_pid: int | None = None,
+) -> None:
     if section == "throughput":
         if cfg.sweep:
             rows = throughput.sweep(cfg, url, logs / "sweep-shim.log", tick, redis_pid)
             results["sweep"] = rows
-        results["throughput"] = throughput.ours(cfg, url, cfg.shim_args, logs / "shim.log",
-                                                cfg.runs, tick, redis_pid)  # fmt: skip
+        results["throughput"] = throughput.ours(
+            cfg, url, cfg.shim_args, logs / "shim.log", cfg.runs, tick, redis_pid
+        )
     elif section == "peers":
         results["peers"] = {}
         for name in cfg.peers:
@@ -141,21 +169,28 @@ def _run_section(section: str, cfg: BenchConfig, url: str, port: int, results: d
         for batch in (10, 100):
             rates = []
             for _ in range(cfg.runs):
-                res = run_json([PY, "-m", "bench.shim_probe", url, str(cfg.n_tasks), str(batch), "2"],
-                               timeout_s=600)  # fmt: skip
+                res = run_json(
+                    [PY, "-m", "bench.shim_probe", url, str(cfg.n_tasks), str(batch), "2"],
+                    timeout_s=600,
+                )
                 rates.append(res["rate"])
                 _flush(url)
                 tick()
             results["shim"][f"batch_{batch}"] = {"median": statistics.median(rates), "runs": rates}
     elif section == "latency":
-        results["latency"] = latency.latency(cfg, url, cfg.shim_args, logs / "latency-shim.log", tick)
+        results["latency"] = latency.latency(
+            cfg, url, cfg.latency_shim_args, logs / "latency-shim.log", tick
+        )
     elif section == "coldstart":
         results["coldstart"] = coldstart.cold_start(url, cfg.runs, tick)
     elif section == "commands":
         per_task = commands.commands_per_task(cfg, url, cfg.shim_args, logs / "commands-shim.log")
         tick()
-        fn = run_json([PY, "-m", "bench.function_probe", str(max(3, cfg.runs))],
-                      env={"REDIS_URL": url}, timeout_s=300)  # fmt: skip
+        fn = run_json(
+            [PY, "-m", "bench.function_probe", str(max(3, cfg.runs))],
+            env={"REDIS_URL": url},
+            timeout_s=300,
+        )
         tick()
         results["commands"] = {"per_task": per_task, "function": fn}
     elif section == "idle":

@@ -22,13 +22,32 @@ _TESTS: dict[str, list[str]] = {
     "LPUSH": ["-t", "lpush"],
     "LPOP": ["-t", "lpop"],
     # an EVAL that does what the shim's ack does: one list op inside Lua
-    "EVAL (1 list op)": ["EVAL", "return redis.call('LPUSH', KEYS[1], ARGV[1])", "1", "bench:l", "x"],
+    "EVAL (1 list op)": [
+        "EVAL",
+        "return redis.call('LPUSH', KEYS[1], ARGV[1])",
+        "1",
+        "bench:l",
+        "x",
+    ],
 }
 
 
 def _run(port: int, n: int, pipeline: int, test: list[str]) -> float:
-    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-c", "50",
-           "-P", str(pipeline), "--csv", *test]  # fmt: skip
+    cmd = [
+        "redis-benchmark",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-n",
+        str(n),
+        "-c",
+        "50",
+        "-P",
+        str(pipeline),
+        "--csv",
+        *test,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     rows = list(csv.reader(io.StringIO(proc.stdout)))
     return float(rows[1][1])  # header, then "test","rps",...

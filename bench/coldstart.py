@@ -23,11 +23,10 @@ from typing import Any
 
 import redis
 
-from rhailambda.protocol import KeyLayout
-from rhailambda.shim.testing import seed_tasks
-
 from bench.config import REPO, SCRIPT
 from bench.infra import PY, free_port, wait_for
+from rhailambda.protocol import KeyLayout
+from rhailambda.shim.testing import seed_tasks
 
 __all__ = ["cold_start", "rie_binary"]
 
@@ -75,15 +74,23 @@ def _bare_python_ms() -> float:
 
 
 def rie_binary() -> str | None:
-    found = sorted(glob.glob(str(REPO / ".venv-sam/lib/python3*/site-packages/samcli/local/rapid/aws-lambda-rie-x86_64")))
+    found = sorted(
+        glob.glob(
+            str(
+                REPO
+                / ".venv-sam/lib/python3*/site-packages/samcli/local/rapid/aws-lambda-rie-x86_64"
+            )
+        )
+    )
     return found[-1] if found else None
 
 
 def _invoke(port: int, event: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations",
-        data=json.dumps(event).encode(), method="POST",
-    )  # fmt: skip
+        data=json.dumps(event).encode(),
+        method="POST",
+    )
     started = time.perf_counter()
     with urllib.request.urlopen(req, timeout=60) as resp:
         body = json.loads(resp.read())
@@ -92,12 +99,31 @@ def _invoke(port: int, event: dict[str, Any]) -> tuple[float, dict[str, Any]]:
 
 def _rie_once(rie: str, url: str, client: redis.Redis) -> dict[str, float]:
     port = free_port()
-    env = {**os.environ, "REDIS_URL": url, "AWS_LAMBDA_FUNCTION_TIMEOUT": "30",
-           "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}  # fmt: skip
-    cmd = [rie, "--runtime-interface-emulator-address", f"127.0.0.1:{port}", "--log-level", "error",
-           PY, "-m", "awslambdaric", "rhailambda.functions.handler.handler"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {
+        **os.environ,
+        "REDIS_URL": url,
+        "AWS_LAMBDA_FUNCTION_TIMEOUT": "30",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
+    }
+    cmd = [
+        rie,
+        "--runtime-interface-emulator-address",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "error",
+        PY,
+        "-m",
+        "awslambdaric",
+        "rhailambda.functions.handler.handler",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import socket
 
@@ -140,7 +166,9 @@ def cold_start(url: str, runs: int, tick: Any = None) -> dict[str, Any]:
     rie = rie_binary()
     if rie is None:
         out["rie"] = None
-        out["rie_note"] = "aws-lambda-rie absent (make sam-venv installs aws-sam-cli into .venv-sam)"
+        out["rie_note"] = (
+            "aws-lambda-rie absent (make sam-venv installs aws-sam-cli into .venv-sam)"
+        )
     else:
         rows = [_rie_once(rie, url, client) for _ in range(runs)]
         out["rie"] = _median_dict(rows)

@@ -20,11 +20,10 @@ from typing import Any
 
 import redis
 
+from bench.config import BenchConfig
+from bench.infra import PY, Shim, children, commandstats, cpu_s, delta, run_json
 from rhailambda import taskstore
 from rhailambda.shim import redis_queue
-
-from bench.config import BenchConfig
-from bench.infra import PY, Shim, commandstats, cpu_s, children, delta, run_json
 
 __all__ = ["Monitor", "commands_per_task", "idle_cost", "script_names"]
 
@@ -116,8 +115,11 @@ def commands_per_task(
         stats.pop(noise, None)
         mon.top.pop(noise, None)
     batches = mon.top.get("evalsha:claim", 0)
-    shim_top = {k: v for k, v in mon.top.items() if k not in _CLIENT_CMDS and "claim" not in k
-                and "finish" not in k}  # fmt: skip
+    shim_top = {
+        k: v
+        for k, v in mon.top.items()
+        if k not in _CLIENT_CMDS and "claim" not in k and "finish" not in k
+    }
     return {
         "n": n,
         "shim_args": " ".join(args),
@@ -131,8 +133,9 @@ def commands_per_task(
         "tasks_per_batch": n / batches if batches else None,
         "function_round_trips_per_batch": (
             (mon.top.get("evalsha:claim", 0) + mon.top.get("evalsha:finish", 0)) / batches
-            if batches else None
-        ),  # fmt: skip
+            if batches
+            else None
+        ),
         "shim_round_trips_per_batch": sum(shim_top.values()) / batches if batches else None,
         "shim_commands": dict(shim_top),
     }

@@ -54,6 +54,7 @@ class BenchConfig:
     peers: tuple[str, ...]
     processes: int  # worker processes for every system (ours: local workers)
     shim_args: tuple[str, ...]  # the shim's knobs for the throughput run
+    latency_shim_args: tuple[str, ...]  # ... for the latency run (default: the shim's defaults)
     latency_samples: int
     idle_s: float  # how long the idle shim is watched
     sweep: bool  # also sweep the shim's knobs
@@ -81,6 +82,7 @@ class BenchConfig:
             peers=peers,
             processes=_int(env, "BENCH_PROCESSES", 2),
             shim_args=shim_args,
+            latency_shim_args=tuple(env.get("BENCH_LATENCY_SHIM_ARGS", "").split()),
             latency_samples=_int(env, "BENCH_LATENCY_SAMPLES", 100 if quick else 2000),
             idle_s=float(_int(env, "BENCH_IDLE_S", 5 if quick else 30)),
             sweep=env.get("BENCH_SWEEP", "").strip().lower() in ("1", "true", "yes", "on"),

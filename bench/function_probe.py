@@ -20,11 +20,10 @@ from typing import Any
 import redis
 from redis.connection import AbstractConnection
 
+from bench.config import SCRIPT
 from rhailambda.protocol import KeyLayout
 from rhailambda.shim.local_worker import LocalContext
 from rhailambda.shim.testing import seed_tasks
-
-from bench.config import SCRIPT
 
 SENDS = 0
 _send = AbstractConnection.send_packed_command

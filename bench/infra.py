@@ -17,16 +17,16 @@ import redis
 from bench.config import REPO
 
 sys.path.insert(0, str(REPO))
-from tests.redis_server import RedisServer, free_port  # noqa: E402  (the tests' helper)
+from tests.redis_server import RedisServer, free_port
 
 __all__ = [
-    "free_port",
     "CLK_TCK",
     "RedisServer",
     "Shim",
     "commandstats",
     "cpu_s",
     "delta",
+    "free_port",
     "run_json",
     "start_redis",
     "wait_for",
@@ -80,18 +80,29 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def run_json(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout_s: float,
-             cwd: Path | None = None) -> dict[str, Any]:
+def run_json(
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float,
+    cwd: Path | None = None,
+) -> dict[str, Any]:
     """Run a command that prints one JSON object as its last stdout line; return it."""
     proc = subprocess.run(
-        list(cmd), capture_output=True, text=True, timeout=timeout_s, cwd=cwd,
+        list(cmd),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} exited {proc.returncode}: {proc.stderr[-3000:]}")
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if not lines:
-        raise RuntimeError(f"{cmd[:4]} printed no JSON: {proc.stdout[-1000:]} {proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{cmd[:4]} printed no JSON: {proc.stdout[-1000:]} {proc.stderr[-2000:]}"
+        )
     result: dict[str, Any] = json.loads(lines[-1])
     return result
 
@@ -99,12 +110,30 @@ def run_json(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeou
 class Shim:
     """``rhailambda shim`` on the local backend, as a child process."""
 
-    def __init__(self, url: str, worker: str, args: Sequence[str], *, log: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        worker: str,
+        args: Sequence[str],
+        *,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.cmd = [
-            PY, "-m", "rhailambda.cli", "shim", "--redis-url", url, "--workers", worker,
-            "--backend", "local", "--log-level", "WARNING", *args,
-        ]  # fmt: skip
+            PY,
+            "-m",
+            "rhailambda.cli",
+            "shim",
+            "--redis-url",
+            url,
+            "--workers",
+            worker,
+            "--backend",
+            "local",
+            "--log-level",
+            "WARNING",
+            *args,
+        ]
         self._log = log
         self._env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -113,9 +142,13 @@ class Shim:
         self._log.parent.mkdir(parents=True, exist_ok=True)
         with self._log.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self._env,
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self._env,
                 cwd=REPO,
-            )  # fmt: skip
+            )
         return self
 
     @property

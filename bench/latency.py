@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rhailambda.client import Client
-
 from bench.config import SCRIPT, BenchConfig
 from bench.infra import Shim
+from rhailambda.client import Client
 
 __all__ = ["IDLE_TIMEOUT_S", "latency"]
 
@@ -50,11 +49,19 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 def latency(
-    cfg: BenchConfig, url: str, shim_args: Sequence[str], log: Path,
+    cfg: BenchConfig,
+    url: str,
+    shim_args: Sequence[str],
+    log: Path,
     tick: Callable[[], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    args = [*shim_args, "--local-workers", str(cfg.processes),
-            "--idle-timeout-s", str(IDLE_TIMEOUT_S)]  # fmt: skip
+) -> dict[str, Any]:
+    args = [
+        *shim_args,
+        "--local-workers",
+        str(cfg.processes),
+        "--idle-timeout-s",
+        str(IDLE_TIMEOUT_S),
+    ]
     reps = 2 if cfg.quick else 5
     out: dict[str, Any] = {"shim_args": " ".join(args)}
     with Shim(url, WORKER, args, log=log) as shim, Client(url) as client:
@@ -63,13 +70,21 @@ def latency(
         runs = []
         for _ in range(cfg.runs):
             samples = [_one(client) for _ in range(cfg.latency_samples)]
-            runs.append({"p50_ms": _pct(samples, 0.5), "p99_ms": _pct(samples, 0.99),
-                         "mean_ms": statistics.fmean(samples)})  # fmt: skip
+            runs.append(
+                {
+                    "p50_ms": _pct(samples, 0.5),
+                    "p99_ms": _pct(samples, 0.99),
+                    "mean_ms": statistics.fmean(samples),
+                }
+            )
             if tick:
                 tick()
         out["warm"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         out["warm_runs"] = runs
-        for name, pause in (("after_short_pause", SHORT_PAUSE_S), ("after_long_pause", LONG_PAUSE_S)):
+        for name, pause in (
+            ("after_short_pause", SHORT_PAUSE_S),
+            ("after_long_pause", LONG_PAUSE_S),
+        ):
             samples, pings = [], []
             for _ in range(reps):
                 time.sleep(pause)
@@ -77,9 +92,13 @@ def latency(
                 time.sleep(pause)
                 samples.append(_one(client))
                 shim.check()
-            out[name] = {"pause_s": pause, "median_ms": statistics.median(samples),
-                         "max_ms": max(samples), "samples_ms": samples,
-                         "ping_after_pause_ms": statistics.median(pings)}  # fmt: skip
+            out[name] = {
+                "pause_s": pause,
+                "median_ms": statistics.median(samples),
+                "max_ms": max(samples),
+                "samples_ms": samples,
+                "ping_after_pause_ms": statistics.median(pings),
+            }
             if tick:
                 tick()
     return out

@@ -10,19 +10,18 @@ import json
 import sys
 import time
 
-from rhailambda.client import Client
-
 from bench.config import SCRIPT
+from rhailambda.client import Client
 
 
 def main(url: str, worker: str, n: int, timeout_s: float = 600.0) -> None:
     with Client(url) as client:
-        started = time.perf_counter()
+        cpu0, started = time.process_time(), time.perf_counter()
         ids = client.submit_many([(SCRIPT, worker, "bench", "bench")] * n)
         replies = client.wait_many(ids, timeout_s)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu0
     ok = sum(1 for r in replies.values() if r.status == "completed" and r.output == "20")
-    print(json.dumps({"n": n, "ok": ok, "elapsed_s": elapsed, "rate": n / elapsed}))
+    print(json.dumps({"n": n, "ok": ok, "elapsed_s": elapsed, "rate": n / elapsed, "cpu_s": cpu_s}))
 
 
 if __name__ == "__main__":

@@ -42,17 +42,41 @@ def peer_settings(cfg: BenchConfig, peer: str) -> list[list[str]]:
         threads = "1" if peer == "dramatiq-1t" else "8"  # 8: dramatiq's default
         return [[_bin(cfg, "dramatiq"), "peer_dramatiq", "--processes", p, "--threads", threads]]
     if peer == "celery":
-        return [[
-            _bin(cfg, "celery"), "-A", "peer_celery", "worker", "-P", "prefork", "-c", p,
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING",
-        ]]  # fmt: skip
+        return [
+            [
+                _bin(cfg, "celery"),
+                "-A",
+                "peer_celery",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                p,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+            ]
+        ]
     if peer == "arq":
         return [[python(cfg, peer), "peer_arq.py", "worker"] for _ in range(cfg.processes)]
     if peer == "rq":
-        return [[
-            _bin(cfg, "rq"), "worker-pool", "-n", p, "-w", "rq.worker.SimpleWorker",
-            "-l", "WARNING", "--url", "{url}", "default",
-        ]]  # fmt: skip
+        return [
+            [
+                _bin(cfg, "rq"),
+                "worker-pool",
+                "-n",
+                p,
+                "-w",
+                "rq.worker.SimpleWorker",
+                "-l",
+                "WARNING",
+                "--url",
+                "{url}",
+                "default",
+            ]
+        ]
     raise ValueError(peer)
 
 
@@ -62,7 +86,8 @@ PEER_NOTES = {
     "dramatiq-1t": "as dramatiq but `--threads 1` (one thread per process, like our workers)",
     "celery": "Redis broker + Redis result backend, prefork `-c P`, prefetch multiplier 16, "
     "no gossip/mingle/heartbeat; client: `task.delay` per task, `ResultSet.get` (native join)",
-    "arq": "P worker processes (`arq.run_worker`, logging at WARNING), max_jobs 100, poll_delay 10 ms, keep_result 1 h; "
+    "arq": "P worker processes (`arq.run_worker`, logging at WARNING), max_jobs 100, "
+    "poll_delay 10 ms, keep_result 1 h; "
     "client: `enqueue_job` 200 at a time (asyncio.gather), `job.result(poll_delay=5 ms)`",
     "rq": "`rq worker-pool -n P -w rq.worker.SimpleWorker` (no fork per job); "
     "client: `Queue.enqueue_many` (pipelined, 1,000 a call), `job.latest_result(timeout)`",
@@ -95,9 +120,14 @@ class PeerWorkers:
                 cmd = [c.replace("{url}", self.url) for c in cmd]
                 self.procs.append(
                     subprocess.Popen(
-                        cmd, cwd=PEER_DIR, env=self._env(), stdin=subprocess.DEVNULL,
-                        stdout=log, stderr=log, start_new_session=True,
-                    )  # fmt: skip
+                        cmd,
+                        cwd=PEER_DIR,
+                        env=self._env(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                        start_new_session=True,
+                    )
                 )
         return self
 
@@ -111,8 +141,10 @@ class PeerWorkers:
         self.check()
         return run_json(
             [python(self.cfg, self.peer), f"peer_{self.peer.split('-')[0]}.py", "client", str(n)],
-            env=self._env(), timeout_s=timeout_s, cwd=PEER_DIR,
-        )  # fmt: skip
+            env=self._env(),
+            timeout_s=timeout_s,
+            cwd=PEER_DIR,
+        )
 
     def stop(self) -> None:
         procs, self.procs = self.procs or [], None

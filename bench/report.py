@@ -28,20 +28,39 @@ def floors(r: dict[str, Any]) -> list[dict[str, Any]]:
     trip_values = [v["round_trips"] for v in trips.values()] if trips else []
     rows = [
         ("end to end ≥ 5,000 tasks/s", ours, lambda v: v >= 5000, "{:,.0f}/s"),
-        ("ahead of every peer", None if ours is None or peer_best is None else ours / peer_best,
-         lambda v: v > 1, "×{:.1f} the best peer"),
-        ("shim overhead ≥ 20,000 tasks/s (batch 10)", _get(r, "shim", "batch_10", "median"),
-         lambda v: v >= 20000, "{:,.0f}/s"),
+        (
+            "ahead of every peer",
+            None if ours is None or peer_best is None else ours / peer_best,
+            lambda v: v > 1,
+            "x{:.1f} the best peer",
+        ),
+        (
+            "shim overhead ≥ 20,000 tasks/s (batch 10)",
+            _get(r, "shim", "batch_10", "median"),
+            lambda v: v >= 20000,
+            "{:,.0f}/s",
+        ),
         ("warm p50 ≤ 2 ms", _get(r, "latency", "warm", "p50_ms"), lambda v: v <= 2, "{:.2f} ms"),
         ("warm p99 ≤ 10 ms", _get(r, "latency", "warm", "p99_ms"), lambda v: v <= 10, "{:.2f} ms"),
-        ("first task after idle ≤ 5 ms", _get(r, "latency", "after_short_pause", "median_ms"),
-         lambda v: v <= 5, "{:.1f} ms"),
-        ("cold start ≤ 150 ms (import + first task)",
-         _get(r, "coldstart", "direct", "in_process_ms"), lambda v: v <= 150, "{:.0f} ms"),
-        ("function round trips per batch ≤ 4, constant",
-         max(trip_values) if trip_values else None,
-         lambda v: v <= 4 and len(set(trip_values)) == 1, "{:g} (batch 1/10/100)"),
-    ]  # fmt: skip
+        (
+            "first task after idle ≤ 5 ms",
+            _get(r, "latency", "after_short_pause", "median_ms"),
+            lambda v: v <= 5,
+            "{:.1f} ms",
+        ),
+        (
+            "cold start ≤ 150 ms (import + first task)",
+            _get(r, "coldstart", "direct", "in_process_ms"),
+            lambda v: v <= 150,
+            "{:.0f} ms",
+        ),
+        (
+            "function round trips per batch ≤ 4, constant",
+            max(trip_values) if trip_values else None,
+            lambda v: v <= 4 and len(set(trip_values)) == 1,
+            "{:g} (batch 1/10/100)",
+        ),
+    ]
     out = []
     for name, value, test, fmt in rows:
         met = None if value is None else bool(test(value))
@@ -51,17 +70,23 @@ def floors(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _mark(met: bool | None) -> str:
-    return {True: "met", False: "MISSED", None: "–"}[met]
+    return {True: "met", False: "MISSED", None: "-"}[met]
 
 
 def _throughput_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ours = _get(r, "throughput", "median")
     rows = []
     if ours:
-        rows.append(("rhailambda (shim + local backend)", f"{ours:,.0f}", "1.00",
-                     _get(r, "throughput", "settings") or ""))  # fmt: skip
+        rows.append(
+            (
+                "rhailambda (shim + local backend)",
+                f"{ours:,.0f}",
+                "1.00",
+                _get(r, "throughput", "settings") or "",
+            )
+        )
     for name, p in (r.get("peers") or {}).items():
-        ratio = f"{p['median'] / ours:.2f}" if ours else "–"
+        ratio = f"{p['median'] / ours:.2f}" if ours else "-"
         rows.append((name, f"{p['median']:,.0f}", ratio, p["settings"]))
     return rows
 
@@ -105,9 +130,12 @@ def plot(r: dict[str, Any], path: Path) -> Path | None:
         ax1.legend()
     if lat:
         labels, values = [], []
-        for label, path_ in (("warm p50", ("warm", "p50_ms")), ("warm p99", ("warm", "p99_ms")),
-                             ("after 1 s idle", ("after_short_pause", "median_ms")),
-                             ("pool scaled to 0", ("after_long_pause", "median_ms"))):  # fmt: skip
+        for label, path_ in (
+            ("warm p50", ("warm", "p50_ms")),
+            ("warm p99", ("warm", "p99_ms")),
+            ("after 1 s idle", ("after_short_pause", "median_ms")),
+            ("pool scaled to 0", ("after_long_pause", "median_ms")),
+        ):
             v = _get(lat, *path_)
             if v is not None:
                 labels.append(label)
@@ -125,7 +153,7 @@ def plot(r: dict[str, Any], path: Path) -> Path | None:
 
 
 def _fmt(v: Any, spec: str = "{:,.0f}") -> str:
-    return "–" if v is None else spec.format(v)
+    return "-" if v is None else spec.format(v)
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -155,93 +183,148 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {row['floor']} | {row['shown']} | {_mark(row['met'])} |")
     shim = r.get("shim") or {}
     if shim:
-        lines += ["", "## Shim overhead (drain into a no-op invoker, one shim process)", "",
-                  "| batch size | tasks/s (median) | runs |", "|---:|---:|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Shim overhead (drain into a no-op invoker, one shim process)",
+            "",
+            "| batch size | tasks/s (median) | runs |",
+            "|---:|---:|---|",
+        ]
         for key, v in shim.items():
             runs_ = ", ".join(f"{x:,.0f}" for x in v["runs"])
             lines.append(f"| {key.removeprefix('batch_')} | {v['median']:,.0f} | {runs_} |")
     lat = r.get("latency") or {}
     if lat:
         lines += [
-            "", f"## Latency (one client, one task at a time; shim `{lat.get('shim_args')}`)", "",
-            "| measure | value | PING after the same pause (machine wake-up) |", "|---|---:|---:|",
+            "",
+            f"## Latency (one client, one task at a time; shim `{lat.get('shim_args')}`)",
+            "",
+            "| measure | value | PING after the same pause (machine wake-up) |",
+            "|---|---:|---:|",
             f"| warm p50 | {_fmt(_get(lat, 'warm', 'p50_ms'), '{:.2f} ms')} | |",
             f"| warm p99 | {_fmt(_get(lat, 'warm', 'p99_ms'), '{:.2f} ms')} | |",
-        ]  # fmt: skip
-        for key, label in (("after_short_pause", "first task after an idle pause"),
-                           ("after_long_pause", "first task after the pool scaled to zero")):  # fmt: skip
+        ]
+        for key, label in (
+            ("after_short_pause", "first task after an idle pause"),
+            ("after_long_pause", "first task after the pool scaled to zero"),
+        ):
             v = lat.get(key)
             if v:
-                lines.append(f"| {label} ({v['pause_s']:g} s) | {v['median_ms']:.1f} ms | "
-                             f"{v['ping_after_pause_ms']:.2f} ms |")  # fmt: skip
+                lines.append(
+                    f"| {label} ({v['pause_s']:g} s) | {v['median_ms']:.1f} ms | "
+                    f"{v['ping_after_pause_ms']:.2f} ms |"
+                )
     cold = r.get("coldstart") or {}
     if cold:
         d = cold.get("direct", {})
-        lines += ["", "## Cold start (fresh process)", "", "| measure | ms (median) |", "|---|---:|",
-                  f"| import rhailambda.functions.handler | {_fmt(d.get('import_ms'), '{:.0f}')} |",
-                  f"| first task (handler call) | {_fmt(d.get('first_task_ms'), '{:.1f}')} |",
-                  f"| import + first task, in process | {_fmt(d.get('in_process_ms'), '{:.0f}')} |",
-                  f"| whole process, spawn to exit | {_fmt(d.get('process_wall_ms'), '{:.0f}')} |",
-                  f"| bare `python -c pass` | {_fmt(cold.get('bare_python_ms'), '{:.0f}')} |"]  # fmt: skip
+        lines += [
+            "",
+            "## Cold start (fresh process)",
+            "",
+            "| measure | ms (median) |",
+            "|---|---:|",
+            f"| import rhailambda.functions.handler | {_fmt(d.get('import_ms'), '{:.0f}')} |",
+            f"| first task (handler call) | {_fmt(d.get('first_task_ms'), '{:.1f}')} |",
+            f"| import + first task, in process | {_fmt(d.get('in_process_ms'), '{:.0f}')} |",
+            f"| whole process, spawn to exit | {_fmt(d.get('process_wall_ms'), '{:.0f}')} |",
+            f"| bare `python -c pass` | {_fmt(cold.get('bare_python_ms'), '{:.0f}')} |",
+        ]
         rie = cold.get("rie")
         if rie:
-            lines += [f"| RIE: first invoke (runtime start + import + task) | {rie['cold_invoke_ms']:.0f} |",
-                      f"| RIE: second invoke (warm) | {rie['warm_invoke_ms']:.1f} |"]  # fmt: skip
+            lines += [
+                "| RIE: first invoke (runtime start + import + task) | "
+                f"{rie['cold_invoke_ms']:.0f} |",
+                f"| RIE: second invoke (warm) | {rie['warm_invoke_ms']:.1f} |",
+            ]
         elif cold.get("rie_note"):
             lines.append(f"| RIE | skipped: {cold['rie_note']} |")
     cmd = r.get("commands") or {}
     if cmd.get("per_task"):
         pt = cmd["per_task"]
-        lines += ["", f"## Redis commands per task (MONITOR over {pt['n']:,} tasks, "
-                  f"shim `{pt['shim_args']}`)", "",
-                  f"Top-level commands per task: **{pt['top_level_total_per_task']:.2f}** "
-                  f"(client {pt['client_per_task']:.2f}); all commands incl. those our Lua "
-                  f"scripts run: {pt['all_per_task']:.2f}. {pt['batches']} batches of "
-                  f"{_fmt(pt['tasks_per_batch'], '{:.0f}')} tasks; per batch the function made "
-                  f"{_fmt(pt['function_round_trips_per_batch'], '{:.2f}')} round trips and the "
-                  f"shim {_fmt(pt['shim_round_trips_per_batch'], '{:.2f}')}.", "",
-                  "| top-level command | per task |", "|---|---:|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Redis commands per task (MONITOR over {pt['n']:,} tasks, "
+            f"shim `{pt['shim_args']}`)",
+            "",
+            f"Top-level commands per task: **{pt['top_level_total_per_task']:.2f}** "
+            f"(client {pt['client_per_task']:.2f}); all commands incl. those our Lua "
+            f"scripts run: {pt['all_per_task']:.2f}. {pt['batches']} batches of "
+            f"{_fmt(pt['tasks_per_batch'], '{:.0f}')} tasks; per batch the function made "
+            f"{_fmt(pt['function_round_trips_per_batch'], '{:.2f}')} round trips and the "
+            f"shim {_fmt(pt['shim_round_trips_per_batch'], '{:.2f}')}.",
+            "",
+            "| top-level command | per task |",
+            "|---|---:|",
+        ]
         for k, v in pt["top_level_per_task"].items():
             lines.append(f"| {k} | {v:.3f} |")
         lines += ["", "| inside Lua | per task |", "|---|---:|"]
         for k, v in pt["in_lua_per_task"].items():
             lines.append(f"| {k} | {v:.3f} |")
     if cmd.get("function"):
-        lines += ["", "## The function's round trips per batch (handler in process)", "",
-                  "| batch size | round trips | EVALSHA | ms per batch | tasks/s, one process |",
-                  "|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "## The function's round trips per batch (handler in process)",
+            "",
+            "| batch size | round trips | EVALSHA | ms per batch | tasks/s, one process |",
+            "|---:|---:|---:|---:|---:|",
+        ]
         for size, v in cmd["function"].items():
-            lines.append(f"| {size} | {v['round_trips']:g} | {v['evalsha']:g} | "
-                         f"{v['batch_ms']:.2f} | {v['tasks_per_s']:,.0f} |")  # fmt: skip
+            lines.append(
+                f"| {size} | {v['round_trips']:g} | {v['evalsha']:g} | "
+                f"{v['batch_ms']:.2f} | {v['tasks_per_s']:,.0f} |"
+            )
     idle = r.get("idle") or {}
     if idle:
         by = ", ".join(f"{k} {v:.0f}" for k, v in idle["by_command_per_min"].items())
-        lines += ["", f"## Idle cost (a shim on an empty queue, watched {idle['seconds']:.0f} s)", "",
-                  f"- Redis commands per minute: {idle['top_level_per_min']:.0f} top-level "
-                  f"({by}); {idle['commands_per_min']:.0f} counting those inside Lua",
-                  f"- CPU: shim {idle['shim_cpu_pct']:.2f} %, local workers "
-                  f"{idle['workers_cpu_pct']:.2f} % of one core"]  # fmt: skip
+        lines += [
+            "",
+            f"## Idle cost (a shim on an empty queue, watched {idle['seconds']:.0f} s)",
+            "",
+            f"- Redis commands per minute: {idle['top_level_per_min']:.0f} top-level "
+            f"({by}); {idle['commands_per_min']:.0f} counting those inside Lua",
+            f"- CPU: shim {idle['shim_cpu_pct']:.2f} %, local workers "
+            f"{idle['workers_cpu_pct']:.2f} % of one core",
+        ]
     ceil = r.get("ceiling") or {}
     if ceil.get("rps"):
-        lines += ["", f"## The ceiling: redis-benchmark here ({ceil['clients']} connections)", "",
-                  "| command | requests/s, no pipelining | pipelined ×16 |", "|---|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            f"## The ceiling: redis-benchmark here ({ceil['clients']} connections)",
+            "",
+            "| command | requests/s, no pipelining | pipelined x16 |",
+            "|---|---:|---:|",
+        ]
         for k, v in ceil["rps"].items():
             lines.append(f"| {k} | {v['P1']:,.0f} | {v['P16']:,.0f} |")
         frac = _get(r, "derived", "redis_load_fraction")
         if frac is not None:
-            lines += ["", f"At our median throughput Redis served "
-                      f"{_get(r, 'derived', 'top_level_cmds_per_s'):,.0f} top-level commands/s: "
-                      f"{frac:.0%} of the unpipelined EVAL ceiling (Redis is not the bottleneck)."]  # fmt: skip
+            lines += [
+                "",
+                f"At our median throughput Redis served "
+                f"{_get(r, 'derived', 'top_level_cmds_per_s'):,.0f} top-level commands/s: "
+                f"{frac:.0%} of the unpipelined EVAL ceiling (Redis is not the bottleneck).",
+            ]
     cpu = _get(r, "throughput", "cpu_ms_per_1000_tasks")
     if cpu:
         total = sum(cpu.values())
-        lines += ["", "## Where the CPU goes (end to end, ms of CPU per 1,000 tasks, median run)", "",
-                  "| process | CPU ms / 1,000 tasks | share |", "|---|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "## Where the CPU goes (end to end, ms of CPU per 1,000 tasks, median run)",
+            "",
+            "| process | CPU ms / 1,000 tasks | share |",
+            "|---|---:|---:|",
+        ]
         lines += [f"| {k} | {v:.0f} | {v / total:.0%} |" for k, v in cpu.items()]
         lines.append(f"| total | {total:.0f} | (2 cores give 2,000 ms per second) |")
     if r.get("sweep"):
-        lines += ["", "## Shim knob sweep (one run each, best first)", "", "| knobs | tasks/s |",
-                  "|---|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "## Shim knob sweep (one run each, best first)",
+            "",
+            "| knobs | tasks/s |",
+            "|---|---:|",
+        ]
         lines += [f"| `{row['args']}` | {row['rate']:,.0f} |" for row in r["sweep"]]
     if r.get("errors"):
         lines += ["", "## Sections that failed", ""]

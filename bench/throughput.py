@@ -8,8 +8,8 @@ then measured ``runs`` times on the same redis-server; the figure is the median.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import resource
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,16 +33,18 @@ def _check(res: dict[str, Any], who: str) -> None:
 
 
 def _summary(rates: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(rates), "runs": rates,
-            "min": min(rates), "max": max(rates)}  # fmt: skip
+    return {"median": statistics.median(rates), "runs": rates, "min": min(rates), "max": max(rates)}
 
 
 class CpuMeter:
     """CPU seconds used by Redis, the shim, its workers and our client over one run."""
 
     def __init__(self, redis_pid: int | None, shim_pid: int) -> None:
-        self._pids = {"redis": [redis_pid] if redis_pid else [], "shim": [shim_pid],
-                      "workers": children(shim_pid)}  # fmt: skip
+        self._pids = {
+            "redis": [redis_pid] if redis_pid else [],
+            "shim": [shim_pid],
+            "workers": children(shim_pid),
+        }
         self._before = self._read()
 
     def _read(self) -> dict[str, float]:
@@ -50,40 +52,51 @@ class CpuMeter:
         for name, pids in self._pids.items():
             total = 0.0
             for pid in pids:
-                try:
+                with contextlib.suppress(OSError):  # a worker that retired meanwhile
                     total += cpu_s(pid)
-                except OSError:  # a worker that retired meanwhile
-                    pass
             out[name] = total
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out["client"] = ru.ru_utime + ru.ru_stime  # the waited-for children: our client
         return out
 
-    def per_1000(self, n: int) -> dict[str, float]:
+    def per_1000(self, n: int, client_cpu_s: float) -> dict[str, float]:
+        """ms of CPU per 1,000 tasks; the client's as it measured itself (start-up excluded)."""
         after = self._read()
-        return {k: (after[k] - self._before[k]) * 1000 / n * 1000 for k in after}  # ms/1000 tasks
+        out = {k: (after[k] - self._before[k]) * 1e6 / n for k in after}
+        out["client"] = client_cpu_s * 1e6 / n
+        return out
 
 
-def ours(cfg: BenchConfig, url: str, shim_args: Sequence[str], log: Path, runs: int,
-         tick: Tick = None, redis_pid: int | None = None) -> dict[str, Any]:  # fmt: skip
+def ours(
+    cfg: BenchConfig,
+    url: str,
+    shim_args: Sequence[str],
+    log: Path,
+    runs: int,
+    tick: Tick = None,
+    redis_pid: int | None = None,
+) -> dict[str, Any]:
     args = [*shim_args, "--local-workers", str(cfg.processes)]
     rates, cpu = [], []
     with Shim(url, WORKER, args, log=log) as shim:
-        warm = run_json([PY, "-m", "bench.load", url, WORKER, str(min(1000, cfg.n_tasks))],
-                        timeout_s=300)  # fmt: skip
+        warm = run_json(
+            [PY, "-m", "bench.load", url, WORKER, str(min(1000, cfg.n_tasks))], timeout_s=300
+        )
         _check(warm, "ours (warm-up)")
         for _ in range(runs):
             meter = CpuMeter(redis_pid, shim.pid)
             res = run_json([PY, "-m", "bench.load", url, WORKER, str(cfg.n_tasks)], timeout_s=900)
-            cpu.append(meter.per_1000(cfg.n_tasks))
+            cpu.append(meter.per_1000(cfg.n_tasks, res["cpu_s"]))
             _check(res, "ours")
             shim.check()
             rates.append(res["rate"])
             if tick:
                 tick()
     cpu_ms = {k: statistics.median(c[k] for c in cpu) for k in cpu[0]}
-    return {**_summary(rates), "settings": " ".join(args), "cpu_ms_per_1000_tasks": cpu_ms,
-            "command": " ".join(Shim(url, WORKER, args, log=log).cmd[1:])}  # fmt: skip
+    return {
+        **_summary(rates),
+        "settings": " ".join(args),
+        "cpu_ms_per_1000_tasks": cpu_ms,
+        "command": " ".join(Shim(url, WORKER, args, log=log).cmd[1:]),
+    }
 
 
 def peer(cfg: BenchConfig, name: str, url: str, log: Path, tick: Tick = None) -> dict[str, Any]:
@@ -109,16 +122,22 @@ SWEEP_GRID = {
 }
 
 
-def sweep(cfg: BenchConfig, url: str, log: Path, tick: Tick = None,
-          redis_pid: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def sweep(
+    cfg: BenchConfig, url: str, log: Path, tick: Tick = None, redis_pid: int | None = None
+) -> list[dict[str, Any]]:
     """One run of every combination of the shim's knobs; best first."""
     rows = []
     keys = list(SWEEP_GRID)
     for values in itertools.product(*SWEEP_GRID.values()):
         args = [str(x) for pair in zip(keys, values, strict=True) for x in pair]
         res = ours(cfg, url, args, log, runs=1, redis_pid=redis_pid)
-        rows.append({"args": " ".join(args), "rate": res["median"],
-                     "cpu_ms_per_1000_tasks": res["cpu_ms_per_1000_tasks"]})  # fmt: skip
+        rows.append(
+            {
+                "args": " ".join(args),
+                "rate": res["median"],
+                "cpu_ms_per_1000_tasks": res["cpu_ms_per_1000_tasks"],
+            }
+        )
         if tick:
             tick()
     return sorted(rows, key=lambda r: -r["rate"])

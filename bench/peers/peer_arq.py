@@ -13,10 +13,9 @@ import sys
 import time
 from typing import Any
 
+import peer_common
 from arq import create_pool, run_worker
 from arq.connections import RedisSettings
-
-import peer_common
 
 REDIS = RedisSettings.from_dsn(peer_common.URL)
 ENQUEUE_CONCURRENCY = 200

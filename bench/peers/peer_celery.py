@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 import time
 
+import peer_common
 from celery import Celery
 from celery.result import ResultSet
-
-import peer_common
 
 app = Celery("peer_celery", broker=peer_common.URL, backend=peer_common.URL)
 app.conf.update(

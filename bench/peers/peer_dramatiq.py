@@ -9,11 +9,10 @@ import sys
 import time
 
 import dramatiq
+import peer_common
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
-
-import peer_common
 
 broker = RedisBroker(url=peer_common.URL)
 broker.add_middleware(Results(backend=RedisBackend(url=peer_common.URL)))

@@ -8,10 +8,9 @@ from __future__ import annotations
 import sys
 import time
 
+import peer_common
 from redis import Redis
 from rq import Queue
-
-import peer_common
 
 ENQUEUE_CHUNK = 1000
 
