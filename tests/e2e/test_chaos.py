@@ -19,10 +19,12 @@ import redis
 
 from rhailambda.client import Client
 from rhailambda.protocol import KeyLayout
+from rhailambda.shim.testing import RUNS_KEY
 
 L = KeyLayout()
 N_TASKS = 5000
 DEADLINE_S = 200
+CHAOS_STEP = N_TASKS // 16  # replies between two chaos events
 
 
 def children(pid: int) -> list[int]:
@@ -44,7 +46,7 @@ def start_shim(redis_url: str, shim_id: str) -> subprocess.Popen[bytes]:
         **os.environ,
         "REDIS_URL": redis_url,
         "RHAILAMBDA_PRESERVE_TASKS": "true",
-        "RHAILAMBDA_HANDLER": "rhailambda.shim.testing.counting_handler",
+        "RHAILAMBDA_EXTENSIONS": "rhailambda.shim.testing:run_counter",
         "RHAILAMBDA_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen(
@@ -68,21 +70,32 @@ def test_chaos_every_task_gets_exactly_one_reply(redis_client: redis.Redis, redi
     rng = random.Random(7)
     with Client(redis_url) as client:
         ids = client.submit_many(
-            [(f"let x = {i}; x * 2", "chaos", "ctx", "ctx") for i in range(N_TASKS)]
+            [
+                (f"probe::ran(TASK_ID); let x = {i}; x * 2", "chaos", "ctx", "ctx")
+                for i in range(N_TASKS)
+            ]
         )
     shim = start_shim(redis_url, "chaos-a")
     shim_kills = worker_kills = restarts_new_id = 0
     started = time.monotonic()
-    next_chaos = started + 0.5
+    # Chaos is driven by progress, not by the clock, so a fast stack cannot finish
+    # before it: every CHAOS_STEP replies, kill a worker, then the shim, alternately.
+    next_step, step = CHAOS_STEP, 0
     try:
         while True:
             counts = replied(redis_client, ids)
-            if all(counts):
+            done = len(counts) - counts.count(0)
+            if done == len(counts):
                 break
-            now = time.monotonic()
-            assert now - started < DEADLINE_S, f"{counts.count(0)} tasks without a reply"
-            if now >= next_chaos:
-                if shim_kills < 5 and rng.random() < 0.6:
+            assert time.monotonic() - started < DEADLINE_S, f"{counts.count(0)} tasks unanswered"
+            if done >= next_step:
+                step += 1
+                next_step = done + CHAOS_STEP
+                kids = children(shim.pid)
+                if step % 2 == 1 and kids:
+                    os.kill(rng.choice(kids), signal.SIGKILL)
+                    worker_kills += 1
+                elif shim_kills < 5:
                     shim.kill()  # SIGKILL: no graceful hand-back
                     shim.wait(10)
                     shim_kills += 1
@@ -90,15 +103,8 @@ def test_chaos_every_task_gets_exactly_one_reply(redis_client: redis.Redis, redi
                     # recover the old one's in-flight ids after its 3 s lease).
                     new_id = shim_kills % 2 == 0
                     restarts_new_id += new_id
-                    shim = start_shim(redis_url, f"chaos-{'b' if new_id else 'a'}{shim_kills}"
-                                      if new_id else "chaos-a")  # fmt: skip
-                else:
-                    kids = children(shim.pid)
-                    if kids:
-                        os.kill(rng.choice(kids), signal.SIGKILL)
-                        worker_kills += 1
-                next_chaos = now + rng.uniform(0.3, 0.8)
-            time.sleep(0.2)  # polling the outcome with a deadline, not synchronising
+                    shim = start_shim(redis_url, f"chaos-b{shim_kills}" if new_id else "chaos-a")
+            time.sleep(0.02)  # polling the outcome with a deadline, not synchronising
     finally:
         shim.send_signal(signal.SIGTERM)
         try:
@@ -119,7 +125,8 @@ def test_chaos_every_task_gets_exactly_one_reply(redis_client: redis.Redis, redi
         if '"status":"completed"' not in r or f'"output":"{2 * i}"' not in r
     ]
     assert wrong == [], wrong[:3]
-    runs = redis_client.hgetall("rhailambda:test:runs")
+    runs = redis_client.hgetall(RUNS_KEY)
+    assert len(runs) == N_TASKS, "every script ran at least once"
     reruns = sum(1 for c in runs.values() if int(c) > 1)
     claims = redis_client.pipeline(transaction=False)
     for task_id in ids:
@@ -128,7 +135,7 @@ def test_chaos_every_task_gets_exactly_one_reply(redis_client: redis.Redis, redi
     print(
         f"\nchaos: {N_TASKS} tasks in {elapsed:.1f} s; shim SIGKILLs={shim_kills} "
         f"(new id {restarts_new_id}), worker kills={worker_kills}; "
-        f"runs reported more than once={reruns}, claimed by a later attempt={reclaimed}"
+        f"scripts executed more than once={reruns}, claimed by a later attempt={reclaimed}"
     )
-    assert shim_kills >= 3, "the run ended before the chaos did: make it longer"
+    assert shim_kills >= 3 and worker_kills >= 3, "the run ended before the chaos did"
     assert reruns <= N_TASKS * 0.05  # at-least-once, but duplicates stay rare

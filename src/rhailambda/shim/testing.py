@@ -19,7 +19,16 @@ from typing import Any
 
 from rhailambda.event import BatchResponse, InvocationEvent
 
-__all__ = ["FakeInvoker", "behaviour_handler", "echo_handler", "seed_tasks", "wait_until"]
+__all__ = [
+    "RUNS_KEY",
+    "FakeInvoker",
+    "RunCounter",
+    "behaviour_handler",
+    "echo_handler",
+    "run_counter",
+    "seed_tasks",
+    "wait_until",
+]
 
 Behaviour = Callable[[InvocationEvent], Awaitable[BatchResponse]]
 
@@ -137,28 +146,48 @@ def seed_tasks(
     pipe.execute()
 
 
-_RUNS_KEY = "rhailambda:test:runs"
-_counting_client: Any = None
+RUNS_KEY = "rhailambda:test:runs"
 
 
-def counting_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """The real handler, plus a count of the tasks it ran, per task id.
+class _RunCounterSession:
+    def __init__(self, client: Any) -> None:
+        self._client = client
 
-    Counts go to the hash ``rhailambda:test:runs`` (one round trip per batch):
-    an id counted twice was executed twice. For chaos tests only.
+    def _ran(self, task_id: str) -> bool:
+        self._client.hincrby(RUNS_KEY, task_id, 1)
+        return True
+
+    def modules(self) -> dict[str, dict[str, Callable[..., Any]]]:
+        return {"probe": {"ran": self._ran}}
+
+    def commit(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+class RunCounter:
+    """An extension giving scripts ``probe::ran(TASK_ID)``: counts executions, unstaged.
+
+    The count lands in Redis the moment the script runs (not at commit), so a run
+    cut short by a killed worker is counted too: an id counted twice was executed
+    twice. For chaos tests: ``RHAILAMBDA_EXTENSIONS=rhailambda.shim.testing:run_counter``.
     """
-    global _counting_client
-    from rhailambda.functions.handler import handler
 
-    if _counting_client is None:
-        import redis
+    name = "probe"
 
-        _counting_client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
-    response: dict[str, Any] = handler(event, context)
-    ran = [t for t, o in response.get("outcomes", {}).items() if o in ("completed", "error")]
-    if ran:
-        pipe = _counting_client.pipeline(transaction=False)
-        for task_id in ran:
-            pipe.hincrby(_RUNS_KEY, task_id, 1)
-        pipe.execute()
-    return response
+    def __init__(self, redis_url: str) -> None:
+        from rhailambda.redis_conn import connect
+
+        self._client = connect(redis_url)
+
+    def open(self, ctx: Any) -> _RunCounterSession:
+        return _RunCounterSession(self._client)
+
+
+def run_counter(env: Any) -> RunCounter:
+    """``RHAILAMBDA_EXTENSIONS`` factory for :class:`RunCounter` (reads REDIS_URL)."""
+    from rhailambda.settings import RedisSettings
+
+    return RunCounter(RedisSettings.from_env(env).url)
