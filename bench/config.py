@@ -92,4 +92,4 @@ class BenchConfig:
 
 
 #: The shim's knobs for the throughput run (the best of the sweep; see RESULTS.md).
-DEFAULT_SHIM_ARGS = "--batch-size 200 --batch-window-ms 2 --max-concurrency 4"
+DEFAULT_SHIM_ARGS = "--batch-size 200 --batch-window-ms 0 --max-concurrency 2"
