@@ -47,7 +47,9 @@ local function deliver(inflight, prefix, id, out)
 end
 """
 
-_TAKE_LUA = _DELIVER_LUA + """
+_TAKE_LUA = (
+    _DELIVER_LUA
+    + """
 local queue, inflight = KEYS[1], KEYS[2]
 local n, prefix = tonumber(ARGV[1]), ARGV[3]
 local ids = {}
@@ -67,9 +69,12 @@ local out = {}
 for _, id in ipairs(ids) do deliver(inflight, prefix, id, out) end
 return out
 """
+)
 
 # KEYS: inflight. ARGV: task key prefix, ids... (only ids still in flight are redelivered)
-_REDELIVER_LUA = _DELIVER_LUA + """
+_REDELIVER_LUA = (
+    _DELIVER_LUA
+    + """
 local inflight, prefix = KEYS[1], ARGV[1]
 local out = {}
 for i = 2, #ARGV do
@@ -77,6 +82,7 @@ for i = 2, #ARGV do
 end
 return out
 """
+)
 
 # KEYS: inflight. ARGV: ids.
 _ACK_LUA = """
