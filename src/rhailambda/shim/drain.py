@@ -31,7 +31,6 @@ from rhailambda.shim.source import QueueSource, Taken
 __all__ = ["DrainStats", "Drainer"]
 
 log = logging.getLogger("rhailambda.shim")
-_MIN_BLOCK_S = 0.01  # BLMOVE 0 would block forever
 _STOP_TAKING_S = 2.0
 
 
@@ -189,6 +188,11 @@ class Drainer:
             raise
 
     async def _fill_window(self, worker_id: str, items: list[Taken]) -> None:
+        """Top up a partial batch from a busy queue: sleep out the window, take again.
+
+        The wait is a local sleep, not a short blocking call: Redis times blocking
+        commands out on its own clock (100 ms ticks), far coarser than a window.
+        """
         size = self._s.batch.batch_size
         last = self._last_dispatch.get(worker_id)
         wait_s = window_wait_s(
@@ -197,14 +201,11 @@ class Drainer:
             window_s=self._s.batch.window_s,
             since_last_dispatch_s=None if last is None else time.monotonic() - last,
         )
-        deadline = time.monotonic() + wait_s
-        while len(items) < size and (left := deadline - time.monotonic()) > 0:
-            more = await self._source.take(
-                worker_id, size - len(items), block_s=max(left, _MIN_BLOCK_S)
-            )
-            items.extend(more.items)
-            if more.paused:
-                break
+        if wait_s <= 0:
+            return
+        await asyncio.sleep(wait_s)
+        more = await self._source.take(worker_id, size - len(items), block_s=0)
+        items.extend(more.items)
 
     async def _wait_while_paused(self, worker_id: str) -> None:
         log.info("queue %s is paused", worker_id)

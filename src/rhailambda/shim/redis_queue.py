@@ -180,8 +180,12 @@ class RedisQueueSource:
         keys = [queue, inflight, self._layout.paused()]
         args: list[str | int] = [max_items, worker_id, self._task_prefix]
         try:
-            flat = await self._health.call("take", lambda: self._take(keys=keys, args=args))
-            if not flat and block_s > 0:
+            # A blocking take goes straight to BLMOVE (it returns at once when ids are
+            # there): the drain loop only blocks after a non-blocking take found none.
+            flat = []
+            if block_s <= 0:
+                flat = await self._health.call("take", lambda: self._take(keys=keys, args=args))
+            else:
                 first = await self._health.call(
                     "blmove",
                     # Redis takes fractional seconds; redis-py's annotation says int.
