@@ -30,6 +30,13 @@ __all__ = ["Client", "Reply", "Submission"]
 # BLPOP takes many keys: waiting on a chunk wakes on whichever reply comes first.
 _WAIT_CHUNK = 128
 _MAX_BLOCK_S = 5.0
+_SUBMIT_CHUNK = 1000
+# LPOP each key; a missing reply comes back as nil, in place.
+_POP_MANY_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('LPOP', key) end
+return out
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,7 @@ class Client:
             client = connect(redis_url, max_block_s=_MAX_BLOCK_S)
         self._redis = client
         self.layout = layout or p.KeyLayout()
+        self._pop_many = client.register_script(_POP_MANY_LUA)
 
     def close(self) -> None:
         self._redis.close()
@@ -111,12 +119,29 @@ class Client:
         return self.submit_many([Submission(script, worker_id, context_id, caller_id, task_id)])[0]
 
     def submit_many(self, submissions: Iterable[Submission | Sequence[str]]) -> list[str]:
-        """Queue many scripts in one pipelined round trip; returns their task ids in order."""
-        pipe = self._redis.pipeline(transaction=False)
+        """Queue many scripts, pipelined; returns their task ids in submission order.
+
+        Per chunk of tasks: one HSET each, then one LPUSH per worker queue carrying
+        all of that queue's ids in order (``LPUSH q a b c`` leaves ``a`` oldest, at
+        the right end, exactly as three LPUSHes would). Hashes precede their ids.
+        """
         ids: list[str] = []
-        now = p.now_rfc3339()
+        chunk: list[Submission] = []
         for item in submissions:
-            sub = item if isinstance(item, Submission) else Submission(*item)
+            chunk.append(item if isinstance(item, Submission) else Submission(*item))
+            if len(chunk) == _SUBMIT_CHUNK:
+                ids += self._submit_chunk(chunk)
+                chunk = []
+        if chunk:
+            ids += self._submit_chunk(chunk)
+        return ids
+
+    def _submit_chunk(self, chunk: Sequence[Submission]) -> list[str]:
+        pipe = self._redis.pipeline(transaction=False)
+        now = p.now_rfc3339()
+        ids: list[str] = []
+        queues: dict[str, list[str]] = {}
+        for sub in chunk:
             task_id = sub.task_id or str(uuid.uuid4())
             worker = p.normalize_worker_id(sub.worker_id)
             pipe.hset(
@@ -132,8 +157,10 @@ class Client:
                     p.UPDATED_AT: now,
                 },
             )
-            pipe.lpush(self.layout.queue(worker), task_id)
+            queues.setdefault(worker, []).append(task_id)
             ids.append(task_id)
+        for worker, queued in queues.items():
+            pipe.lpush(self.layout.queue(worker), *queued)
         pipe.execute()
         return ids
 
@@ -171,15 +198,8 @@ class Client:
         self, keys: list[str], pending: dict[str, str], replies: dict[str, Reply]
     ) -> bool:
         """Pop the replies already there among ``keys`` (one round trip); True if any."""
-        if len(keys) == 1:
-            results = [self._redis.lpop(keys[0])]
-        else:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.lpop(key)
-            results = pipe.execute()
         found = False
-        for key, payload in zip(keys, results, strict=True):
+        for key, payload in zip(keys, self._pop_many(keys=keys), strict=True):
             if payload is not None:
                 task_id = pending.pop(key)
                 replies[task_id] = Reply.parse(task_id, str(payload))

@@ -116,7 +116,11 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
         "this shim's id; a restart with the same id "
         "recovers its in-flight tasks at once (default: host-pid-random)",
     ),
-    ("--batch-size", "RHAILAMBDA_BATCH_SIZE", "tasks per invocation (default 10)"),
+    (
+        "--batch-size",
+        "RHAILAMBDA_BATCH_SIZE",
+        "tasks per invocation (default: local 100, lambda 10)",
+    ),
     (
         "--batch-window-ms",
         "RHAILAMBDA_BATCH_WINDOW_MS",
@@ -256,6 +260,10 @@ def _build(env: Env) -> ShimSettings:
         raise SettingError("RHAILAMBDA_FUNCTION_NAME", "required with the lambda backend")
     local_workers = env.int("RHAILAMBDA_LOCAL_WORKERS", os.cpu_count() or 2, minimum=1)
     default_concurrency = local_workers if backend == "local" else 10
+    # Local workers are cheap to feed and batches amortise the pipe and Redis round
+    # trips (5.8k tasks/s at 10, 16k at 200); Lambda keeps SQS's 10 so one batch of
+    # slow scripts stays within a function's time budget.
+    default_batch = 100 if backend == "local" else 10
     max_concurrency = env.int("RHAILAMBDA_MAX_CONCURRENCY", default_concurrency, minimum=1)
     per_queue = env.int("RHAILAMBDA_PER_QUEUE_CONCURRENCY", max_concurrency, minimum=1)
     max_age = env.float("RHAILAMBDA_MAX_TASK_AGE_S", 0.0, minimum=0.0)
@@ -279,7 +287,7 @@ def _build(env: Env) -> ShimSettings:
             block_s=_positive(env, "RHAILAMBDA_BLOCK_S", 5.0),
         ),
         batch=BatchSettings(
-            batch_size=env.int("RHAILAMBDA_BATCH_SIZE", 10, minimum=1),
+            batch_size=env.int("RHAILAMBDA_BATCH_SIZE", default_batch, minimum=1),
             window_ms=env.int("RHAILAMBDA_BATCH_WINDOW_MS", 0, minimum=0),
         ),
         flow=FlowSettings(
