@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import cast
 
-from rhailambda.circle.dynamo_store import DynamoCircleStore, DynamoClient
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.session import CircleSession
 from rhailambda.circle.settings import CircleSettings, Limits
@@ -50,7 +49,9 @@ class CircleExtension:
 def build_store(settings: CircleSettings) -> CircleStore:
     """The store client the settings ask for (no I/O until the first call)."""
     if settings.backend == "dynamodb":
-        import boto3  # only deployments on DynamoDB need it
+        import boto3  # only deployments on DynamoDB need it (and pay its import)
+
+        from rhailambda.circle.dynamo_store import DynamoCircleStore, DynamoClient
 
         client = boto3.client(
             "dynamodb", endpoint_url=settings.endpoint_url, region_name=settings.region
