@@ -55,6 +55,8 @@ class _Observer:
     def task_done(self, result: TaskResult) -> None:
         self.counts[result.outcome] = self.counts.get(result.outcome, 0) + 1
         self.script_s += result.duration_s
+        if result.outcome == "completed" and not logger.isEnabledFor(logging.DEBUG):
+            return  # the hot path: nothing to log per successful task at INFO
         f = result.fields
         keys: dict[str, object] = {"task_id": result.task_id}
         if f is not None:
