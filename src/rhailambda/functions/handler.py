@@ -55,7 +55,7 @@ class _Observer:
     def task_done(self, result: TaskResult) -> None:
         self.counts[result.outcome] = self.counts.get(result.outcome, 0) + 1
         self.script_s += result.duration_s
-        if result.outcome == "completed" and not logger.isEnabledFor(logging.DEBUG):
+        if result.outcome == "completed" and logger.log_level > logging.DEBUG:
             return  # the hot path: nothing to log per successful task at INFO
         f = result.fields
         keys: dict[str, object] = {"task_id": result.task_id}
