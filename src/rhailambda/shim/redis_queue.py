@@ -14,7 +14,7 @@ on that queue hands such orphans back to the queue.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -92,11 +92,15 @@ return #ARGV
 
 # KEYS: inflight, dead-letter list. ARGV: ids.
 _DEAD_LETTER_LUA = """
+-- Only ids still in flight move: a retry after a lost reply pushes nothing twice.
+local moved = 0
 for i = 1, #ARGV do
-  redis.call('LREM', KEYS[1], 1, ARGV[i])
-  redis.call('LPUSH', KEYS[2], ARGV[i])
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i])
+    moved = moved + 1
+  end
 end
-return #ARGV
+return moved
 """
 
 # KEYS: inflight, queue. ARGV: ids (newest first), or none for all.
@@ -179,25 +183,41 @@ class RedisQueueSource:
         block_s = max(block_s, 0.01) if block_s > 0 else 0.0  # BLMOVE 0 blocks forever
         keys = [queue, inflight, self._layout.paused()]
         args: list[str | int] = [max_items, worker_id, self._task_prefix]
+        tries = calls = 0  # round trips sent vs. operations asked for
+
+        async def move(what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+            nonlocal tries, calls
+            calls += 1
+
+            def once() -> Awaitable[Any]:
+                nonlocal tries
+                tries += 1
+                return op()
+
+            return await self._health.call(what, once)
+
+        first: str | None = None
         try:
             # A blocking take goes straight to BLMOVE (it returns at once when ids are
             # there): the drain loop only blocks after a non-blocking take found none.
-            flat = []
-            if block_s <= 0:
-                flat = await self._health.call("take", lambda: self._take(keys=keys, args=args))
-            else:
-                first = await self._health.call(
+            if block_s > 0:
+                # Redis takes fractional seconds; redis-py's annotation says int.
+                first = await move(
                     "blmove",
-                    # Redis takes fractional seconds; redis-py's annotation says int.
                     lambda: self._client.blmove(queue, inflight, block_s, "RIGHT", "LEFT"),  # type: ignore[arg-type]
                 )
                 if first is None:
                     return TakeResult()
                 args.append(str(first))
-                flat = await self._health.call("take", lambda: self._take(keys=keys, args=args))
+            flat = await move("take", lambda: self._take(keys=keys, args=args))
         except BaseException:
             self._suspect.add(worker_id)  # cancelled or failed mid-move: look for orphans
             raise
+        finally:
+            # A move retried through an outage may have run before its reply was lost:
+            # ids it moved sit in our in-flight list unknown to us. Hand them back next.
+            if tries > calls:
+                self._suspect.add(worker_id)
         if flat and flat[0] == -1:
             return TakeResult(paused=True)
         items = _parse_taken(flat)
