@@ -43,7 +43,7 @@ class QueueSettings:
     worker_ids: tuple[str, ...]
     shim_id: str
     lease_s: float = 30.0
-    block_s: float = 5.0  # BLMOVE block on an empty queue
+    block_s: float = 20.0  # BLMOVE block on an empty queue (idle: 2 commands per block per queue)
     pause_poll_s: float = 1.0  # how often a paused queue is looked at again
 
 
@@ -163,7 +163,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
         "on SIGTERM, wait this long for in-flight invocations (default 30)",
     ),
     ("--lease-s", "RHAILAMBDA_LEASE_S", "shim lease; renewed every third of it (default 30)"),
-    ("--block-s", "RHAILAMBDA_BLOCK_S", "BLMOVE block on an empty queue (default 5)"),
+    ("--block-s", "RHAILAMBDA_BLOCK_S", "BLMOVE block on an empty queue (default 20)"),
     ("--log-level", "RHAILAMBDA_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
 )
 _FLAG_OF = {var: flag for flag, var, _ in _OPTIONS}
@@ -284,7 +284,7 @@ def _build(env: Env) -> ShimSettings:
             worker_ids=workers,
             shim_id=env.optional_str("RHAILAMBDA_SHIM_ID") or _default_shim_id(),
             lease_s=_positive(env, "RHAILAMBDA_LEASE_S", 30.0),
-            block_s=_positive(env, "RHAILAMBDA_BLOCK_S", 5.0),
+            block_s=_positive(env, "RHAILAMBDA_BLOCK_S", 20.0),
         ),
         batch=BatchSettings(
             batch_size=env.int("RHAILAMBDA_BATCH_SIZE", default_batch, minimum=1),
