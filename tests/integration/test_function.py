@@ -213,3 +213,24 @@ def test_lambda_handler_end_to_end(
     assert _reply(redis_client, "t1")["output"] == "20"
     emf = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "rhailambda-test"
+
+
+def test_print_and_debug_reach_the_hooks_with_their_task(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    printed: list[tuple[str, str, str]] = []
+    debugged: list[tuple[str, str, int | None]] = []
+    settings = FunctionSettings(circle_enabled=False)
+    runner = BatchRunner(
+        settings,
+        TaskStore(connect(redis_url), settings.protocol),
+        on_print=lambda ctx, text: printed.append((ctx.task_id, ctx.context_id, text)),
+        on_debug=lambda ctx, text, src, line, col: debugged.append((ctx.task_id, text, line)),
+    )
+    _put(redis_client, "p1", 'print("hello"); 1', contextId="circle-a")
+    _put(redis_client, "p2", 'let x = 2;\ndebug("dbg"); x', contextId="circle-b")
+    _run(runner, "p1", "p2")
+    assert printed == [("p1", "circle-a", "hello")]
+    assert len(debugged) == 1 and debugged[0][0] == "p2" and "dbg" in debugged[0][1]
+    assert debugged[0][2] == 2
+    assert _reply(redis_client, "p2")["output"] == "2"

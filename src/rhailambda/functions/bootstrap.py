@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 
 from rhailambda.errors import SettingError
 from rhailambda.functions.extension import Extension
-from rhailambda.functions.runner import BatchRunner
+from rhailambda.functions.runner import BatchRunner, DebugHook, PrintHook
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.redis_conn import connect
 from rhailambda.settings import Env
@@ -55,8 +54,8 @@ def build_runner(
     settings: FunctionSettings,
     env: Env,
     *,
-    on_print: Callable[[str], None] | None = None,
-    on_debug: Callable[[str, str | None, int | None, int | None], None] | None = None,
+    on_print: PrintHook | None = None,
+    on_debug: DebugHook | None = None,
 ) -> BatchRunner:
     client = connect(redis_url(settings))
     store = TaskStore(client, settings.protocol)

@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rhailambda.event import InvocationEvent
 from rhailambda.functions.bootstrap import build_runner
+from rhailambda.functions.extension import ScriptContext
 from rhailambda.functions.runner import TaskResult
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.settings import Env
@@ -32,14 +33,19 @@ logger = Logger(service="rhailambda", logger_handler=logging.StreamHandler(sys.s
 metrics = Metrics(namespace=ENV.str("POWERTOOLS_METRICS_NAMESPACE", "rhailambda"))
 
 
-def _on_print(text: str) -> None:
-    logger.info(text, extra={"script_output": "print"})
+def _task_keys(ctx: ScriptContext) -> dict[str, object]:
+    return {"task_id": ctx.task_id, "caller_id": ctx.caller_id, "context_id": ctx.context_id}
 
 
-def _on_debug(text: str, source: str | None, line: int | None, column: int | None) -> None:
-    logger.debug(
-        text, extra={"script_output": "debug", "script_line": line, "script_column": column}
-    )
+def _on_print(ctx: ScriptContext, text: str) -> None:
+    logger.info(text, extra={"script_output": "print", **_task_keys(ctx)})
+
+
+def _on_debug(
+    ctx: ScriptContext, text: str, source: str | None, line: int | None, column: int | None
+) -> None:
+    extra = {"script_output": "debug", "script_line": line, "script_column": column}
+    logger.debug(text, extra={**extra, **_task_keys(ctx)})
 
 
 RUNNER = build_runner(SETTINGS, ENV, on_print=_on_print, on_debug=_on_debug)

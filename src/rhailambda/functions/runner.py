@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 import rhai_py
@@ -23,7 +23,12 @@ from rhailambda.functions.extension import CommitConflict, Extension, ScriptCont
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.taskstore import Claim, Finish, TaskStore
 
-__all__ = ["BatchRunner", "TaskObserver", "TaskResult"]
+__all__ = ["BatchRunner", "DebugHook", "PrintHook", "TaskObserver", "TaskResult"]
+
+#: ``print(text)`` from a script, told which task printed
+PrintHook = Callable[[ScriptContext, str], None]
+#: ``debug(text)`` from a script: (task, text, source, line, column)
+DebugHook = Callable[[ScriptContext, str, str | None, int | None, int | None], None]
 
 #: below this much budget left, a task is handed back instead of started
 _MIN_TASK_BUDGET_S = 0.05
@@ -69,17 +74,15 @@ class BatchRunner:
         store: TaskStore,
         extensions: Sequence[Extension] = (),
         *,
-        on_print: Callable[[str], None] | None = None,
-        on_debug: Callable[[str, str | None, int | None, int | None], None] | None = None,
+        on_print: PrintHook | None = None,
+        on_debug: DebugHook | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._extensions = tuple(extensions)
         self._engine_kwargs: dict[str, Any] = settings.limits.engine_kwargs()
-        if on_print is not None:
-            self._engine_kwargs["on_print"] = on_print
-        if on_debug is not None:
-            self._engine_kwargs["on_debug"] = on_debug
+        self._on_print = on_print
+        self._on_debug = on_debug
         compiler = rhai_py.Engine(**settings.limits.engine_kwargs())
         self._compile: Callable[[str], rhai_py.AST] = lru_cache(
             maxsize=settings.compile_cache_size
@@ -157,11 +160,18 @@ class BatchRunner:
             "WORKER_ID": ctx.worker_id,
             "TASK_ID": ctx.task_id,
         }
+        engine_kwargs = self._engine_kwargs
+        if self._on_print is not None or self._on_debug is not None:
+            engine_kwargs = dict(engine_kwargs)  # hooks that know which task printed
+            if self._on_print is not None:
+                engine_kwargs["on_print"] = partial(self._on_print, ctx)
+            if self._on_debug is not None:
+                engine_kwargs["on_debug"] = partial(self._on_debug, ctx)
         runs = 0
         while True:
             runs += 1
             sessions = [ext.open(ctx) for ext in self._extensions]
-            engine = rhai_py.Engine(**self._engine_kwargs)
+            engine = rhai_py.Engine(**engine_kwargs)
             for session in sessions:
                 _register(engine, session.modules())
             try:
