@@ -56,6 +56,7 @@ def _start_redis(run_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             "--logfile",
             str(run_dir / "redis.log"),
         ],
+        start_new_session=True,  # Ctrl-C reaches the shim, not Redis: it goes last
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -67,6 +68,17 @@ def _start_redis(run_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
     proc.kill()
     sys.exit(f"redis-server did not start on port {port}: see {run_dir / 'redis.log'}")
+
+
+def _cli() -> str:
+    """How to call the ``rhailambda`` command from here (the venv's, if not on PATH)."""
+    if shutil.which("rhailambda"):
+        return "rhailambda"
+    local = Path(sys.executable).parent / "rhailambda"
+    try:
+        return str(local.relative_to(Path.cwd()))
+    except ValueError:
+        return str(local)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name:<24} {reply.status:<10} {shown}")
         print(
             f"\nserving worker queue {args.worker!r}; try:\n"
-            f"  rhailambda submit --redis-url {redact_url(url)} --worker {args.worker} "
+            f"  {_cli()} submit --redis-url {redact_url(url)} --worker {args.worker} "
             f"--context alice --caller alice --script '40 + 2' --wait\n"
             "Ctrl-C to stop."
         )
