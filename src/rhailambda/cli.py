@@ -26,16 +26,28 @@ def _add_submit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="submit a script as a task (the rhai_dispatcher way)",
         description="Write the task hash, push its id on the worker queue, optionally wait.",
     )
+    workers = env.list("RHAILAMBDA_WORKERS")
+
+    def from_env(flag: str, var: str, help_text: str, default: str | None = None) -> None:
+        value = env.optional_str(var) or default
+        sub.add_argument(flag, default=value, required=value is None, help=f"{help_text} [{var}]")
+
     sub.add_argument("--redis-url", default=env.str("REDIS_URL", DEFAULT_REDIS_URL))
-    sub.add_argument("--worker", required=True, help="worker queue id")
-    sub.add_argument("--context", required=True, help="circle (context) id")
-    sub.add_argument("--caller", required=True, help="caller id")
+    from_env("--worker", "RHAILAMBDA_WORKER", "worker queue id (default: the first of "
+             "RHAILAMBDA_WORKERS)", workers[0] if workers else None)  # fmt: skip
+    from_env("--context", "RHAILAMBDA_CONTEXT_ID", "circle (context) id")
+    from_env("--caller", "RHAILAMBDA_CALLER_ID", "caller id")
     sub.add_argument("--task-id", default=None, help="task id (default: a new UUID)")
     src = sub.add_mutually_exclusive_group(required=True)
     src.add_argument("--script", help="the Rhai source")
     src.add_argument("file", nargs="?", type=Path, help="a file holding the Rhai source")
     sub.add_argument("--wait", action="store_true", help="wait for the reply and print it")
-    sub.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (--wait)")
+    sub.add_argument(
+        "--timeout",
+        type=float,
+        default=env.float("RHAILAMBDA_WAIT_TIMEOUT_S", 30.0, minimum=0.0),
+        help="seconds to wait with --wait [RHAILAMBDA_WAIT_TIMEOUT_S]",
+    )
     sub.set_defaults(func=_submit)
 
 
