@@ -234,3 +234,16 @@ def test_print_and_debug_reach_the_hooks_with_their_task(
     assert len(debugged) == 1 and debugged[0][0] == "p2" and "dbg" in debugged[0][1]
     assert debugged[0][2] == 2
     assert _reply(redis_client, "p2")["output"] == "2"
+
+
+def test_oversized_script_gets_an_error_reply(redis_url: str, redis_client: redis.Redis) -> None:
+    settings = FunctionSettings(circle_enabled=False, max_script_bytes=1000)
+    runner = BatchRunner(settings, TaskStore(connect(redis_url), settings.protocol))
+    _put(redis_client, "big", "1 + " * 400 + "1")
+    _put(redis_client, "large-but-fine", "// " + "x" * 20_000 + "\n6 * 7")
+    settings_ok = FunctionSettings(circle_enabled=False)
+    assert _run(runner, "big") == {"big": "error"}
+    assert "script too large" in _reply(redis_client, "big")["error"]
+    ok_runner = BatchRunner(settings_ok, TaskStore(connect(redis_url), settings_ok.protocol))
+    assert _run(ok_runner, "large-but-fine") == {"large-but-fine": "completed"}
+    assert _reply(redis_client, "large-but-fine")["output"] == "42"

@@ -32,6 +32,7 @@ DebugHook = Callable[[ScriptContext, str, str | None, int | None, int | None], N
 
 #: below this much budget left, a task is handed back instead of started
 _MIN_TASK_BUDGET_S = 0.05
+_MAX_CACHED_SCRIPT_CHARS = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +53,15 @@ class TaskObserver(Protocol):
     def task_done(self, result: TaskResult) -> None: ...
 
 
-def _validate(fields: p.TaskFields) -> str | None:
+def _validate(fields: p.TaskFields, max_script_bytes: int) -> str | None:
     """Why a claimed task cannot run, or None."""
     if fields.script is None:
         return "malformed task: the task hash has no 'script' field"
     if not fields.script.strip():
         return "malformed task: the script is empty"
+    size = len(fields.script.encode())
+    if size > max_script_bytes:
+        return f"script too large: {size} bytes, the limit is {max_script_bytes}"
     if not fields.context_id:
         return "malformed task: the task hash has no 'contextId' field"
     if not fields.caller_id:
@@ -83,10 +87,10 @@ class BatchRunner:
         self._engine_kwargs: dict[str, Any] = settings.limits.engine_kwargs()
         self._on_print = on_print
         self._on_debug = on_debug
-        compiler = rhai_py.Engine(**settings.limits.engine_kwargs())
-        self._compile: Callable[[str], rhai_py.AST] = lru_cache(
+        self._compiler = rhai_py.Engine(**settings.limits.engine_kwargs())
+        self._compile_cached: Callable[[str], rhai_py.AST] = lru_cache(
             maxsize=settings.compile_cache_size
-        )(compiler.compile)
+        )(self._compiler.compile)
 
     def run(
         self, event: InvocationEvent, budget_s: float, observer: TaskObserver | None = None
@@ -128,7 +132,7 @@ class BatchRunner:
         left = deadline - started
         if left < _MIN_TASK_BUDGET_S:  # hand it back: the claim lets the next attempt in
             return TaskResult(task_id, fields, "failed", "no time left in batch", 0.0), None
-        error = _validate(fields)
+        error = _validate(fields, self._settings.max_script_bytes)
         output: str | None = None
         runs = 0
         if error is None:
@@ -150,7 +154,11 @@ class BatchRunner:
         """Run the script (again when its writes lost a race); (output, error, runs)."""
         assert fields.script is not None
         try:
-            ast = self._compile(fields.script)
+            # Only small scripts are cached: 512 cached 1 MB scripts would eat a function.
+            if len(fields.script) <= _MAX_CACHED_SCRIPT_CHARS:
+                ast = self._compile_cached(fields.script)
+            else:
+                ast = self._compiler.compile(fields.script)
         except rhai_py.RhaiError as exc:
             return None, _describe(exc), 0
         ctx = ScriptContext(fields.caller_id, fields.context_id, fields.worker_id, fields.task_id)

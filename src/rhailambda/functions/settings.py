@@ -67,6 +67,8 @@ class FunctionSettings:
     #: how often a script is re-run when its staged writes lost a race
     max_conflict_retries: int = 20
     compile_cache_size: int = 512
+    #: scripts longer than this get an error reply instead of running
+    max_script_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Env) -> FunctionSettings:
@@ -80,4 +82,5 @@ class FunctionSettings:
             reserve_s=env.float("RHAILAMBDA_RESERVE_S", 0.5, minimum=0.0),
             max_conflict_retries=env.int("RHAILAMBDA_MAX_CONFLICT_RETRIES", 20, minimum=0),
             compile_cache_size=env.int("RHAILAMBDA_COMPILE_CACHE_SIZE", 512, minimum=0),
+            max_script_bytes=env.int("RHAILAMBDA_MAX_SCRIPT_BYTES", 1024 * 1024, minimum=1),
         )
