@@ -122,6 +122,13 @@ class KeyLayout:
         """Sorted set of ids waiting for a retry: id -> due time (ms since epoch)."""
         return f"{self.internal_prefix}retry:{worker_id}"
 
+    def done(self, task_id: str) -> str:
+        """Marker of a finished task whose hash is gone: a late redelivery is dropped.
+
+        Lives as long as the reply (the reply TTL).
+        """
+        return f"{self.internal_prefix}done:{task_id}"
+
     def dead_letter(self, worker_id: str) -> str:
         """The dead-letter list of a worker queue."""
         return f"{self.internal_prefix}dlq:{worker_id}"

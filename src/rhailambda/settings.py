@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
@@ -92,14 +92,23 @@ class Env:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe to log."""
+    """The URL with any password (user-info or ``?password=``) replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    if parts.query:
+        query = [
+            (k, "***" if k.lower() == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        parts = parts._replace(netloc=f"{user}:***@{host}{port}")
+    redacted = urlunsplit(parts)
+    if url.startswith(f"{parts.scheme}://") and not redacted.startswith(f"{parts.scheme}://"):
+        redacted = f"{parts.scheme}://{redacted[len(parts.scheme) + 1 :]}"  # unix:///path
+    return redacted
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,15 +37,25 @@ __all__ = [
     "fail_tasks_async",
 ]
 
+# KEYS: task1..taskN, done1..doneN. ARGV: now, attempt1..attemptN
 CLAIM_LUA = """
 local out = {}
 local now = ARGV[1]
-for i, key in ipairs(KEYS) do
+local n = #KEYS / 2
+local seen = {}
+for i = 1, n do
+  local key = KEYS[i]
   local attempt = tonumber(ARGV[i + 1])
-  local h = redis.call('HGETALL', key)
-  if #h == 0 then
-    out[i] = {'missing'}
+  local kind = redis.call('TYPE', key).ok
+  if seen[key] then
+    out[i] = {'skip', 'duplicate'}
+  elseif kind == 'none' then
+    if redis.call('EXISTS', KEYS[n + i]) == 1 then out[i] = {'skip', 'done'}
+    else out[i] = {'missing'} end
+  elseif kind ~= 'hash' then
+    out[i] = {'skip', 'not a hash'}
   else
+    local h = redis.call('HGETALL', key)
     local status, claim = nil, 0
     for j = 1, #h, 2 do
       if h[j] == 'status' then status = h[j + 1]
@@ -60,33 +70,38 @@ for i, key in ipairs(KEYS) do
       out[i] = {'skip', status}
     end
   end
+  seen[key] = true
 end
 return out
 """
 
-# KEYS: task1, reply1, task2, reply2, ...
+# KEYS: task1, reply1, done1, task2, reply2, done2, ...
 # ARGV: ttl, preserve, then 7 per task: mode, attempt, status, field, value, now, reply
 #   mode 'claim'  : only while status == processing and rhailambdaClaim == attempt
 #   mode 'force'  : only while the task exists and is not final (dead-lettering)
-#   mode 'missing': only while the hash is absent and no reply waits (malformed id)
+#   mode 'missing': only while the hash is absent, no reply waits and the task was not
+#                   finished before (its done marker): an id with no task at all
+# Every finish leaves the done marker (as long as the reply lives), so a late
+# redelivery of a task whose hash is gone is recognised and never answered twice.
 FINISH_LUA = """
 local ttl = tonumber(ARGV[1])
 local preserve = ARGV[2] == '1'
 local out = {}
-for i = 1, #KEYS / 2 do
-  local tkey, rkey = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, #KEYS / 3 do
+  local tkey, rkey, dkey = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local b = 2 + (i - 1) * 7
   local mode, attempt, status = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local field, value, now, reply = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
   local ok = false
   if mode == 'missing' then
     ok = redis.call('EXISTS', tkey) == 0 and redis.call('EXISTS', rkey) == 0
-  else
+         and redis.call('EXISTS', dkey) == 0
+  elseif redis.call('TYPE', tkey).ok == 'hash' then
     local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaClaim')
     if mode == 'claim' then
       ok = cur[1] == 'processing' and cur[2] == attempt
     else
-      ok = redis.call('EXISTS', tkey) == 1 and cur[1] ~= 'completed' and cur[1] ~= 'error'
+      ok = cur[1] ~= 'completed' and cur[1] ~= 'error'
     end
   end
   if ok then
@@ -97,6 +112,7 @@ for i = 1, #KEYS / 2 do
     end
     redis.call('LPUSH', rkey, reply)
     redis.call('EXPIRE', rkey, ttl)
+    redis.call('SET', dkey, '1', 'EX', ttl)
     out[i] = 1
   else
     out[i] = 0
@@ -151,7 +167,11 @@ def _finish_args(
     args: list[str | int] = [protocol.reply_ttl_s, "1" if protocol.preserve_tasks else "0"]
     for f in finishes:
         now = p.now_rfc3339()
-        keys += [layout.task(f.ref.task_id), layout.reply(f.ref.task_id)]
+        keys += [
+            layout.task(f.ref.task_id),
+            layout.reply(f.ref.task_id),
+            layout.done(f.ref.task_id),
+        ]
         reply = p.build_reply(
             f.fields, status=f.status, output=f.output, error=f.error, updated_at=now
         )
@@ -176,7 +196,7 @@ class TaskStore:
         if not tasks:
             return []
         layout = self._protocol.layout
-        keys = [layout.task(t.task_id) for t in tasks]
+        keys = [layout.task(t.task_id) for t in tasks] + [layout.done(t.task_id) for t in tasks]
         args: list[str | int] = [p.now_rfc3339(), *(t.attempt for t in tasks)]
         return _parse_claims(tasks, self._claim(keys=keys, args=args))
 
@@ -188,11 +208,10 @@ class TaskStore:
         return [bool(x) for x in self._finish(keys=keys, args=args)]
 
 
-def _failures(
-    task_ids: Sequence[str], hashes: Sequence[dict[str, str]], error: str
-) -> list[Finish]:
+def _failures(task_ids: Sequence[str], hashes: Sequence[Any], error: str) -> list[Finish]:
     out: list[Finish] = []
-    for task_id, raw in zip(task_ids, hashes, strict=True):
+    for task_id, found in zip(task_ids, hashes, strict=True):
+        raw = found if isinstance(found, dict) else {}  # an error: the key is not a hash
         fields = p.TaskFields.from_hash(task_id, raw)
         mode: Literal["force", "missing"] = "force" if raw else "missing"
         out.append(Finish(TaskRef(task_id), fields, p.STATUS_ERROR, error=error, mode=mode))
@@ -208,7 +227,7 @@ def fail_tasks(
     pipe = client.pipeline(transaction=False)
     for task_id in task_ids:
         pipe.hgetall(protocol.layout.task(task_id))
-    finishes = _failures(task_ids, pipe.execute(), error)
+    finishes = _failures(task_ids, pipe.execute(raise_on_error=False), error)
     keys, args = _finish_args(protocol, finishes)
     done = client.register_script(FINISH_LUA)(keys=keys, args=args)
     return [t for t, ok in zip(task_ids, done, strict=True) if ok]
@@ -223,7 +242,7 @@ async def fail_tasks_async(
     async with client.pipeline(transaction=False) as pipe:
         for task_id in task_ids:
             pipe.hgetall(protocol.layout.task(task_id))
-        hashes = await pipe.execute()
+        hashes = await pipe.execute(raise_on_error=False)
     finishes = _failures(task_ids, hashes, error)
     keys, args = _finish_args(protocol, finishes)
     done = await client.register_script(FINISH_LUA)(keys=keys, args=args)

@@ -32,6 +32,8 @@ __all__ = ["DrainStats", "Drainer"]
 
 log = logging.getLogger("rhailambda.shim")
 _STOP_TAKING_S = 2.0
+_TAKE_RETRY_MIN_S = 0.05
+_TAKE_RETRY_MAX_S = 5.0
 
 
 @dataclass(slots=True)
@@ -91,6 +93,7 @@ class Drainer:
     def start(self) -> None:
         for worker_id in self._s.queues.worker_ids:
             task = asyncio.create_task(self._take_loop(worker_id), name=f"take:{worker_id}")
+            task.add_done_callback(_log_crash)
             self._takers.append(task)
 
     async def stop_taking(self) -> None:
@@ -133,8 +136,19 @@ class Drainer:
     # --- taking ------------------------------------------------------------------
     async def _take_loop(self, worker_id: str) -> None:
         slots = self._queue_slots[worker_id]
+        delay_s = _TAKE_RETRY_MIN_S
         while True:
-            items, paused = await self._take_batch(worker_id, slots)
+            try:
+                items, paused = await self._take_batch(worker_id, slots)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis said no (OOM, READONLY after a failover, a bug):
+                # the queue must not stop for good. The source hands back any orphans.
+                log.exception("take from %s failed; retrying in %.2f s", worker_id, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(_TAKE_RETRY_MAX_S, delay_s * 2)
+                continue
+            delay_s = _TAKE_RETRY_MIN_S
             if not items:
                 if paused:
                     await self._wait_while_paused(worker_id)
@@ -255,7 +269,7 @@ class Drainer:
             bad = response.failed_ids
             failed = [t for t in items if t.task_id in bad]
             reason = "the function reported the task as failed"
-            await self._source.ack(worker_id, [t.task_id for t in items if t.task_id not in bad])
+            await self._source.ack(worker_id, [t for t in items if t.task_id not in bad])
         self.stats.batches += 1
         self.stats.completed += len(items) - len(failed) if outcome == "ok" else 0
         self.stats.failed += len(failed)

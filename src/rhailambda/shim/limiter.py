@@ -48,7 +48,7 @@ class FairLimiter:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # the slot was granted as we were cancelled: give it back
-            else:
+            elif fut in self._waiters:  # release() may have dropped it already
                 self._waiters.remove(fut)
             raise
 

@@ -26,19 +26,30 @@ from rhailambda.shim.source import Taken, TakeResult
 
 __all__ = ["RedisQueueSource"]
 
-# KEYS: queue, inflight, paused. ARGV: n, worker id, task key prefix, [first id]
-# One delivery of an in-flight id: drop it if the task is already final, else count
-# the attempt (only where the hash exists) and report id, attempt, createdAt.
+# One delivery of an in-flight id: drop it if the task is already final (or finished
+# and cleaned up: its done marker), dead-letter it if its task key is not a hash (a
+# poison id must not stop the queue), else count the attempt (only where the hash
+# exists) and report id, attempt, createdAt.
 _DELIVER_LUA = """
-local function deliver(inflight, prefix, id, out)
+local function deliver(inflight, dlq, prefix, done_prefix, id, out)
   local key = prefix .. id
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'hash' and kind ~= 'none' then
+    redis.call('LREM', inflight, 1, id)
+    redis.call('LPUSH', dlq, id)
+    return
+  end
+  if kind == 'none' and redis.call('EXISTS', done_prefix .. id) == 1 then
+    redis.call('LREM', inflight, 1, id)
+    return
+  end
   local h = redis.call('HMGET', key, 'status', 'createdAt', 'created_at')
   if h[1] == 'completed' or h[1] == 'error' then
     redis.call('LREM', inflight, 1, id)
     return
   end
   local attempt = 1
-  if h[1] or redis.call('EXISTS', key) == 1 then
+  if kind == 'hash' then
     attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
   end
   out[#out + 1] = id
@@ -47,13 +58,15 @@ local function deliver(inflight, prefix, id, out)
 end
 """
 
+# KEYS: queue, inflight, paused, dead letters.
+# ARGV: n, worker id, task key prefix, done-marker prefix, [first id]
 _TAKE_LUA = (
     _DELIVER_LUA
     + """
-local queue, inflight = KEYS[1], KEYS[2]
-local n, prefix = tonumber(ARGV[1]), ARGV[3]
+local queue, inflight, dlq = KEYS[1], KEYS[2], KEYS[4]
+local n, prefix, done_prefix = tonumber(ARGV[1]), ARGV[3], ARGV[4]
 local ids = {}
-if ARGV[4] then ids[1] = ARGV[4] end
+if ARGV[5] then ids[1] = ARGV[5] end
 if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
   for i = #ids, 1, -1 do
     if redis.call('LREM', inflight, 1, ids[i]) == 1 then redis.call('RPUSH', queue, ids[i]) end
@@ -66,28 +79,42 @@ while #ids < n do
   ids[#ids + 1] = id
 end
 local out = {}
-for _, id in ipairs(ids) do deliver(inflight, prefix, id, out) end
+for _, id in ipairs(ids) do deliver(inflight, dlq, prefix, done_prefix, id, out) end
 return out
 """
 )
 
-# KEYS: inflight. ARGV: task key prefix, ids... (only ids still in flight are redelivered)
+# KEYS: inflight, dead letters. ARGV: task key prefix, done-marker prefix, ids...
+# (only ids still in flight are redelivered)
 _REDELIVER_LUA = (
     _DELIVER_LUA
     + """
-local inflight, prefix = KEYS[1], ARGV[1]
+local inflight, dlq, prefix, done_prefix = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local out = {}
-for i = 2, #ARGV do
-  if redis.call('LPOS', inflight, ARGV[i]) then deliver(inflight, prefix, ARGV[i], out) end
+for i = 3, #ARGV do
+  if redis.call('LPOS', inflight, ARGV[i]) then
+    deliver(inflight, dlq, prefix, done_prefix, ARGV[i], out)
+  end
 end
 return out
 """
 )
 
-# KEYS: inflight. ARGV: ids.
+# KEYS: inflight. ARGV: task key prefix, then (id, attempt) pairs. An ack of a stale
+# delivery (a newer one counted a higher attempt) must not remove the newer one's entry.
 _ACK_LUA = """
-for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
-return #ARGV
+local removed = 0
+for i = 2, #ARGV, 2 do
+  local key = ARGV[1] .. ARGV[i]
+  local latest = 0
+  if redis.call('TYPE', key).ok == 'hash' then
+    latest = tonumber(redis.call('HGET', key, 'rhailambdaAttempt') or '0') or 0
+  end
+  if latest <= tonumber(ARGV[i + 1]) then
+    removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
+  end
+end
+return removed
 """
 
 # KEYS: inflight, dead-letter list. ARGV: ids.
@@ -149,6 +176,7 @@ class RedisQueueSource:
         self._shim_id = shim_id
         self._health = health
         self._task_prefix = self._layout.task("")
+        self._done_prefix = self._layout.done("")
         self._take = client.register_script(_TAKE_LUA)
         self._redeliver = client.register_script(_REDELIVER_LUA)
         self._ack = client.register_script(_ACK_LUA)
@@ -181,8 +209,8 @@ class RedisQueueSource:
             await self._hand_back_orphans(worker_id)
         queue, inflight = self._keys(worker_id)
         block_s = max(block_s, 0.01) if block_s > 0 else 0.0  # BLMOVE 0 blocks forever
-        keys = [queue, inflight, self._layout.paused()]
-        args: list[str | int] = [max_items, worker_id, self._task_prefix]
+        keys = [queue, inflight, self._layout.paused(), self._layout.dead_letter(worker_id)]
+        args: list[str | int] = [max_items, worker_id, self._task_prefix, self._done_prefix]
         tries = calls = 0  # round trips sent vs. operations asked for
 
         async def move(what: str, op: Callable[[], Awaitable[Any]]) -> Any:
@@ -241,22 +269,23 @@ class RedisQueueSource:
 
     async def redeliver(self, worker_id: str, task_ids: Sequence[str]) -> tuple[Taken, ...]:
         _, inflight = self._keys(worker_id)
-        args = [self._task_prefix, *task_ids]
-        flat = await self._health.call(
-            "redeliver", lambda: self._redeliver(keys=[inflight], args=args)
-        )
+        args = [self._task_prefix, self._done_prefix, *task_ids]
+        keys = [inflight, self._layout.dead_letter(worker_id)]
+        flat = await self._health.call("redeliver", lambda: self._redeliver(keys=keys, args=args))
         items = _parse_taken(flat)
         kept = {t.task_id for t in items}
         self._release(worker_id, [t for t in task_ids if t not in kept])
         return items
 
-    async def ack(self, worker_id: str, task_ids: Sequence[str]) -> None:
-        if not task_ids:
+    async def ack(self, worker_id: str, items: Sequence[Taken]) -> None:
+        if not items:
             return
         _, inflight = self._keys(worker_id)
-        ids = list(task_ids)
-        await self._health.call("ack", lambda: self._ack(keys=[inflight], args=ids))
-        self._release(worker_id, ids)
+        args: list[str | int] = [self._task_prefix]
+        for item in items:
+            args += [item.task_id, item.attempt]
+        await self._health.call("ack", lambda: self._ack(keys=[inflight], args=args))
+        self._release(worker_id, [t.task_id for t in items])
 
     async def dead_letter(self, worker_id: str, task_ids: Sequence[str], reason: str) -> None:
         if not task_ids:

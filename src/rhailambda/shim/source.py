@@ -49,8 +49,12 @@ class QueueSource(Protocol):
         """Count a new attempt for ids we still hold (for a retry); drops final ones."""
         ...
 
-    async def ack(self, worker_id: str, task_ids: Sequence[str]) -> None:
-        """Forget ids that are done (remove them from in-flight)."""
+    async def ack(self, worker_id: str, items: Sequence[Taken]) -> None:
+        """Forget deliveries that are done (remove them from in-flight).
+
+        A delivery older than the task's latest (the shim was reaped and took the id
+        again) leaves the entry alone: it belongs to the newer delivery.
+        """
         ...
 
     async def dead_letter(self, worker_id: str, task_ids: Sequence[str], reason: str) -> None:
