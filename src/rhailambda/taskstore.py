@@ -4,10 +4,11 @@ Both the function (claim a batch, then finish it) and the shim (dead-letter) go
 through here, so "exactly one reply per task" is enforced in one place:
 
 * :data:`CLAIM_LUA` claims a batch in one round trip. A task is claimed when its
-  status is ``pending`` (or missing: a malformed hash still deserves an error
-  reply), or ``processing`` under an OLDER delivery (the previous invocation died;
-  ``rhailambdaClaim`` holds the attempt that claimed it). Anything else is skipped:
-  a duplicate delivery never runs a task twice at once nor replies twice.
+  status is ``pending`` (or missing or unknown: a malformed hash still deserves an
+  error reply), or ``processing`` under an OLDER delivery (the previous invocation
+  died; ``rhailambdaClaim`` holds the attempt that claimed it). Final tasks and
+  tasks a newer delivery holds are skipped: a duplicate delivery never runs a task
+  twice at once nor replies twice.
 * :data:`FINISH_LUA` finishes a batch in one round trip: for each task it checks
   that the caller still holds the claim (or, for dead-lettering, that the task is
   not final yet), writes status / output / error / updatedAt, pushes the reply with
@@ -61,8 +62,8 @@ for i = 1, n do
       if h[j] == 'status' then status = h[j + 1]
       elseif h[j] == 'rhailambdaClaim' then claim = tonumber(h[j + 1]) or 0 end
     end
-    if status == nil or status == '' or status == 'pending'
-        or (status == 'processing' and claim < attempt) then
+    local final = status == 'completed' or status == 'error'
+    if not final and (status ~= 'processing' or claim < attempt) then
       redis.call('HSET', key, 'status', 'processing', 'rhailambdaClaim', attempt,
                  'updatedAt', now)
       out[i] = {'claimed', h}

@@ -247,3 +247,9 @@ def test_oversized_script_gets_an_error_reply(redis_url: str, redis_client: redi
     ok_runner = BatchRunner(settings_ok, TaskStore(connect(redis_url), settings_ok.protocol))
     assert _run(ok_runner, "large-but-fine") == {"large-but-fine": "completed"}
     assert _reply(redis_client, "large-but-fine")["output"] == "42"
+
+
+def test_unknown_status_is_a_malformed_task(runner: BatchRunner, redis_client: redis.Redis) -> None:
+    _put(redis_client, "odd", "1 + 1", status="cancelled")
+    assert _run(runner, "odd") == {"odd": "error"}
+    assert "unknown status 'cancelled'" in _reply(redis_client, "odd")["error"]

@@ -59,6 +59,8 @@ def _validate(fields: p.TaskFields, max_script_bytes: int) -> str | None:
         return "malformed task: the task hash has no 'script' field"
     if not fields.script.strip():
         return "malformed task: the script is empty"
+    if fields.status not in ("", p.STATUS_PENDING, p.STATUS_PROCESSING):
+        return f"malformed task: unknown status {fields.status!r}"
     size = len(fields.script.encode())
     if size > max_script_bytes:
         return f"script too large: {size} bytes, the limit is {max_script_bytes}"

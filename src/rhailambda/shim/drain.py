@@ -237,7 +237,12 @@ class Drainer:
         finally:
             self._release(slots)
         if failed:
-            await self._settle_failures(worker_id, failed, reason, retryable=retryable)
+            try:
+                await self._settle_failures(worker_id, failed, reason, retryable=retryable)
+            except Exception:  # Redis refused the dead-letter or retry bookkeeping
+                log.exception("settling %d failed ids of %s failed; handing them back",
+                              len(failed), worker_id)  # fmt: skip
+                await self._source.hand_back(worker_id, [t.task_id for t in failed])
 
     async def _invoke(self, worker_id: str, items: list[Taken]) -> tuple[list[Taken], str, bool]:
         """One invocation; returns the failed items, the reason and whether to retry them."""
