@@ -47,16 +47,15 @@ local seen = {}
 for i = 1, n do
   local key = KEYS[i]
   local attempt = tonumber(ARGV[i + 1])
-  local kind = redis.call('TYPE', key).ok
+  local h = redis.pcall('HGETALL', key)
   if seen[key] then
     out[i] = {'skip', 'duplicate'}
-  elseif kind == 'none' then
+  elseif h['err'] then
+    out[i] = {'skip', 'not a hash'}
+  elseif #h == 0 then
     if redis.call('EXISTS', KEYS[n + i]) == 1 then out[i] = {'skip', 'done'}
     else out[i] = {'missing'} end
-  elseif kind ~= 'hash' then
-    out[i] = {'skip', 'not a hash'}
   else
-    local h = redis.call('HGETALL', key)
     local status, claim = nil, 0
     for j = 1, #h, 2 do
       if h[j] == 'status' then status = h[j + 1]
@@ -97,12 +96,14 @@ for i = 1, #KEYS / 3 do
   if mode == 'missing' then
     ok = redis.call('EXISTS', tkey) == 0 and redis.call('EXISTS', rkey) == 0
          and redis.call('EXISTS', dkey) == 0
-  elseif redis.call('TYPE', tkey).ok == 'hash' then
-    local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaClaim')
-    if mode == 'claim' then
+  else
+    local cur = redis.pcall('HMGET', tkey, 'status', 'rhailambdaClaim')
+    if cur['err'] then
+      ok = false  -- not a hash: nothing of ours to finish
+    elseif mode == 'claim' then
       ok = cur[1] == 'processing' and cur[2] == attempt
     else
-      ok = cur[1] ~= 'completed' and cur[1] ~= 'error'
+      ok = redis.call('EXISTS', tkey) == 1 and cur[1] ~= 'completed' and cur[1] ~= 'error'
     end
   end
   if ok then

@@ -33,24 +33,22 @@ __all__ = ["RedisQueueSource"]
 _DELIVER_LUA = """
 local function deliver(inflight, dlq, prefix, done_prefix, id, out)
   local key = prefix .. id
-  local kind = redis.call('TYPE', key).ok
-  if kind ~= 'hash' and kind ~= 'none' then
+  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at')
+  if h['err'] then  -- WRONGTYPE: the task key is not a hash
     redis.call('LREM', inflight, 1, id)
     redis.call('LPUSH', dlq, id)
     return
   end
-  if kind == 'none' and redis.call('EXISTS', done_prefix .. id) == 1 then
-    redis.call('LREM', inflight, 1, id)
-    return
-  end
-  local h = redis.call('HMGET', key, 'status', 'createdAt', 'created_at')
   if h[1] == 'completed' or h[1] == 'error' then
     redis.call('LREM', inflight, 1, id)
     return
   end
   local attempt = 1
-  if kind == 'hash' then
+  if h[1] or redis.call('EXISTS', key) == 1 then
     attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
+  elseif redis.call('EXISTS', done_prefix .. id) == 1 then
+    redis.call('LREM', inflight, 1, id)  -- finished and cleaned up: a late redelivery
+    return
   end
   out[#out + 1] = id
   out[#out + 1] = attempt
@@ -100,17 +98,17 @@ return out
 """
 )
 
-# KEYS: inflight. ARGV: task key prefix, then (id, attempt) pairs. An ack of a stale
-# delivery (a newer one counted a higher attempt) must not remove the newer one's entry.
+# KEYS: inflight. ARGV: task key prefix, the number of plain ids, the plain ids, then
+# (id, attempt) pairs to check: ids this shim holds more than one delivery of (it was
+# reaped and took them again). A stale delivery's ack must not remove the entry of
+# the newer one, so those are removed only when no newer attempt was counted.
 _ACK_LUA = """
+local prefix, plain = ARGV[1], tonumber(ARGV[2])
 local removed = 0
-for i = 2, #ARGV, 2 do
-  local key = ARGV[1] .. ARGV[i]
-  local latest = 0
-  if redis.call('TYPE', key).ok == 'hash' then
-    latest = tonumber(redis.call('HGET', key, 'rhailambdaAttempt') or '0') or 0
-  end
-  if latest <= tonumber(ARGV[i + 1]) then
+for i = 3, 2 + plain do removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+for i = 3 + plain, #ARGV, 2 do
+  local latest = redis.pcall('HGET', prefix .. ARGV[i], 'rhailambdaAttempt')
+  if type(latest) ~= 'string' or tonumber(latest) <= tonumber(ARGV[i + 1]) then
     removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
   end
 end
@@ -281,9 +279,12 @@ class RedisQueueSource:
         if not items:
             return
         _, inflight = self._keys(worker_id)
-        args: list[str | int] = [self._task_prefix]
+        held = self._held.get(worker_id, Counter())
+        plain = [t.task_id for t in items if held[t.task_id] <= 1]
+        args: list[str | int] = [self._task_prefix, len(plain), *plain]
         for item in items:
-            args += [item.task_id, item.attempt]
+            if held[item.task_id] > 1:
+                args += [item.task_id, item.attempt]
         await self._health.call("ack", lambda: self._ack(keys=[inflight], args=args))
         self._release(worker_id, [t.task_id for t in items])
 
