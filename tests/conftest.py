@@ -6,10 +6,13 @@
 - ``redis_client``: a synchronous redis-py client with decoded strings.
 - ``private_redis_server``: a server of the test's own, closed afterwards; restart
   or kill it freely.
+- ``moto_endpoint``: an AWS API endpoint: ``AWS_ENDPOINT_URL`` when set (LocalStack),
+  else moto in process on 127.0.0.1, for the whole session.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,8 @@ import redis
 sys.path.insert(0, str(Path(__file__).parent))
 
 from redis_server import RedisServer
+
+from rhailambda.circle.testing import start_moto
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +61,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def private_redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        yield endpoint
+        return
+    with start_moto() as url:
+        yield url

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rhailambda.circle.testing import DUMMY_AWS_ENV, create_table, dynamodb_client, start_moto
+from rhailambda.circle.testing import DUMMY_AWS_ENV, create_table, dynamodb_client
 from rhailambda.client import Client, Reply
 
 pytest.importorskip("rhai_py")
@@ -42,16 +42,6 @@ class Stack:
         reply = self.run(script, context=context, caller=caller)
         assert reply.status == "completed", reply.error
         return reply.output or ""
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        yield endpoint
-        return
-    with start_moto() as url:
-        yield url
 
 
 @pytest.fixture(scope="module", params=["redis", "dynamodb"])

@@ -9,7 +9,6 @@ an in-process moto server.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,21 +28,11 @@ from rhailambda.circle.dynamo_store import DynamoCircleStore
 from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.store import Expectations, RecordWrite
-from rhailambda.circle.testing import create_table, dynamodb_client, start_moto
+from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.functions.extension import ScriptContext
 from rhailambda.redis_conn import connect
 
 TRICKY_CONTEXTS = ["alice", "alice}", "{alice}", "alice:rec:todo", "alice%3A", "alice:", "é {x}#"]
-
-
-@pytest.fixture(scope="session")
-def dynamo_endpoint() -> Iterator[str]:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        yield endpoint
-        return
-    with start_moto() as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "redis", "dynamodb"])
@@ -55,7 +44,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[CircleStore]:
         yield RedisCircleStore(redis_client)
         redis_client.close()
     else:
-        client = dynamodb_client(request.getfixturevalue("dynamo_endpoint"))
+        client = dynamodb_client(request.getfixturevalue("moto_endpoint"))
         table = f"circle-{uuid.uuid4().hex[:12]}"
         create_table(client, table)
         yield DynamoCircleStore(client, table)
