@@ -62,7 +62,7 @@ def _steps(cfg: BenchConfig) -> dict[str, int]:
         "peers": cfg.runs * len(cfg.peers),
         "shim": 2 * cfg.runs,
         "latency": cfg.runs + 2,
-        "coldstart": cfg.runs,
+        "coldstart": max(cfg.runs, coldstart.MIN_RUNS),
         "commands": 2,
         "idle": 1,
         "ceiling": 1,

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from redis_server import RedisServer
 
 from rhailambda.circle.testing import start_moto
+from rhailambda.resp import RespClient, from_url
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +56,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def resp_client(redis_url: str) -> Iterator[RespClient]:
+    """The function's own client (rhailambda.resp) on the session server."""
+    with from_url(redis_url) as client:
+        yield client
 
 
 @pytest.fixture

@@ -6,6 +6,10 @@
     ├── SettingError            a setting is missing or malformed (carries its name)
     ├── ReplyTimeoutError       the client waited for a reply that did not come in time
     ├── TaskFailedError         a reply came back with status ``error``
+    ├── RedisError              the function's Redis client (:mod:`rhailambda.resp`) failed
+    │   ├── RedisConnectionError  Redis unreachable, the connection broke, or no reply
+    │   │                       within the socket timeout (the command may have run)
+    │   └── RedisResponseError  Redis answered with an error (``code``: NOSCRIPT, ...)
     └── InvocationError         an invocation of the function did not complete
         ├── ThrottledError      the backend said "too many requests": retry later,
         │                       without spending the tasks' attempts
@@ -17,6 +21,9 @@ from __future__ import annotations
 __all__ = [
     "InvocationError",
     "PayloadTooLargeError",
+    "RedisConnectionError",
+    "RedisError",
+    "RedisResponseError",
     "ReplyTimeoutError",
     "RhailambdaError",
     "SettingError",
@@ -53,6 +60,24 @@ class TaskFailedError(RhailambdaError):
         super().__init__(f"task {task_id} failed: {error}")
         self.task_id = task_id
         self.error = error
+
+
+class RedisError(RhailambdaError):
+    """The function's Redis client failed."""
+
+
+class RedisConnectionError(RedisError, ConnectionError):
+    """Redis could not be reached, the connection broke, or no reply came in time."""
+
+
+class RedisResponseError(RedisError):
+    """Redis answered a command with an error reply (the message is Redis's own)."""
+
+    @property
+    def code(self) -> str:
+        """The error's first word: ``NOSCRIPT``, ``WRONGTYPE``, ``ERR``, ..."""
+        text = str(self)
+        return text.split(" ", 1)[0] if text else ""
 
 
 class InvocationError(RhailambdaError):

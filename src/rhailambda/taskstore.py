@@ -19,14 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import redis
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Any, Literal
 
 from rhailambda import protocol as p
 from rhailambda.event import TaskRef
+from rhailambda.resp import RespClient
 from rhailambda.settings import ProtocolSettings
+
+if TYPE_CHECKING:  # the shim's asyncio client; the function never imports redis-py
+    import redis.asyncio as aioredis
 
 __all__ = [
     "CLAIM_LUA",
@@ -186,13 +187,18 @@ def _finish_args(
 
 
 class TaskStore:
-    """Synchronous claim / finish of task batches (used by the function)."""
+    """Synchronous claim / finish of task batches (used by the function).
 
-    def __init__(self, client: redis.Redis, protocol: ProtocolSettings) -> None:
+    A claim whose reply is lost is not re-sent (a second claim under the same
+    attempt would skip the task): the batch fails and the shim delivers it again
+    under a new attempt. A finish is safe to re-send (it checks the claim).
+    """
+
+    def __init__(self, client: RespClient, protocol: ProtocolSettings) -> None:
         self._client = client
         self._protocol = protocol
-        self._claim = client.register_script(CLAIM_LUA)
-        self._finish = client.register_script(FINISH_LUA)
+        self._claim = client.script(CLAIM_LUA)
+        self._finish = client.script(FINISH_LUA, idempotent=True)
 
     def claim(self, tasks: Sequence[TaskRef]) -> list[Claim]:
         if not tasks:
@@ -220,18 +226,25 @@ def _failures(task_ids: Sequence[str], hashes: Sequence[Any], error: str) -> lis
     return out
 
 
+def _as_hash(flat: Any) -> Any:
+    """HGETALL's RESP2 reply (a flat list) as a dict; an error reply stays as it is."""
+    if isinstance(flat, list):
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+    return flat
+
+
 def fail_tasks(
-    client: redis.Redis, protocol: ProtocolSettings, task_ids: Sequence[str], error: str
+    client: RespClient, protocol: ProtocolSettings, task_ids: Sequence[str], error: str
 ) -> list[str]:
     """Give each task that is not final yet an ``error`` status and reply; return those ids."""
     if not task_ids:
         return []
-    pipe = client.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.hgetall(protocol.layout.task(task_id))
-    finishes = _failures(task_ids, pipe.execute(raise_on_error=False), error)
+    hashes = client.pipeline(
+        [["HGETALL", protocol.layout.task(t)] for t in task_ids], idempotent=True
+    )
+    finishes = _failures(task_ids, [_as_hash(h) for h in hashes], error)
     keys, args = _finish_args(protocol, finishes)
-    done = client.register_script(FINISH_LUA)(keys=keys, args=args)
+    done = client.script(FINISH_LUA, idempotent=True)(keys=keys, args=args)
     return [t for t, ok in zip(task_ids, done, strict=True) if ok]
 
 

@@ -31,6 +31,7 @@ from rhailambda.circle.store import Expectations, RecordWrite
 from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.functions.extension import ScriptContext
 from rhailambda.redis_conn import connect
+from rhailambda.resp import from_url
 
 TRICKY_CONTEXTS = ["alice", "alice}", "{alice}", "alice:rec:todo", "alice%3A", "alice:", "é {x}#"]
 
@@ -40,9 +41,9 @@ def store(request: pytest.FixtureRequest) -> Iterator[CircleStore]:
     if request.param == "memory":
         yield MemoryCircleStore()
     elif request.param == "redis":
-        redis_client = connect(request.getfixturevalue("redis_url"))
-        yield RedisCircleStore(redis_client)
-        redis_client.close()
+        client = from_url(request.getfixturevalue("redis_url"))
+        yield RedisCircleStore(client)
+        client.close()
     else:
         client = dynamodb_client(request.getfixturevalue("moto_endpoint"))
         table = f"circle-{uuid.uuid4().hex[:12]}"
@@ -128,7 +129,7 @@ def test_circles_never_see_each_others_data(store: CircleStore) -> None:
 
 def test_redis_keys_stay_under_the_circles_hash_tag(redis_url: str) -> None:
     client = connect(redis_url)
-    store = RedisCircleStore(client)
+    store = RedisCircleStore(from_url(redis_url))
     for context in TRICKY_CONTEXTS:
         committed(store, context, lambda s: s.save("todo", "a}:{b", {"v": 1}))
     keys = [str(k) for k in client.keys("*")]  # a test may look at everything

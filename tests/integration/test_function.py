@@ -15,7 +15,7 @@ from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.functions.runner import BatchRunner
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.redis_conn import connect
+from rhailambda.resp import from_url
 from rhailambda.settings import ProtocolSettings
 from rhailambda.taskstore import TaskStore
 
@@ -48,7 +48,7 @@ def _reply(r: redis.Redis, task_id: str) -> dict[str, Any]:
 @pytest.fixture
 def runner(redis_url: str) -> Iterator[BatchRunner]:
     settings = FunctionSettings(circle_enabled=False)
-    client = connect(redis_url)
+    client = from_url(redis_url)
     yield BatchRunner(settings, TaskStore(client, settings.protocol))
     client.close()
 
@@ -173,7 +173,7 @@ def test_preserve_tasks_keeps_the_hash(redis_url: str, redis_client: redis.Redis
     settings = FunctionSettings(
         circle_enabled=False, protocol=ProtocolSettings(preserve_tasks=True)
     )
-    runner = BatchRunner(settings, TaskStore(connect(redis_url), settings.protocol))
+    runner = BatchRunner(settings, TaskStore(from_url(redis_url), settings.protocol))
     _put(redis_client, "t1", "6 * 7")
     _run(runner, "t1")
     task = redis_client.hgetall(LAYOUT.task("t1"))
@@ -223,7 +223,7 @@ def test_print_and_debug_reach_the_hooks_with_their_task(
     settings = FunctionSettings(circle_enabled=False)
     runner = BatchRunner(
         settings,
-        TaskStore(connect(redis_url), settings.protocol),
+        TaskStore(from_url(redis_url), settings.protocol),
         on_print=lambda ctx, text: printed.append((ctx.task_id, ctx.context_id, text)),
         on_debug=lambda ctx, text, src, line, col: debugged.append((ctx.task_id, text, line)),
     )
@@ -238,13 +238,13 @@ def test_print_and_debug_reach_the_hooks_with_their_task(
 
 def test_oversized_script_gets_an_error_reply(redis_url: str, redis_client: redis.Redis) -> None:
     settings = FunctionSettings(circle_enabled=False, max_script_bytes=1000)
-    runner = BatchRunner(settings, TaskStore(connect(redis_url), settings.protocol))
+    runner = BatchRunner(settings, TaskStore(from_url(redis_url), settings.protocol))
     _put(redis_client, "big", "1 + " * 400 + "1")
     _put(redis_client, "large-but-fine", "// " + "x" * 20_000 + "\n6 * 7")
     settings_ok = FunctionSettings(circle_enabled=False)
     assert _run(runner, "big") == {"big": "error"}
     assert "script too large" in _reply(redis_client, "big")["error"]
-    ok_runner = BatchRunner(settings_ok, TaskStore(connect(redis_url), settings_ok.protocol))
+    ok_runner = BatchRunner(settings_ok, TaskStore(from_url(redis_url), settings_ok.protocol))
     assert _run(ok_runner, "large-but-fine") == {"large-but-fine": "completed"}
     assert _reply(redis_client, "large-but-fine")["output"] == "42"
 

@@ -18,7 +18,8 @@ from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.functions.runner import BatchRunner
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.redis_conn import connect, connect_async
+from rhailambda.redis_conn import connect_async
+from rhailambda.resp import from_url
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.health import Health
@@ -104,7 +105,7 @@ def test_redelivery_after_finish_pushes_a_second_reply(
     collects the reply; A dies before its ack. Shim B reaps A and delivers t1 again."""
     seed_tasks(redis_client, L, "w1", ["t1"])
     settings = FunctionSettings(circle_enabled=False)
-    sync = connect(redis_url)
+    sync = from_url(redis_url)
     runner = BatchRunner(settings, TaskStore(sync, settings.protocol))
 
     async def scenario() -> tuple[int, list[str]]:
@@ -144,7 +145,7 @@ def test_duplicate_id_in_a_batch_runs_the_script_twice(
     redis_client.lpush(L.queue("w1"), "t1")  # the id queued twice
     prints: list[str] = []
     settings = FunctionSettings(circle_enabled=False)
-    sync = connect(redis_url)
+    sync = from_url(redis_url)
     runner = BatchRunner(
         settings,
         TaskStore(sync, settings.protocol),

@@ -6,6 +6,7 @@ import redis
 
 from rhailambda import protocol as p
 from rhailambda.event import TaskRef
+from rhailambda.resp import RespClient
 from rhailambda.settings import ProtocolSettings
 from rhailambda.taskstore import Finish, TaskStore, fail_tasks
 
@@ -30,8 +31,8 @@ def _finish(claim_ref: TaskRef, fields: p.TaskFields) -> Finish:
     return Finish(claim_ref, fields, "completed", output="42")
 
 
-def test_pending_task_is_claimed_once(redis_client: redis.Redis) -> None:
-    store = TaskStore(redis_client, ProtocolSettings())
+def test_pending_task_is_claimed_once(redis_client: redis.Redis, resp_client: RespClient) -> None:
+    store = TaskStore(resp_client, ProtocolSettings())
     _task(redis_client, "t1")
     first = store.claim([TaskRef("t1", 1)])[0]
     assert first.state == "claimed" and first.fields is not None
@@ -41,8 +42,10 @@ def test_pending_task_is_claimed_once(redis_client: redis.Redis) -> None:
     assert again.state == "skip" and again.current_status == "processing"
 
 
-def test_newer_delivery_takes_over_and_stale_one_cannot_reply(redis_client: redis.Redis) -> None:
-    store = TaskStore(redis_client, ProtocolSettings())
+def test_newer_delivery_takes_over_and_stale_one_cannot_reply(
+    redis_client: redis.Redis, resp_client: RespClient
+) -> None:
+    store = TaskStore(resp_client, ProtocolSettings())
     _task(redis_client, "t1")
     old = store.claim([TaskRef("t1", 1)])[0]
     new = store.claim([TaskRef("t1", 2)])[0]
@@ -58,8 +61,10 @@ def test_newer_delivery_takes_over_and_stale_one_cannot_reply(redis_client: redi
     assert not redis_client.exists(LAYOUT.task("t1"))
 
 
-def test_finished_task_is_never_claimed_again(redis_client: redis.Redis) -> None:
-    store = TaskStore(redis_client, ProtocolSettings(preserve_tasks=True))
+def test_finished_task_is_never_claimed_again(
+    redis_client: redis.Redis, resp_client: RespClient
+) -> None:
+    store = TaskStore(resp_client, ProtocolSettings(preserve_tasks=True))
     _task(redis_client, "t1")
     claim = store.claim([TaskRef("t1", 1)])[0]
     assert claim.fields is not None
@@ -69,19 +74,21 @@ def test_finished_task_is_never_claimed_again(redis_client: redis.Redis) -> None
     assert store.claim([TaskRef("t1", 5)])[0].state == "skip"
 
 
-def test_missing_hash_is_reported(redis_client: redis.Redis) -> None:
-    store = TaskStore(redis_client, ProtocolSettings())
+def test_missing_hash_is_reported(redis_client: redis.Redis, resp_client: RespClient) -> None:
+    store = TaskStore(resp_client, ProtocolSettings())
     assert store.claim([TaskRef("ghost", 1)])[0].state == "missing"
     assert not redis_client.exists(LAYOUT.task("ghost"))
 
 
-def test_fail_tasks_replies_once_and_spares_final_tasks(redis_client: redis.Redis) -> None:
+def test_fail_tasks_replies_once_and_spares_final_tasks(
+    redis_client: redis.Redis, resp_client: RespClient
+) -> None:
     protocol = ProtocolSettings()
     _task(redis_client, "t1")
     _task(redis_client, "t2", status="completed")
-    failed = fail_tasks(redis_client, protocol, ["t1", "t2", "ghost"], "dead-lettered")
+    failed = fail_tasks(resp_client, protocol, ["t1", "t2", "ghost"], "dead-lettered")
     assert failed == ["t1", "ghost"]
-    assert fail_tasks(redis_client, protocol, ["t1", "ghost"], "again") == []
+    assert fail_tasks(resp_client, protocol, ["t1", "ghost"], "again") == []
     reply = json.loads(redis_client.lpop(LAYOUT.reply("t1")) or "{}")
     assert (reply["status"], reply["error"]) == ("error", "dead-lettered")
     assert redis_client.llen(LAYOUT.reply("t2")) == 0

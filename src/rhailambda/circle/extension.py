@@ -19,7 +19,7 @@ from rhailambda.circle.session import CircleSession
 from rhailambda.circle.settings import CircleSettings, Limits
 from rhailambda.circle.store import CircleStore
 from rhailambda.functions.extension import ScriptContext
-from rhailambda.redis_conn import connect
+from rhailambda.resp import from_url
 from rhailambda.settings import Env
 
 __all__ = ["CircleExtension", "build_store", "extension", "extension_from_env"]
@@ -58,7 +58,7 @@ def build_store(settings: CircleSettings) -> CircleStore:
         )
         assert settings.table is not None  # CircleSettings checks it
         return DynamoCircleStore(cast(DynamoClient, client), settings.table)
-    return RedisCircleStore(connect(settings.redis_url), settings.layout)
+    return RedisCircleStore(from_url(settings.redis_url), settings.layout)
 
 
 def extension(env: Env) -> CircleExtension:

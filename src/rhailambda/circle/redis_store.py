@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, cast
 
-import redis
-
 from rhailambda.circle.errors import StoreConflict, StoreError
 from rhailambda.circle.names import encode_context
 from rhailambda.circle.store import (
@@ -34,7 +32,9 @@ from rhailambda.circle.store import (
     RecordWrite,
     Stored,
 )
+from rhailambda.errors import RedisError, RedisResponseError
 from rhailambda.protocol import KeyLayout
+from rhailambda.resp import RespClient
 
 __all__ = ["RedisCircleStore"]
 
@@ -51,19 +51,19 @@ def _split(id_: str, value: str) -> Stored:
 
 
 class RedisCircleStore:
-    """:class:`~rhailambda.circle.store.CircleStore` on one Redis (or Cluster) client.
+    """:class:`~rhailambda.circle.store.CircleStore` on one Redis (the function's client).
 
-    ``client`` must decode responses (``decode_responses=True``), as
-    :func:`rhailambda.redis_conn.connect` builds it.
+    Reads are re-sent once on a broken connection; a commit is not (its reply may
+    be lost after it applied): the task fails and runs again.
     """
 
     max_items_per_commit: int | None = None
 
-    def __init__(self, client: redis.Redis, layout: KeyLayout | None = None) -> None:
+    def __init__(self, client: RespClient, layout: KeyLayout | None = None) -> None:
         self._client = client
         self._layout = layout or KeyLayout()
-        self._commit = client.register_script(_lua("commit.lua"))
-        self._scan = client.register_script(_lua("scan.lua"))
+        self._commit = client.script(_lua("commit.lua"))
+        self._scan = client.script(_lua("scan.lua"), idempotent=True)
 
     # --- keys ----------------------------------------------------------------
     def _key(self, context: str, *parts: str) -> str:
@@ -83,11 +83,13 @@ class RedisCircleStore:
         try:
             for first in range(0, len(unique), _CHUNK):
                 chunk = unique[first : first + _CHUNK]
-                values = cast(list[str | None], self._client.hmget(key, chunk))
+                values = cast(
+                    list[str | None], self._client.execute("HMGET", key, *chunk, idempotent=True)
+                )
                 for id_, value in zip(chunk, values, strict=True):
                     if value is not None:
                         found[id_] = _split(id_, value)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise StoreError(f"circle store (redis) read failed: {exc}") from exc
         return found
 
@@ -101,20 +103,25 @@ class RedisCircleStore:
             reply = cast(
                 list[Any], self._scan(keys=keys, args=[f"col:{collection}", offset, limit])
             )
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise StoreError(f"circle store (redis) scan failed: {exc}") from exc
         stamp, ids, values = str(reply[0]), reply[1], reply[2]
         records = tuple(_split(id_, value) for id_, value in zip(ids, values, strict=True) if value)
         return Page(records=records, stamp=stamp)
 
     def members(self, context: str) -> Members:
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hget(self._key(context, "stamps"), "members")
-        pipe.smembers(self._key(context, "members"))
+        commands = [
+            ["HGET", self._key(context, "stamps"), "members"],
+            ["SMEMBERS", self._key(context, "members")],
+        ]
         try:
-            stamp, ids = pipe.execute()
-        except redis.RedisError as exc:
+            replies = self._client.pipeline(commands, transaction=True, idempotent=True)
+            for reply in replies:
+                if isinstance(reply, RedisResponseError):
+                    raise reply
+        except RedisError as exc:
             raise StoreError(f"circle store (redis) members read failed: {exc}") from exc
+        stamp, ids = replies
         return Members(ids=frozenset(ids), stamp=stamp or ABSENT)
 
     # --- commit --------------------------------------------------------------
@@ -151,7 +158,7 @@ class RedisCircleStore:
             reply = cast(
                 list[str], self._commit(keys=keys, args=[json.dumps(plan, ensure_ascii=False)])
             )
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise StoreError(f"circle store (redis) commit failed: {exc}") from exc
         if reply[0] != "ok":
             raise StoreConflict(reply[1])

@@ -8,7 +8,7 @@ from rhailambda.errors import SettingError
 from rhailambda.functions.extension import Extension
 from rhailambda.functions.runner import BatchRunner, DebugHook, PrintHook
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.redis_conn import connect
+from rhailambda.resp import from_url
 from rhailambda.settings import Env
 from rhailambda.taskstore import TaskStore
 
@@ -57,7 +57,7 @@ def build_runner(
     on_print: PrintHook | None = None,
     on_debug: DebugHook | None = None,
 ) -> BatchRunner:
-    client = connect(redis_url(settings))
+    client = from_url(redis_url(settings))
     store = TaskStore(client, settings.protocol)
     return BatchRunner(
         settings, store, load_extensions(settings, env), on_print=on_print, on_debug=on_debug

@@ -1,0 +1,390 @@
+"""The function's Redis client: synchronous, small, fast to import.
+
+Why not redis-py here: ``import redis`` (8.x) always imports asyncio, ssl and
+importlib.metadata, 85-160 ms on this kind of machine, more than half of a Lambda
+cold start. The function needs only a few commands (two Lua scripts per batch,
+a handful for circle data), so it speaks RESP2 itself over a socket and leaves the
+protocol parsing to hiredis (the C parser redis-py uses too). The shim and the
+client keep redis-py.
+
+What it does:
+
+* URLs as redis-py reads them: ``redis://[[user]:password@]host[:port][/db]``,
+  ``rediss://`` (TLS, the certificate verified unless ``?ssl_cert_reqs=none``;
+  ``ssl_ca_certs=PATH``, ``ssl_check_hostname=false``) and
+  ``unix:///path/to.sock?db=N``; ``socket_timeout`` and ``socket_connect_timeout``
+  in seconds. Any other query parameter is an error, named.
+* AUTH, SELECT and CLIENT SETNAME in one round trip per new connection.
+* A small pool (thread-safe; reset after ``fork``). A connection idle for
+  ``health_check_s`` is checked with a PING before use, so a connection Redis or
+  a NAT dropped while a Lambda sandbox was frozen is replaced, not failed on.
+* A command that fails on a broken connection is NOT re-sent unless the caller
+  says it is idempotent: a lost reply may hide a command that ran.
+* :class:`Script`: EVALSHA, falling back to EVAL (which caches it) on NOSCRIPT.
+* Replies: bulk strings decoded as UTF-8 (invalid bytes replaced, so one bad
+  field gives a task an error reply instead of failing the batch), integers as
+  int, nil as None, error replies inside arrays as :class:`RedisResponseError`
+  values, a top-level error reply raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import hiredis
+
+from rhailambda.errors import RedisConnectionError, RedisResponseError, SettingError
+from rhailambda.settings import redact_url
+
+__all__ = ["Address", "RespClient", "Script", "from_url", "parse_url"]
+
+Arg = str | bytes | int | float
+
+_READ_SIZE = 65536
+_DEFAULT_PORT = 6379
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where Redis is and how to log in. ``password`` is never shown by ``repr``."""
+
+    host: str = "127.0.0.1"
+    port: int = _DEFAULT_PORT
+    unix_path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_verify: bool = True
+    tls_check_hostname: bool = True
+    tls_ca_file: str | None = None
+    socket_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+
+    def __repr__(self) -> str:
+        where = self.unix_path or f"{self.host}:{self.port}"
+        auth = ", auth" if self.password is not None else ""
+        return f"Address({where}, db={self.db}, tls={self.tls}{auth})"
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean")
+
+
+def parse_url(url: str, *, setting: str = "REDIS_URL") -> Address:
+    """The :class:`Address` of a redis://, rediss:// or unix:// URL (SettingError if bad)."""
+    try:
+        return _parse_url(url)
+    except ValueError as exc:
+        raise SettingError(setting, f"{exc} in {redact_url(url)!r}") from None
+
+
+def _parse_url(url: str) -> Address:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"unsupported scheme {parts.scheme!r} (redis, rediss, unix)")
+    fields: dict[str, Any] = {"tls": parts.scheme == "rediss"}
+    if parts.username:
+        fields["username"] = unquote(parts.username)
+    if parts.password is not None:
+        fields["password"] = unquote(parts.password)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs a socket path")
+        fields["unix_path"] = unquote(parts.path)
+    else:
+        fields["host"] = parts.hostname or "127.0.0.1"
+        fields["port"] = parts.port or _DEFAULT_PORT
+        path = parts.path.strip("/")
+        if path:
+            fields["db"] = int(path)
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "db":
+            fields["db"] = int(value)
+        elif name == "ssl_cert_reqs":
+            if value.lower() not in ("none", "optional", "required"):
+                raise ValueError(f"ssl_cert_reqs={value!r} (none, optional, required)")
+            fields["tls_verify"] = value.lower() != "none"
+        elif name == "ssl_check_hostname":
+            fields["tls_check_hostname"] = _flag(name, value)
+        elif name == "ssl_ca_certs":
+            fields["tls_ca_file"] = value
+        elif name == "socket_timeout":
+            fields["socket_timeout_s"] = float(value)
+        elif name == "socket_connect_timeout":
+            fields["connect_timeout_s"] = float(value)
+        else:
+            raise ValueError(
+                f"unsupported query parameter {name!r} (db, ssl_cert_reqs, ssl_ca_certs, "
+                "ssl_check_hostname, socket_timeout, socket_connect_timeout)"
+            )
+    if fields.get("db", 0) < 0:
+        raise ValueError("the database number must be >= 0")
+    return Address(**fields)
+
+
+def _encode(commands: Sequence[Sequence[Arg]]) -> bytes:
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, bool):
+                raise TypeError("a bool is not a Redis argument: send 0 or 1")
+            elif isinstance(arg, int | float):
+                data = repr(arg).encode()
+            else:
+                raise TypeError(f"a {type(arg).__name__} is not a Redis argument")
+            out.append(b"$%d\r\n" % len(data))
+            out.append(data)
+            out.append(b"\r\n")
+    return b"".join(out)
+
+
+class _Connection:
+    """One socket plus its reply parser; used by one thread at a time."""
+
+    def __init__(self, address: Address, client_name: str | None) -> None:
+        self.address = address
+        self.closed = False
+        self._reader = hiredis.Reader(
+            replyError=RedisResponseError, encoding="utf-8", errors="replace"
+        )
+        self._sock = self._connect()
+        self.last_used = time.monotonic()
+        handshake: list[list[Arg]] = []
+        if address.password is not None:
+            if address.username:
+                handshake.append(["AUTH", address.username, address.password])
+            else:
+                handshake.append(["AUTH", address.password])
+        if address.db:
+            handshake.append(["SELECT", address.db])
+        if client_name:
+            handshake.append(["CLIENT", "SETNAME", client_name])
+        if handshake:
+            for command, reply in zip(handshake, self.round_trip(handshake), strict=True):
+                if isinstance(reply, RedisResponseError):
+                    self.close()
+                    what = "AUTH" if command[0] == "AUTH" else " ".join(map(str, command[:2]))
+                    raise RedisConnectionError(f"{what} refused by {address!r}: {reply}")
+
+    def _connect(self) -> socket.socket:
+        a = self.address
+        try:
+            if a.unix_path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(a.connect_timeout_s)
+                sock.connect(a.unix_path)
+            else:
+                sock = socket.create_connection((a.host, a.port), timeout=a.connect_timeout_s)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if a.tls:
+                sock = _wrap_tls(sock, a)
+            sock.settimeout(a.socket_timeout_s)
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {a!r}: {exc}") from exc
+        return sock
+
+    def round_trip(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send the commands in one write, read one reply per command."""
+        try:
+            self._sock.sendall(_encode(commands))
+            replies: list[Any] = []
+            reader, sock = self._reader, self._sock
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is False:
+                    data = sock.recv(_READ_SIZE)
+                    if not data:
+                        raise RedisConnectionError("Redis closed the connection")
+                    reader.feed(data)
+                    continue
+                replies.append(reply)
+        except TimeoutError as exc:
+            self.close()
+            raise RedisConnectionError(
+                f"no reply from Redis within {self.address.socket_timeout_s:g} s"
+            ) from exc
+        except (OSError, hiredis.ProtocolError, RedisConnectionError) as exc:
+            self.close()
+            if isinstance(exc, RedisConnectionError):
+                raise
+            raise RedisConnectionError(f"connection to Redis broke: {exc}") from exc
+        self.last_used = time.monotonic()
+        return replies
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+def _wrap_tls(sock: socket.socket, a: Address) -> socket.socket:
+    import ssl  # only TLS deployments pay its import
+
+    context = ssl.create_default_context(cafile=a.tls_ca_file)
+    if not a.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif not a.tls_check_hostname:
+        context.check_hostname = False
+    hostname = a.host if a.unix_path is None else None
+    return context.wrap_socket(sock, server_hostname=hostname)
+
+
+class RespClient:
+    """A thread-safe synchronous Redis client over a small connection pool."""
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        client_name: str | None = "rhailambda-function",
+        health_check_s: float = 30.0,
+        max_idle: int = 8,
+    ) -> None:
+        self.address = address
+        self._client_name = client_name
+        self._health_check_s = health_check_s
+        self._max_idle = max_idle
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"RespClient({self.address!r})"
+
+    # --- the pool --------------------------------------------------------------
+    def _take(self) -> _Connection:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the sockets belong to the parent
+                self._idle.clear()
+                self._pid = os.getpid()
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            return _Connection(self.address, self._client_name)
+        if time.monotonic() - conn.last_used > self._health_check_s:
+            try:
+                conn.round_trip([["PING"]])
+            except RedisConnectionError:
+                return _Connection(self.address, self._client_name)
+        return conn
+
+    def _give_back(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        with self._lock:
+            if len(self._idle) < self._max_idle and self._pid == os.getpid():
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (the client stays usable)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> RespClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- commands --------------------------------------------------------------
+    def round_trip(
+        self, commands: Sequence[Sequence[Arg]], *, idempotent: bool = False
+    ) -> list[Any]:
+        """One write, one reply per command; error replies come back as values.
+
+        On a broken connection the commands are re-sent once on a new connection
+        only when ``idempotent``: otherwise a lost reply could hide a command that ran.
+        """
+        conn = self._take()
+        try:
+            return conn.round_trip(commands)
+        except RedisConnectionError:
+            if not idempotent:
+                raise
+            conn = _Connection(self.address, self._client_name)
+            return conn.round_trip(commands)
+        finally:
+            self._give_back(conn)
+
+    def execute(self, *command: Arg, idempotent: bool = False) -> Any:
+        """One command; an error reply is raised as :class:`RedisResponseError`."""
+        (reply,) = self.round_trip([command], idempotent=idempotent)
+        if isinstance(reply, RedisResponseError):
+            raise reply
+        return reply
+
+    def pipeline(
+        self,
+        commands: Sequence[Sequence[Arg]],
+        *,
+        transaction: bool = False,
+        idempotent: bool = False,
+    ) -> list[Any]:
+        """Replies of ``commands`` sent together; in MULTI/EXEC when ``transaction``.
+
+        Error replies of single commands are returned as values, not raised; a
+        transaction Redis refused as a whole (EXECABORT) is raised.
+        """
+        if not transaction:
+            return self.round_trip(commands, idempotent=idempotent)
+        replies = self.round_trip([["MULTI"], *commands, ["EXEC"]], idempotent=idempotent)
+        result = replies[-1]
+        if isinstance(result, RedisResponseError):
+            raise result
+        if result is None:
+            raise RedisResponseError("EXECABORT the transaction was discarded")
+        return list(result)
+
+    def script(self, text: str, *, idempotent: bool = False) -> Script:
+        return Script(self, text, idempotent=idempotent)
+
+
+class Script:
+    """A Lua script run by SHA, loaded on first use (NOSCRIPT) and after a SCRIPT FLUSH."""
+
+    def __init__(self, client: RespClient, text: str, *, idempotent: bool = False) -> None:
+        self._client = client
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+        self.idempotent = idempotent
+
+    def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        tail = [len(keys), *keys, *args]
+        try:
+            return self._client.execute("EVALSHA", self.sha, *tail, idempotent=self.idempotent)
+        except RedisResponseError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        # EVAL runs the script and caches it: the next call's EVALSHA finds it.
+        return self._client.execute("EVAL", self.text, *tail, idempotent=self.idempotent)
+
+
+def from_url(url: str, **options: Any) -> RespClient:
+    """A :class:`RespClient` for ``url`` (no I/O until the first command)."""
+    return RespClient(parse_url(url), **options)
