@@ -1,7 +1,9 @@
 """The client: the Python counterpart of the Rust ``rhai_dispatcher``.
 
 It writes the task hash and pushes the id on the worker queue (one round trip per
-submit, pipelined), then waits for the reply list with ``BLPOP``::
+submit, pipelined), then waits for the reply list with ``BLPOP``. It talks to
+Redis through :mod:`rhailambda.resp` (the function's small client): a fraction of
+redis-py's per-command cost, which is most of a light-load round trip::
 
     client = Client("redis://127.0.0.1:6379/0")
     task_id = client.submit("let x = 10; x * 2", worker_id="worker1",
@@ -11,6 +13,7 @@ submit, pipelined), then waits for the reply list with ``BLPOP``::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -19,17 +22,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import redis
-
 from rhailambda import protocol as p
 from rhailambda.errors import ReplyTimeoutError
-from rhailambda.redis_conn import connect
+from rhailambda.resp import Arg, RespClient, parse_url
 
 __all__ = ["Client", "Reply", "Submission"]
 
 # BLPOP takes many keys: waiting on a chunk wakes on whichever reply comes first.
 _WAIT_CHUNK = 128
 _MAX_BLOCK_S = 5.0
+_BLOCK_MARGIN_S = 5.0  # the socket timeout exceeds the longest BLPOP by this much
 _SUBMIT_CHUNK = 1000
 # LPOP each key; a missing reply comes back as nil, in place.
 _POP_MANY_LUA = """
@@ -86,15 +88,20 @@ class Client:
         redis_url: str | None = None,
         *,
         layout: p.KeyLayout | None = None,
-        client: redis.Redis | None = None,
+        client: RespClient | None = None,
     ) -> None:
         if client is None:
             if redis_url is None:
                 raise ValueError("give redis_url or client")
-            client = connect(redis_url, max_block_s=_MAX_BLOCK_S)
+            address = parse_url(redis_url)
+            timeout_s = max(address.socket_timeout_s, _MAX_BLOCK_S + _BLOCK_MARGIN_S)
+            address = dataclasses.replace(address, socket_timeout_s=timeout_s)
+            client = RespClient(address, client_name="rhailambda-client")
+        elif client.address.socket_timeout_s <= _MAX_BLOCK_S:
+            raise ValueError(f"the client's socket timeout must exceed {_MAX_BLOCK_S:g} s")
         self._redis = client
         self.layout = layout or p.KeyLayout()
-        self._pop_many = client.register_script(_POP_MANY_LUA)
+        self._pop_many = client.script(_POP_MANY_LUA)
 
     def close(self) -> None:
         self._redis.close()
@@ -137,31 +144,34 @@ class Client:
         return ids
 
     def _submit_chunk(self, chunk: Sequence[Submission]) -> list[str]:
-        pipe = self._redis.pipeline(transaction=False)
         now = p.now_rfc3339()
+        commands: list[list[Arg]] = []
         ids: list[str] = []
         queues: dict[str, list[str]] = {}
         for sub in chunk:
             task_id = sub.task_id or str(uuid.uuid4())
             worker = p.normalize_worker_id(sub.worker_id)
-            pipe.hset(
-                self.layout.task(task_id),
-                mapping={
-                    p.TASK_ID: task_id,
-                    p.SCRIPT: sub.script,
-                    p.CALLER_ID: sub.caller_id,
-                    p.CONTEXT_ID: sub.context_id,
-                    p.WORKER_ID: worker,
-                    p.STATUS: p.STATUS_PENDING,
-                    p.CREATED_AT: now,
-                    p.UPDATED_AT: now,
-                },
-            )
+            commands.append(
+                [
+                    "HSET",
+                    self.layout.task(task_id),
+                    p.TASK_ID, task_id,
+                    p.SCRIPT, sub.script,
+                    p.CALLER_ID, sub.caller_id,
+                    p.CONTEXT_ID, sub.context_id,
+                    p.WORKER_ID, worker,
+                    p.STATUS, p.STATUS_PENDING,
+                    p.CREATED_AT, now,
+                    p.UPDATED_AT, now,
+                ]
+            )  # fmt: skip
             queues.setdefault(worker, []).append(task_id)
             ids.append(task_id)
         for worker, queued in queues.items():
-            pipe.lpush(self.layout.queue(worker), *queued)
-        pipe.execute()
+            commands.append(["LPUSH", self.layout.queue(worker), *queued])
+        for reply in self._redis.pipeline(commands):
+            if isinstance(reply, Exception):
+                raise reply
         return ids
 
     # --- waiting --------------------------------------------------------------
@@ -187,7 +197,8 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ReplyTimeoutError(next(iter(pending.values())), timeout_s)
-            got = self._redis.blpop(window, timeout=min(left, _MAX_BLOCK_S))
+            block_s = max(0.01, min(left, _MAX_BLOCK_S))
+            got = self._redis.execute("BLPOP", *window, round(block_s, 3))  # never re-sent: it pops
             if got is not None:
                 key, payload = str(got[0]), str(got[1])
                 task_id = pending.pop(key)
@@ -218,10 +229,10 @@ class Client:
     # --- reading --------------------------------------------------------------
     def status(self, task_id: str) -> str | None:
         """The task's current status, or None when its hash is gone (finished and cleaned up)."""
-        value = self._redis.hget(self.layout.task(task_id), p.STATUS)
+        value = self._redis.execute("HGET", self.layout.task(task_id), p.STATUS, idempotent=True)
         return str(value) if value is not None else None
 
     def task(self, task_id: str) -> dict[str, str]:
         """The whole task hash (empty once finished, unless tasks are preserved)."""
-        raw = self._redis.hgetall(self.layout.task(task_id))
-        return {str(k): str(v) for k, v in raw.items()}
+        flat = self._redis.execute("HGETALL", self.layout.task(task_id), idempotent=True)
+        return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
