@@ -6,6 +6,7 @@ Settings come from ``BENCH_*`` variables (bench/config.py, bench/README.md).
 
 from __future__ import annotations
 
+import compileall
 import datetime as dt
 import json
 import os
@@ -77,6 +78,10 @@ def main() -> int:
     logs = out_dir / "logs"
     results: dict[str, Any] = {"meta": _meta(cfg), "errors": {}}
     steps = _steps(cfg)
+    # The package as pip installs it, bytecode compiled: an editable install under
+    # PYTHONDONTWRITEBYTECODE=1 would compile every module again in every new process
+    # (each worker spawn, each cold start probe).
+    compileall.compile_dir(str(REPO / "src"), quiet=1)
     server = start_redis()
     url = server.url
     try:

@@ -22,7 +22,7 @@ import redis
 
 from bench.config import BenchConfig
 from bench.infra import PY, Shim, children, commandstats, cpu_s, delta, run_json
-from rhailambda import taskstore
+from rhailambda import client, taskstore
 from rhailambda.shim import redis_queue
 
 __all__ = ["Monitor", "commands_per_task", "idle_cost", "script_names"]
@@ -35,7 +35,7 @@ def script_names() -> dict[str, str]:
     from rhailambda.shim import redis_lease
 
     out: dict[str, str] = {}
-    for module in (taskstore, redis_queue, redis_lease):
+    for module in (taskstore, redis_queue, redis_lease, client):
         for attr in dir(module):
             value = getattr(module, attr)
             if attr.endswith("_LUA") and isinstance(value, str):
@@ -91,7 +91,7 @@ class Monitor:
         self._client.close()
 
 
-_CLIENT_CMDS = {"hset", "lpush", "lpop", "blpop"}
+_CLIENT_CMDS = {"hset", "lpush", "lpop", "blpop", "evalsha:pop_many"}
 
 
 def commands_per_task(

@@ -1,8 +1,8 @@
 """The function alone (run as a child with REDIS_URL set: ``python -m bench.function_probe``).
 
 For batch sizes 1, 10 and 100: seed a batch of pending tasks, call the real
-handler in this process, and count the Redis round trips it made (every packed
-send of redis-py is one round trip: a command, a pipeline, an EVALSHA) and the
+handler in this process, and count the Redis round trips it made (every write of
+its client, ``rhailambda.resp``, is one round trip: a command, a pipeline, an EVALSHA) and the
 ``EVALSHA`` calls Redis saw. Also the handler's time per batch (tasks/s of one
 warm function process, no shim).
 """
@@ -18,24 +18,24 @@ import uuid
 from typing import Any
 
 import redis
-from redis.connection import AbstractConnection
 
 from bench.config import SCRIPT
+from rhailambda import resp
 from rhailambda.protocol import KeyLayout
 from rhailambda.shim.local_worker import LocalContext
 from rhailambda.shim.testing import seed_tasks
 
 SENDS = 0
-_send = AbstractConnection.send_packed_command
+_round_trip = resp._Connection.round_trip
 
 
-def _counting_send(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+def _counting_round_trip(self: resp._Connection, commands: Any) -> list[Any]:
     global SENDS
     SENDS += 1
-    _send(self, command, check_health)
+    return _round_trip(self, commands)
 
 
-AbstractConnection.send_packed_command = _counting_send  # type: ignore[method-assign]
+resp._Connection.round_trip = _counting_round_trip  # type: ignore[method-assign]
 
 
 def _context() -> LocalContext:
