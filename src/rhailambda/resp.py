@@ -183,9 +183,10 @@ class _Connection:
             handshake.append(["CLIENT", "SETNAME", client_name])
         if handshake:
             for command, reply in zip(handshake, self.round_trip(handshake), strict=True):
-                if isinstance(reply, RedisResponseError):
+                # the name is a courtesy: an ACL without CLIENT must not stop the function
+                if isinstance(reply, RedisResponseError) and command[0] != "CLIENT":
                     self.close()
-                    what = "AUTH" if command[0] == "AUTH" else " ".join(map(str, command[:2]))
+                    what = "AUTH" if command[0] == "AUTH" else f"SELECT {address.db}"
                     raise RedisConnectionError(f"{what} refused by {address!r}: {reply}")
 
     def _connect(self) -> socket.socket:

@@ -105,6 +105,15 @@ def test_password_db_and_name(tmp_path: Path) -> None:
         assert "wrong" not in str(info.value)
 
 
+def test_an_acl_user_without_client_commands_still_connects() -> None:
+    acl = ("--user", "app", "on", ">pw", "~*", "+@all", "-client")
+    with RedisServer(extra_args=acl) as server:
+        with from_url(f"redis://app:pw@127.0.0.1:{server.port}/0") as client:
+            assert client.execute("SET", "k", "v") == "OK"
+        with pytest.raises(RedisConnectionError, match="AUTH refused"):
+            from_url(f"redis://app:nope@127.0.0.1:{server.port}/0").execute("PING")
+
+
 def test_unix_socket(tmp_path: Path) -> None:
     sock = tmp_path / "r.sock"
     args = ("--unixsocket", str(sock), "--unixsocketperm", "700")
