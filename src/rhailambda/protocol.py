@@ -142,6 +142,13 @@ class KeyLayout:
         suffix = "".join(f":{p}" for p in parts)
         return f"{self.internal_prefix}circle:{{{context_id}}}{suffix}"
 
+    def circle_receipt(self, context_id: str, task_id: str) -> str:
+        """The receipt of a task whose circle writes were committed (a string, with an expiry).
+
+        Under the circle's hash tag, so the commit that writes it stays in one slot.
+        """
+        return self.circle(context_id, "receipt", task_id)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskFields:

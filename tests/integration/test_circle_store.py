@@ -10,6 +10,7 @@ an in-process moto server.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,13 +24,15 @@ from rhailambda.circle import (
     InsufficientAuthorization,
     Limits,
     StoreConflict,
+    TaskCommitted,
 )
 from rhailambda.circle.dynamo_store import DynamoCircleStore
 from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.store import Expectations, RecordWrite
 from rhailambda.circle.testing import create_table, dynamodb_client
-from rhailambda.functions.extension import ScriptContext
+from rhailambda.functions.extension import Receipt, ScriptContext
+from rhailambda.protocol import KeyLayout
 from rhailambda.redis_conn import connect
 from rhailambda.resp import from_url
 
@@ -51,8 +54,10 @@ def store(request: pytest.FixtureRequest) -> Iterator[CircleStore]:
         yield DynamoCircleStore(client, table)
 
 
-def session(store: CircleStore, caller: str, context: str | None = None) -> CircleSession:
-    ctx = ScriptContext(caller, context if context is not None else caller, "w1", "t1")
+def session(
+    store: CircleStore, caller: str, context: str | None = None, task_id: str = "t1"
+) -> CircleSession:
+    ctx = ScriptContext(caller, context if context is not None else caller, "w1", task_id)
     return CircleSession(store, ctx, Limits())
 
 
@@ -271,3 +276,139 @@ def test_commit_too_large_for_the_backend_fails_clearly_and_writes_nothing(
     with pytest.raises(CommitTooLarge):
         store.commit("alice", writes, [], Expectations())
     assert session(store, "alice").list_records("c") == []
+
+
+# --- receipts ------------------------------------------------------------------
+def increment(s: CircleSession) -> int:
+    count = int((s.get("c", "n") or {"count": 0})["count"]) + 1
+    s.save("c", "n", {"count": count})
+    return count
+
+
+def test_a_commit_keeps_the_tasks_receipt_with_its_writes(store: CircleStore) -> None:
+    s = session(store, "alice", task_id="t1")
+    output = str(increment(s))
+    s.commit(Receipt("t1", output, 1, "2026-01-01T00:00:00Z"))
+    found = store.receipts([("alice", "t1"), ("alice", "t2"), ("bob", "t1"), ("alice", "t1")])
+    receipt = Receipt("t1", "1", 1, "2026-01-01T00:00:00Z")
+    assert found == [receipt, None, None, receipt]
+    assert store.receipts([]) == []
+
+
+def test_no_writes_no_receipt(store: CircleStore) -> None:
+    s = session(store, "alice", task_id="t1")
+    s.get("c", "n")
+    s.list_records("c")
+    s.commit(Receipt("t1", "read only", 1, "c1"))
+    store.commit("alice", [], [], Expectations(), Receipt("t1", "nothing", 1, "c1"))
+    failed = session(store, "alice", task_id="t1")
+    failed.save("c", "n", {"count": 1})
+    failed.discard()  # the script failed
+    failed.commit(Receipt("t1", "failed", 1, "c1"))
+    assert store.receipts([("alice", "t1")]) == [None]
+    assert session(store, "alice").get("c", "n") is None
+
+
+def test_a_second_run_of_the_task_cannot_commit_again(store: CircleStore) -> None:
+    """Two deliveries of one task overlapping: the second commit applies nothing."""
+    first, second = session(store, "alice"), session(store, "alice")
+    assert increment(first) == increment(second) == 1
+    first.commit(Receipt("t1", "1", 1, "c1"))
+    with pytest.raises(TaskCommitted) as info:
+        second.commit(Receipt("t1", "1", 2, "c1"))
+    assert info.value.receipt == Receipt("t1", "1", 1, "c1")
+    assert session(store, "alice").get("c", "n") == {"count": 1}
+    assert store.receipts([("alice", "t1")]) == [Receipt("t1", "1", 1, "c1")]
+
+
+def test_a_new_task_under_a_reused_id_is_not_mistaken_for_the_old_one(
+    store: CircleStore,
+) -> None:
+    committed(store, "alice", increment)  # no receipt: a test commit
+    old = session(store, "alice")
+    increment(old)
+    old.commit(Receipt("t1", "2", 1, "created-first"))
+    new = session(store, "alice")
+    increment(new)
+    new.commit(Receipt("t1", "3", 1, "created-again"))  # not refused
+    assert session(store, "alice").get("c", "n") == {"count": 3}
+    assert store.receipts([("alice", "t1")]) == [Receipt("t1", "3", 1, "created-again")]
+
+
+def test_receipts_of_tricky_contexts_stay_apart(store: CircleStore) -> None:
+    for i, context in enumerate(TRICKY_CONTEXTS):
+        s = session(store, context, task_id="t{1}")
+        s.save("c", "n", {"i": i})
+        s.commit(Receipt("t{1}", str(i), 1, "c1"))
+    found = store.receipts([(c, "t{1}") for c in TRICKY_CONTEXTS])
+    assert [r.output if r else None for r in found] == [str(i) for i in range(len(found))]
+
+
+def test_memory_receipts_expire_after_their_ttl() -> None:
+    now = [1000.0]
+    store = MemoryCircleStore(receipt_ttl_s=60, clock=lambda: now[0])
+    s = session(store, "alice")
+    increment(s)
+    s.commit(Receipt("t1", "1", 1, "c1"))
+    now[0] += 59
+    assert store.receipts([("alice", "t1")]) == [Receipt("t1", "1", 1, "c1")]
+    now[0] += 2
+    assert store.receipts([("alice", "t1")]) == [None]
+    again = session(store, "alice")
+    increment(again)
+    again.commit(Receipt("t1", "2", 2, "c1"))  # an expired receipt no longer blocks
+    assert store.receipts([("alice", "t1")]) == [Receipt("t1", "2", 2, "c1")]
+
+
+def test_redis_receipt_expires_with_the_reply_ttl_in_the_circles_slot(
+    redis_url: str, redis_client: Any
+) -> None:
+    store = RedisCircleStore(from_url(redis_url), receipt_ttl_s=120)
+    s = session(store, "al:ice}", task_id="t1")
+    increment(s)
+    s.commit(Receipt("t1", "1", 1, "c1"))
+    key = KeyLayout().circle_receipt("al%3Aice%7D", "t1")
+    assert key == "rhailambda:circle:{al%3Aice%7D}:receipt:t1"
+    assert 100 < redis_client.ttl(key) <= 120
+    assert {k[k.index("{") :].split("}")[0] for k in redis_client.keys("*")} == {"{al%3Aice%7D"}
+
+
+def test_dynamodb_receipt_has_a_ttl_attribute_and_expired_ones_are_ignored(
+    moto_endpoint: str,
+) -> None:
+    client: Any = dynamodb_client(moto_endpoint)
+    table = f"circle-{uuid.uuid4().hex[:12]}"
+    create_table(client, table)
+    store = DynamoCircleStore(client, table, receipt_ttl_s=120)
+    s = session(store, "alice")
+    increment(s)
+    s.commit(Receipt("t1", "1", 1, "c1"))
+    key = {"pk": {"S": "alice"}, "sk": {"S": "receipt#t1"}}
+    item = client.get_item(TableName=table, Key=key)["Item"]
+    assert 100 < int(item["expires"]["N"]) - time.time() <= 120
+    past = {":past": {"N": str(int(time.time()) - 1)}}
+    client.update_item(
+        TableName=table, Key=key, UpdateExpression="SET expires = :past",
+        ExpressionAttributeValues=past,
+    )  # fmt: skip
+    assert store.receipts([("alice", "t1")]) == [None]  # TTL deletion lags: ignore it
+    again = session(store, "alice")
+    increment(again)
+    again.commit(Receipt("t1", "2", 2, "c1"))
+    assert store.receipts([("alice", "t1")]) == [Receipt("t1", "2", 2, "c1")]
+
+
+def test_dynamodb_keeps_one_item_for_the_receipt_and_drops_a_huge_output(
+    moto_endpoint: str,
+) -> None:
+    client = dynamodb_client(moto_endpoint)
+    table = f"circle-{uuid.uuid4().hex[:12]}"
+    create_table(client, table)
+    store = DynamoCircleStore(client, table)
+    assert store.max_items_per_commit == 99
+    s = session(store, "alice")
+    for i in range(98):  # 98 writes + the collection's stamp + the receipt = 100
+        s.save("c", str(i), {})
+    s.commit(Receipt("t1", "x" * 500_000, 1, "c1"))
+    assert len(session(store, "alice").list_records("c")) == 98
+    assert store.receipts([("alice", "t1")]) == [Receipt("t1", None, 1, "c1")]

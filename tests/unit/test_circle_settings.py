@@ -11,7 +11,7 @@ from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.errors import SettingError
 from rhailambda.functions.extension import ScriptContext
-from rhailambda.settings import Env
+from rhailambda.settings import Env, ProtocolSettings
 
 
 def test_defaults_use_the_tasks_redis() -> None:
@@ -89,3 +89,9 @@ def test_a_session_offers_the_documented_functions() -> None:
 def test_all_names_are_exported() -> None:
     for name in circle.__all__:
         assert hasattr(circle, name)
+
+
+def test_receipts_are_kept_as_long_as_replies() -> None:
+    assert CircleSettings().receipt_ttl_s == ProtocolSettings().reply_ttl_s
+    settings = CircleSettings.from_env(Env({"RHAILAMBDA_REPLY_TTL_S": "600"}))
+    assert settings.receipt_ttl_s == 600

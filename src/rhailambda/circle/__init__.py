@@ -20,6 +20,7 @@ from rhailambda.circle.errors import (
     InvalidArgument,
     StoreConflict,
     StoreError,
+    TaskCommitted,
 )
 from rhailambda.circle.extension import (
     CircleExtension,
@@ -43,6 +44,7 @@ __all__ = [
     "Limits",
     "StoreConflict",
     "StoreError",
+    "TaskCommitted",
     "build_store",
     "extension",
     "extension_from_env",

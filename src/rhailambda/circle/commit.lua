@@ -3,10 +3,20 @@
 -- KEYS[2] member set
 -- KEYS[1 + 2i], KEYS[2 + 2i]: record hash (id -> "<version>|<json>") and id index
 --   (sorted set, all scores 0, so ordered by id) of collection plan.colls[i]
+-- KEYS[#KEYS], only when plan.receipt is set: the task's receipt (JSON string)
 -- ARGV[1] the plan (JSON): token, colls, stamps [[i, stamp]], records [[i, id, version]],
---   check_members, members_stamp, writes [[i, id, json or ""]], member_writes [[id, 0|1]]
--- Returns {"ok"} or {"conflict", what}. All checks come before the first write.
+--   check_members, members_stamp, writes [[i, id, json or ""]], member_writes [[id, 0|1]],
+--   receipt (optional): {body = receipt JSON, createdAt = task's createdAt, ttl = seconds}
+-- Returns {"ok"}, {"conflict", what} or {"committed", stored receipt JSON} (another run
+-- of the same task committed first). All checks come before the first write.
 local plan = cjson.decode(ARGV[1])
+
+if plan.receipt then
+  local stored = redis.call('GET', KEYS[#KEYS])
+  if stored and cjson.decode(stored).createdAt == plan.receipt.createdAt then
+    return {'committed', stored}
+  end
+end
 
 local function version_of(value)
   if not value then return '' end
@@ -56,5 +66,8 @@ if #plan.member_writes > 0 then
     end
   end
   redis.call('HSET', KEYS[1], 'members', plan.token)
+end
+if plan.receipt then
+  redis.call('SET', KEYS[#KEYS], plan.receipt.body, 'EX', plan.receipt.ttl)
 end
 return {'ok'}

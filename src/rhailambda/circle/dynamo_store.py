@@ -7,6 +7,8 @@ Key schema: partition key ``pk`` (S) = the encoded context id
     col#<collection>        the collection's stamp: stamp (S)
     member#<id>             a member
     meta                    the member set's stamp: stamp (S)
+    receipt#<task id>       a task's receipt: output (S), attempt (N), created (S),
+                            expires (N, epoch seconds: the table's TTL attribute)
 
 Collection names cannot contain ``#``, so ``begins_with(sk, "rec#<collection>#")``
 selects exactly one collection, in id order (DynamoDB orders sort keys by UTF-8
@@ -16,8 +18,10 @@ so the commit of a script that saw a mixed page fails and the script runs again.
 
 A commit is one ``TransactWriteItems`` call: Put/Delete records with a condition
 on their version, ConditionChecks for records and collections only read, an Update
-of every written collection's stamp. DynamoDB takes at most 100 items per call;
-bigger commits raise :class:`CommitTooLarge` before anything is sent.
+of every written collection's stamp, and a Put of the task's receipt (conditional:
+no unexpired receipt of the same task yet). DynamoDB takes at most 100 items per
+call, one kept for the receipt; bigger commits raise :class:`CommitTooLarge` before
+anything is sent. A receipt past ``expires`` counts as absent (TTL deletion lags).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Final, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from rhailambda.circle.errors import CommitTooLarge, StoreConflict, StoreError
+from rhailambda.circle.errors import CommitTooLarge, StoreConflict, StoreError, TaskCommitted
 from rhailambda.circle.names import encode_context
 from rhailambda.circle.store import (
     ABSENT,
@@ -41,6 +45,7 @@ from rhailambda.circle.store import (
     Stored,
     commit_items,
 )
+from rhailambda.functions.extension import Receipt
 
 __all__ = ["MAX_TRANSACTION_ITEMS", "DynamoCircleStore", "DynamoClient"]
 
@@ -48,6 +53,8 @@ MAX_TRANSACTION_ITEMS: Final = 100
 _BATCH_GET: Final = 100
 _UNPROCESSED_RETRIES: Final = 8
 _CONFLICT_CODES: Final = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+#: an item holds at most 400 KB: a bigger output is not kept (the receipt says so)
+_MAX_RECEIPT_OUTPUT_BYTES: Final = 350_000
 
 
 class DynamoClient(Protocol):
@@ -70,14 +77,27 @@ def _rec_sk(collection: str, id_: str) -> str:
     return f"rec#{collection}#{id_}"
 
 
+def _receipt_sk(task_id: str) -> str:
+    return f"receipt#{task_id}"
+
+
+def _receipt_of(item: Mapping[str, Any], now: int) -> Receipt | None:
+    if int(item["expires"]["N"]) <= now:
+        return None
+    task_id = item["sk"]["S"][len("receipt#") :]
+    output = item["output"]["S"] if "output" in item else None
+    return Receipt(task_id, output, int(item["attempt"]["N"]), item["created"]["S"])
+
+
 class DynamoCircleStore:
     """:class:`~rhailambda.circle.store.CircleStore` on one DynamoDB table."""
 
-    max_items_per_commit: int | None = MAX_TRANSACTION_ITEMS
+    max_items_per_commit: int | None = MAX_TRANSACTION_ITEMS - 1  # one for the receipt
 
-    def __init__(self, client: DynamoClient, table: str) -> None:
+    def __init__(self, client: DynamoClient, table: str, *, receipt_ttl_s: int = 3600) -> None:
         self._client = client
         self._table = table
+        self._receipt_ttl_s = receipt_ttl_s
 
     def _key(self, context: str, sk: str) -> dict[str, dict[str, str]]:
         return {"pk": _s(encode_context(context)), "sk": _s(sk)}
@@ -116,27 +136,42 @@ class DynamoCircleStore:
         return items
 
     # --- reads ---------------------------------------------------------------
-    def read(self, context: str, collection: str, ids: Sequence[str]) -> dict[str, Stored]:
-        found: dict[str, Stored] = {}
-        unique = list(dict.fromkeys(ids))
-        prefix = len(f"rec#{collection}#")
-        for first in range(0, len(unique), _BATCH_GET):
-            keys = [self._key(context, _rec_sk(collection, i)) for i in unique[first : first + 100]]
+    def _batch_get(self, keys: Sequence[dict[str, dict[str, str]]]) -> list[dict[str, Any]]:
+        """The items among ``keys`` (distinct), strongly consistent, in any order."""
+        items: list[dict[str, Any]] = []
+        for first in range(0, len(keys), _BATCH_GET):
             request: dict[str, Any] = {
-                self._table: {"Keys": keys, "ConsistentRead": True},
+                self._table: {
+                    "Keys": list(keys[first : first + _BATCH_GET]),
+                    "ConsistentRead": True,
+                },
             }
             for attempt in range(_UNPROCESSED_RETRIES):
                 reply = self._call("batch_get_item", RequestItems=request)
-                for item in reply.get("Responses", {}).get(self._table, []):
-                    id_ = item["sk"]["S"][prefix:]
-                    found[id_] = Stored(id=id_, data=item["body"]["S"], version=item["ver"]["S"])
+                items.extend(reply.get("Responses", {}).get(self._table, []))
                 request = dict(reply.get("UnprocessedKeys") or {})
                 if not request:
                     break
                 time.sleep(min(0.05 * 2**attempt, 1.0))  # backoff the service asks for
             else:
                 raise StoreError("circle store (dynamodb) read: keys stayed unprocessed")
+        return items
+
+    def read(self, context: str, collection: str, ids: Sequence[str]) -> dict[str, Stored]:
+        keys = [self._key(context, _rec_sk(collection, i)) for i in dict.fromkeys(ids)]
+        prefix = len(f"rec#{collection}#")
+        found: dict[str, Stored] = {}
+        for item in self._batch_get(keys):
+            id_ = item["sk"]["S"][prefix:]
+            found[id_] = Stored(id=id_, data=item["body"]["S"], version=item["ver"]["S"])
         return found
+
+    def receipts(self, tasks: Sequence[tuple[str, str]]) -> list[Receipt | None]:
+        wanted = list(dict.fromkeys((encode_context(c), t) for c, t in tasks))
+        keys = [{"pk": _s(pk), "sk": _s(_receipt_sk(t))} for pk, t in wanted]
+        now = int(time.time())
+        found = {(i["pk"]["S"], i["sk"]["S"]): _receipt_of(i, now) for i in self._batch_get(keys)}
+        return [found.get((encode_context(c), _receipt_sk(t))) for c, t in tasks]
 
     def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
         stamp = self._stamp(context, f"col#{collection}")
@@ -162,16 +197,20 @@ class DynamoCircleStore:
         writes: Sequence[RecordWrite],
         member_writes: Sequence[MemberWrite],
         expected: Expectations,
+        receipt: Receipt | None = None,
     ) -> None:
         if not writes and not member_writes:
             return  # nothing to apply: a read-only script needs no validation
-        needed = commit_items(writes, member_writes, expected)
+        needed = commit_items(writes, member_writes, expected) + (0 if receipt is None else 1)
         if needed > MAX_TRANSACTION_ITEMS:
             raise CommitTooLarge(needed, MAX_TRANSACTION_ITEMS, "DynamoDB transaction items")
         token = secrets.token_hex(8)
         ops: list[dict[str, Any]] = []
         what: list[str] = []
         written = {(w.collection, w.id) for w in writes}
+        if receipt is not None:  # first: its failure wins over any conflict
+            ops.append(self._receipt_put(context, receipt))
+            what.append("receipt")
 
         for w in writes:
             op: dict[str, Any] = {"TableName": self._table}
@@ -224,12 +263,52 @@ class DynamoCircleStore:
             self._client.transact_write_items(TransactItems=ops)
         except ClientError as exc:
             reasons = exc.response.get("CancellationReasons") or []
+            if receipt is not None and reasons and reasons[0].get("Code") in _CONFLICT_CODES:
+                stored = self._stored_receipt(context, receipt.task_id)
+                if stored is not None and stored.created_at == receipt.created_at:
+                    raise TaskCommitted(stored) from exc
             for index, reason in enumerate(reasons):
                 if reason.get("Code") in _CONFLICT_CODES:
                     raise StoreConflict(what[index] if index < len(what) else "data") from exc
             raise StoreError(f"circle store (dynamodb) commit failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"circle store (dynamodb) commit failed: {exc}") from exc
+
+    def _receipt_put(self, context: str, receipt: Receipt) -> dict[str, Any]:
+        """Store ``receipt`` unless an unexpired receipt of the same task is there."""
+        now = int(time.time())
+        item = {
+            **self._key(context, _receipt_sk(receipt.task_id)),
+            "attempt": {"N": str(receipt.attempt)},
+            "created": _s(receipt.created_at),
+            "expires": {"N": str(now + self._receipt_ttl_s)},
+        }
+        output = receipt.output
+        if output is not None and len(output.encode("utf-8")) <= _MAX_RECEIPT_OUTPUT_BYTES:
+            item["output"] = _s(output)
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": item,
+                "ConditionExpression": (
+                    "attribute_not_exists(sk) OR #created <> :created OR #expires <= :now"
+                ),
+                "ExpressionAttributeNames": {"#created": "created", "#expires": "expires"},
+                "ExpressionAttributeValues": {
+                    ":created": _s(receipt.created_at),
+                    ":now": {"N": str(now)},
+                },
+            }
+        }
+
+    def _stored_receipt(self, context: str, task_id: str) -> Receipt | None:
+        item = self._call(
+            "get_item",
+            TableName=self._table,
+            Key=self._key(context, _receipt_sk(task_id)),
+            ConsistentRead=True,
+        ).get("Item")
+        return None if item is None else _receipt_of(item, int(time.time()))
 
     @staticmethod
     def _record_condition(version: str | None) -> dict[str, Any]:

@@ -9,8 +9,11 @@
     ├── InvalidArgument (ValueError)    a collection name, id, record or limit a script
     │                                   passed is not acceptable
     ├── CommitTooLarge                  the staged changes exceed what the backend can
-    │                                   apply atomically (DynamoDB: 100 items)
+    │                                   apply atomically (DynamoDB: 100 items,
+    │                                   one of them the task's receipt)
     ├── StoreConflict (CommitConflict)  a concurrent writer won: run the script again
+    ├── TaskCommitted (AlreadyCommitted)  another run of the same task committed
+    │                                   first: reply with its output, apply nothing
     └── StoreError                      the backend failed (network, throttling, ...)
 
 The messages are what a script author reads in the task's ``error``; they never
@@ -20,7 +23,7 @@ name another circle's data.
 from __future__ import annotations
 
 from rhailambda.errors import RhailambdaError
-from rhailambda.functions.extension import CommitConflict
+from rhailambda.functions.extension import AlreadyCommitted, CommitConflict
 
 __all__ = [
     "CircleError",
@@ -29,6 +32,7 @@ __all__ = [
     "InvalidArgument",
     "StoreConflict",
     "StoreError",
+    "TaskCommitted",
 ]
 
 
@@ -71,6 +75,10 @@ class StoreConflict(CircleError, CommitConflict):
     def __init__(self, what: str) -> None:
         super().__init__(f"commit conflict: {what} changed concurrently")
         self.what = what
+
+
+class TaskCommitted(CircleError, AlreadyCommitted):
+    """A receipt of the same task is stored: an overlapping delivery committed first."""
 
 
 class StoreError(CircleError):

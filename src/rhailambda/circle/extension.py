@@ -12,13 +12,16 @@ Wiring (in the function, once per cold start)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
+from rhailambda.circle.errors import InvalidArgument
+from rhailambda.circle.names import check_context
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.session import CircleSession
 from rhailambda.circle.settings import CircleSettings, Limits
 from rhailambda.circle.store import CircleStore
-from rhailambda.functions.extension import ScriptContext
+from rhailambda.functions.extension import Receipt, ScriptContext
 from rhailambda.resp import from_url
 from rhailambda.settings import Env
 
@@ -36,6 +39,15 @@ class CircleExtension:
 
     def open(self, ctx: ScriptContext) -> CircleSession:
         return CircleSession(self.store, ctx, self.limits)
+
+    def recall(self, tasks: Sequence[ScriptContext]) -> list[Receipt | None]:
+        """The receipts of these tasks' committed writes (one store call for all)."""
+        valid = [i for i, ctx in enumerate(tasks) if _has_circle(ctx)]
+        found = self.store.receipts([(tasks[i].context_id, tasks[i].task_id) for i in valid])
+        receipts: list[Receipt | None] = [None] * len(tasks)
+        for i, receipt in zip(valid, found, strict=True):
+            receipts[i] = receipt
+        return receipts
 
     @classmethod
     def from_settings(cls, settings: CircleSettings) -> CircleExtension:
@@ -57,8 +69,21 @@ def build_store(settings: CircleSettings) -> CircleStore:
             "dynamodb", endpoint_url=settings.endpoint_url, region_name=settings.region
         )
         assert settings.table is not None  # CircleSettings checks it
-        return DynamoCircleStore(cast(DynamoClient, client), settings.table)
-    return RedisCircleStore(from_url(settings.redis_url), settings.layout)
+        return DynamoCircleStore(
+            cast(DynamoClient, client), settings.table, receipt_ttl_s=settings.receipt_ttl_s
+        )
+    return RedisCircleStore(
+        from_url(settings.redis_url), settings.layout, receipt_ttl_s=settings.receipt_ttl_s
+    )
+
+
+def _has_circle(ctx: ScriptContext) -> bool:
+    """Whether the task names a circle a session could have committed to."""
+    try:
+        check_context(ctx.context_id)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def extension(env: Env) -> CircleExtension:

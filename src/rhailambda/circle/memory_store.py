@@ -9,10 +9,11 @@ from __future__ import annotations
 import bisect
 import secrets
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rhailambda.circle.errors import CommitTooLarge, StoreConflict
+from rhailambda.circle.errors import CommitTooLarge, StoreConflict, TaskCommitted
 from rhailambda.circle.store import (
     ABSENT,
     Expectations,
@@ -23,6 +24,7 @@ from rhailambda.circle.store import (
     Stored,
     commit_items,
 )
+from rhailambda.functions.extension import Receipt
 
 __all__ = ["MemoryCircleStore"]
 
@@ -34,13 +36,22 @@ class _Circle:
     stamps: dict[str, str] = field(default_factory=dict)
     members: set[str] = field(default_factory=set)
     members_stamp: str = ABSENT
+    receipts: dict[str, tuple[Receipt, float]] = field(default_factory=dict)  # -> expiry
 
 
 class MemoryCircleStore:
     """:class:`~rhailambda.circle.store.CircleStore` in a dict, guarded by one lock."""
 
-    def __init__(self, max_items_per_commit: int | None = None) -> None:
+    def __init__(
+        self,
+        max_items_per_commit: int | None = None,
+        *,
+        receipt_ttl_s: int = 3600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_items_per_commit = max_items_per_commit
+        self._receipt_ttl_s = receipt_ttl_s
+        self._clock = clock
         self._circles: dict[str, _Circle] = {}
         self._lock = threading.Lock()
         self.commits = 0  # successful commits, for tests
@@ -68,12 +79,21 @@ class MemoryCircleStore:
             circle = self._circle(context)
             return Members(ids=frozenset(circle.members), stamp=circle.members_stamp)
 
+    def receipts(self, tasks: Sequence[tuple[str, str]]) -> list[Receipt | None]:
+        with self._lock:
+            return [self._receipt(self._circle(c), t) for c, t in tasks]
+
+    def _receipt(self, circle: _Circle, task_id: str) -> Receipt | None:
+        receipt, expiry = circle.receipts.get(task_id, (None, 0.0))
+        return receipt if expiry > self._clock() else None
+
     def commit(
         self,
         context: str,
         writes: Sequence[RecordWrite],
         member_writes: Sequence[MemberWrite],
         expected: Expectations,
+        receipt: Receipt | None = None,
     ) -> None:
         if not writes and not member_writes:
             return
@@ -82,6 +102,10 @@ class MemoryCircleStore:
             raise CommitTooLarge(needed, self.max_items_per_commit, "items")
         with self._lock:
             circle = self._circle(context)
+            if receipt is not None:
+                stored = self._receipt(circle, receipt.task_id)
+                if stored is not None and stored.created_at == receipt.created_at:
+                    raise TaskCommitted(stored)
             for collection, stamp in expected.collections.items():
                 if circle.stamps.get(collection, ABSENT) != stamp:
                     raise StoreConflict(f"collection {collection}")
@@ -107,4 +131,7 @@ class MemoryCircleStore:
                 (circle.members.add if m.present else circle.members.discard)(m.member_id)
             if member_writes:
                 circle.members_stamp = token
+            if receipt is not None:
+                expiry = self._clock() + self._receipt_ttl_s
+                circle.receipts[receipt.task_id] = (receipt, expiry)
             self.commits += 1

@@ -8,9 +8,11 @@ commit touches one Redis Cluster slot::
     rhailambda:circle:{E}:idx:<collection>   zset   id (score 0: ordered by id)
     rhailambda:circle:{E}:stamps             hash   "col:<collection>" / "members" -> token
     rhailambda:circle:{E}:members            set    member ids
+    rhailambda:circle:{E}:receipt:<task id>  string the task's receipt (JSON), with EX
 
 Reads of one page are one Lua call (stamp, ids and records seen together);
-a commit is one Lua call that checks every expectation, then writes.
+a commit is one Lua call that checks every expectation, then writes (the
+receipt too); the receipts of a batch are one pipeline of GETs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from rhailambda.circle.errors import StoreConflict, StoreError
+from rhailambda.circle.errors import StoreConflict, StoreError, TaskCommitted
 from rhailambda.circle.names import encode_context
 from rhailambda.circle.store import (
     ABSENT,
@@ -33,6 +35,7 @@ from rhailambda.circle.store import (
     Stored,
 )
 from rhailambda.errors import RedisError, RedisResponseError
+from rhailambda.functions.extension import Receipt
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import RespClient
 
@@ -51,6 +54,19 @@ def _split(id_: str, value: str) -> Stored:
     return Stored(id=id_, data=data, version=version)
 
 
+def _encode_receipt(receipt: Receipt) -> str:
+    body = {"output": receipt.output, "attempt": receipt.attempt, "createdAt": receipt.created_at}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode_receipt(task_id: str, text: str) -> Receipt:
+    body = json.loads(text)
+    output = body.get("output")
+    return Receipt(
+        task_id, None if output is None else str(output), int(body["attempt"]), body["createdAt"]
+    )
+
+
 class RedisCircleStore:
     """:class:`~rhailambda.circle.store.CircleStore` on one Redis (the function's client).
 
@@ -60,9 +76,12 @@ class RedisCircleStore:
 
     max_items_per_commit: int | None = None
 
-    def __init__(self, client: RespClient, layout: KeyLayout | None = None) -> None:
+    def __init__(
+        self, client: RespClient, layout: KeyLayout | None = None, *, receipt_ttl_s: int = 3600
+    ) -> None:
         self._client = client
         self._layout = layout or KeyLayout()
+        self._receipt_ttl_s = receipt_ttl_s
         self._commit = client.script(_lua("commit.lua"))
         self._scan = client.script(_lua("scan.lua"), idempotent=True)
 
@@ -125,6 +144,23 @@ class RedisCircleStore:
         stamp, ids = replies
         return Members(ids=frozenset(ids), stamp=stamp or ABSENT)
 
+    def receipts(self, tasks: Sequence[tuple[str, str]]) -> list[Receipt | None]:
+        if not tasks:
+            return []
+        keys = [self._layout.circle_receipt(encode_context(c), t) for c, t in tasks]
+        try:
+            # GETs, not one MGET: the keys live in different circles' cluster slots
+            replies = self._client.pipeline([["GET", k] for k in keys], idempotent=True)
+            for reply in replies:
+                if isinstance(reply, RedisResponseError):
+                    raise reply
+        except RedisError as exc:
+            raise StoreError(f"circle store (redis) receipt read failed: {exc}") from exc
+        return [
+            None if text is None else _decode_receipt(task_id, text)
+            for (_, task_id), text in zip(tasks, replies, strict=True)
+        ]
+
     # --- commit --------------------------------------------------------------
     def commit(
         self,
@@ -132,7 +168,10 @@ class RedisCircleStore:
         writes: Sequence[RecordWrite],
         member_writes: Sequence[MemberWrite],
         expected: Expectations,
+        receipt: Receipt | None = None,
     ) -> None:
+        if not writes and not member_writes:
+            return  # nothing to apply: a read-only script needs no validation
         colls: list[str] = []
         slot: dict[str, int] = {}
 
@@ -155,11 +194,21 @@ class RedisCircleStore:
         keys = [self._key(context, "stamps"), self._key(context, "members")]
         for collection in colls:
             keys += [self._records_key(context, collection), self._index_key(context, collection)]
+        if receipt is not None:
+            plan["receipt"] = {
+                "body": _encode_receipt(receipt),
+                "createdAt": receipt.created_at,
+                "ttl": self._receipt_ttl_s,
+            }
+            keys.append(self._layout.circle_receipt(encode_context(context), receipt.task_id))
         try:
             reply = cast(
                 list[str], self._commit(keys=keys, args=[json.dumps(plan, ensure_ascii=False)])
             )
         except RedisError as exc:
             raise StoreError(f"circle store (redis) commit failed: {exc}") from exc
+        if reply[0] == "committed":
+            assert receipt is not None
+            raise TaskCommitted(_decode_receipt(receipt.task_id, reply[1]))
         if reply[0] != "ok":
             raise StoreConflict(reply[1])

@@ -40,7 +40,7 @@ from rhailambda.circle.store import (
     decode_record,
     encode_record,
 )
-from rhailambda.functions.extension import ScriptContext
+from rhailambda.functions.extension import Receipt, ScriptContext
 
 __all__ = ["CircleSession"]
 
@@ -161,12 +161,16 @@ class CircleSession:
         return True
 
     # --- Session -------------------------------------------------------------
-    def commit(self) -> None:
-        """Apply the staged writes atomically; StoreConflict if the data changed."""
+    def commit(self, receipt: Receipt | None = None) -> None:
+        """Apply the staged writes atomically, ``receipt`` with them; nothing staged: no I/O.
+
+        Raises StoreConflict if the data changed, TaskCommitted if another run of the
+        same task committed first (then nothing is applied).
+        """
         if self._context is None or (not self._staged and not self._member_staged):
             return
         try:
-            self._store.commit(self._context, *self._plan())
+            self._store.commit(self._context, *self._plan(), receipt=receipt)
         finally:
             self.discard()
 

@@ -11,6 +11,8 @@
 ``RHAILAMBDA_CIRCLE_MAX_RECORD_BYTES``  largest record, as JSON (65536)
 ``RHAILAMBDA_CIRCLE_MAX_WRITES``   most records + members one script changes (1000;
                                    DynamoDB caps a commit at 100 items anyway)
+``RHAILAMBDA_REPLY_TTL_S``         how long a task's commit receipt is kept (3600),
+                                   as long as its reply
 =================================  ==========================================
 """
 
@@ -59,6 +61,8 @@ class CircleSettings:
     region: str | None = None
     layout: KeyLayout = field(default_factory=KeyLayout)
     limits: Limits = field(default_factory=Limits)
+    #: how long a commit receipt is kept: the protocol's reply TTL
+    receipt_ttl_s: int = 3600
 
     def __post_init__(self) -> None:
         if self.backend not in ("redis", "dynamodb"):
@@ -72,7 +76,7 @@ class CircleSettings:
         return (
             f"CircleSettings(backend={self.backend!r}, redis_url={redact_url(self.redis_url)!r}, "
             f"table={self.table!r}, endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
-            f"limits={self.limits!r})"
+            f"limits={self.limits!r}, receipt_ttl_s={self.receipt_ttl_s})"
         )
 
     @classmethod
@@ -90,12 +94,14 @@ class CircleSettings:
                 "RHAILAMBDA_CIRCLE_REDIS_URL",
                 f"unsupported URL {redact_url(redis_url)!r} (redis://, rediss://, unix://)",
             )
+        protocol = ProtocolSettings.from_env(env)
         return cls(
             backend="dynamodb" if backend == "dynamodb" else "redis",
             redis_url=redis_url,
             table=env.optional_str("RHAILAMBDA_CIRCLE_TABLE"),
             endpoint_url=env.optional_str("AWS_ENDPOINT_URL"),
             region=env.optional_str("AWS_REGION") or env.optional_str("AWS_DEFAULT_REGION"),
-            layout=ProtocolSettings.from_env(env).layout,
+            layout=protocol.layout,
             limits=Limits.from_env(env),
+            receipt_ttl_s=protocol.reply_ttl_s,
         )

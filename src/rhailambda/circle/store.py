@@ -5,13 +5,18 @@ A :class:`CircleStore` holds, per circle (context id):
 - records: JSON maps in named collections, each with an opaque *version* token;
 - a *stamp* per collection, changed by every commit that writes to it (so a
   script that listed or searched a collection notices any later change to it);
-- the member set, with its own stamp.
+- the member set, with its own stamp;
+- receipts: per task id, the :class:`~rhailambda.functions.extension.Receipt` of
+  the run whose writes were committed, kept for ``receipt_ttl_s`` seconds.
 
 Reads are plain. :meth:`CircleStore.commit` applies staged writes atomically, and
 only if every expectation still holds (optimistic concurrency); otherwise it
 raises :class:`~rhailambda.circle.errors.StoreConflict` and changes nothing.
 Every commit writes a fresh random version token, so a record deleted and
-created again never looks unchanged to a reader (no ABA).
+created again never looks unchanged to a reader (no ABA). A commit given a receipt
+stores it in the same atomic step, and first checks that no receipt of the same
+task (same ``created_at``) is there: if one is, it raises
+:class:`~rhailambda.functions.extension.AlreadyCommitted` and changes nothing.
 
 Two backends implement it: :mod:`rhailambda.circle.redis_store` and
 :mod:`rhailambda.circle.dynamo_store`. Context ids reach a store already
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from rhailambda.circle.errors import InvalidArgument
+from rhailambda.functions.extension import Receipt
 
 __all__ = [
     "ABSENT",
@@ -105,7 +111,8 @@ class Expectations:
 class CircleStore(Protocol):
     """Storage of circle data. Implementations are thread-safe and built once."""
 
-    #: Most items one commit may touch (writes plus checks), or None for no limit.
+    #: Most items one commit may touch (writes plus checks, the receipt not counted:
+    #: a store with a limit keeps one item for it), or None for no limit.
     max_items_per_commit: int | None
 
     def read(self, context: str, collection: str, ids: Sequence[str]) -> dict[str, Stored]:
@@ -126,12 +133,19 @@ class CircleStore(Protocol):
         writes: Sequence[RecordWrite],
         member_writes: Sequence[MemberWrite],
         expected: Expectations,
+        receipt: Receipt | None = None,
     ) -> None:
-        """Apply all writes atomically if ``expected`` holds, else raise StoreConflict.
+        """Apply all writes (and ``receipt``) atomically if ``expected`` holds.
 
-        Raises CommitTooLarge (before touching anything) when the commit needs
-        more than :attr:`max_items_per_commit` items.
+        Raises StoreConflict when it does not, AlreadyCommitted when a receipt of
+        the same task is stored already, and CommitTooLarge (before touching
+        anything) when the commit needs more than :attr:`max_items_per_commit` items.
+        Nothing to write: nothing happens, no receipt is stored.
         """
+        ...
+
+    def receipts(self, tasks: Sequence[tuple[str, str]]) -> list[Receipt | None]:
+        """The unexpired receipt of each ``(context, task_id)``, or None; one call."""
         ...
 
 

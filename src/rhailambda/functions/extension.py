@@ -9,6 +9,15 @@ apply them only in ``commit()``, so a failed script leaves nothing half-written.
 ``commit()`` raises :class:`CommitConflict` when a concurrent writer won; the
 function then runs the script again on fresh data (a bounded number of times).
 
+Receipts (optional, :class:`ReceiptKeeper`): an extension that also has
+``recall(tasks)`` keeps a :class:`Receipt` of each task whose writes it committed,
+written in the same atomic commit as those writes: its sessions take
+``commit(receipt)``. Before a task delivered again (attempt > 1) runs, the function
+asks every such extension for a receipt; if one exists, the earlier run's writes are
+in and the task is finished with the recorded output instead of running again. A
+commit that finds another run's receipt raises :class:`AlreadyCommitted` (two
+deliveries overlapped) and applies nothing.
+
 Users add their own modules without editing the function: list factories in
 ``RHAILAMBDA_EXTENSIONS`` (``package.module:factory``, comma separated), each a
 callable ``factory(settings) -> Extension``.
@@ -16,11 +25,20 @@ callable ``factory(settings) -> Extension``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["CommitConflict", "Extension", "ScriptContext", "Session"]
+__all__ = [
+    "AlreadyCommitted",
+    "CommitConflict",
+    "Extension",
+    "Receipt",
+    "ReceiptKeeper",
+    "ReceiptSession",
+    "ScriptContext",
+    "Session",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +51,34 @@ class ScriptContext:
     task_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A run of a task whose writes were committed: the reply output to give again.
+
+    ``output`` is None when the store could not keep one that large (the writes are
+    in; the task then gets an error reply saying so). ``created_at`` is the task
+    hash's ``createdAt``: a client may submit a new task under an old id, and a
+    receipt of the old task must not answer the new one.
+    """
+
+    task_id: str
+    output: str | None
+    attempt: int
+    created_at: str
+
+
 class CommitConflict(Exception):
     """Staged writes could not be applied because the data changed meanwhile."""
+
+
+class AlreadyCommitted(Exception):
+    """Another run of the same task committed first; nothing was applied."""
+
+    def __init__(self, receipt: Receipt) -> None:
+        super().__init__(
+            f"task {receipt.task_id} was already committed by attempt {receipt.attempt}"
+        )
+        self.receipt = receipt
 
 
 class Session(Protocol):
@@ -49,3 +93,19 @@ class Extension(Protocol):
     name: str
 
     def open(self, ctx: ScriptContext) -> Session: ...
+
+
+class ReceiptSession(Session, Protocol):
+    def commit(self, receipt: Receipt | None = None) -> None:
+        """Apply the staged writes and, only if there were any, ``receipt`` with them."""
+        ...
+
+
+class ReceiptKeeper(Extension, Protocol):
+    """An extension that keeps receipts (recognised by its ``recall`` method)."""
+
+    def open(self, ctx: ScriptContext) -> ReceiptSession: ...
+
+    def recall(self, tasks: Sequence[ScriptContext]) -> list[Receipt | None]:
+        """The receipt of each task (None: none kept), in one store round trip if possible."""
+        ...

@@ -4,6 +4,12 @@ Redis round trips per batch: one to claim, one to finish (plus what the scripts'
 own data functions do). Each task gets a fresh engine with ``CALLER_ID``,
 ``CONTEXT_ID``, ``WORKER_ID`` and ``TASK_ID`` as constants and the modules of every
 extension; compiled scripts are cached per process.
+
+Tasks delivered again (attempt > 1: an earlier invocation died or timed out) may
+have had their writes committed already. Before any script of the batch runs, each
+receipt-keeping extension is asked once for the receipts of those tasks (for the
+circle store: one more round trip, only in batches holding such tasks); a task
+with a receipt is finished with the recorded output instead of running again.
 """
 
 from __future__ import annotations
@@ -13,13 +19,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import rhai_py
 
 from rhailambda import protocol as p
 from rhailambda.event import BatchResponse, InvocationEvent, Outcome
-from rhailambda.functions.extension import CommitConflict, Extension, ScriptContext, Session
+from rhailambda.functions.extension import (
+    AlreadyCommitted,
+    CommitConflict,
+    Extension,
+    Receipt,
+    ReceiptKeeper,
+    ReceiptSession,
+    ScriptContext,
+    Session,
+)
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.taskstore import Claim, Finish, TaskStore
 
@@ -86,6 +101,7 @@ class BatchRunner:
         self._settings = settings
         self._store = store
         self._extensions = tuple(extensions)
+        self._keeps_receipts = tuple(callable(getattr(e, "recall", None)) for e in self._extensions)
         self._engine_kwargs: dict[str, Any] = settings.limits.engine_kwargs()
         self._on_print = on_print
         self._on_debug = on_debug
@@ -102,8 +118,10 @@ class BatchRunner:
         outcomes: dict[str, Outcome] = {}
         finishes: list[Finish] = []
         results: list[TaskResult] = []
-        for claim in self._store.claim(event.tasks):
-            result, finish = self._run_one(claim, event.worker_id, deadline)
+        claims = self._store.claim(event.tasks)
+        recalled = self._recall(claims, event.worker_id)
+        for claim in claims:
+            result, finish = self._run_one(claim, event.worker_id, deadline, recalled)
             outcomes.setdefault(claim.ref.task_id, result.outcome)  # an id twice: first wins
             results.append(result)
             if finish is not None:
@@ -116,8 +134,40 @@ class BatchRunner:
                 observer.task_done(result)
         return BatchResponse(outcomes=outcomes)
 
+    def _recall(self, claims: Sequence[Claim], worker_id: str) -> dict[str, Receipt] | str:
+        """Receipts of the tasks delivered again that an earlier run committed, by task id.
+
+        A string: why the extensions could not say (a store down); those tasks are
+        handed back rather than risk applying their writes twice.
+        """
+        keepers = [
+            cast(ReceiptKeeper, ext)
+            for ext, keeps in zip(self._extensions, self._keeps_receipts, strict=True)
+            if keeps
+        ]
+        again = [
+            (c.ref.task_id, c.fields)
+            for c in claims
+            if c.state == "claimed"
+            and c.fields is not None
+            and c.ref.attempt > 1
+            and _validate(c.fields, self._settings.max_script_bytes) is None
+        ]
+        found: dict[str, Receipt] = {}
+        if not keepers or not again:
+            return found
+        tasks = [_script_context(fields, worker_id) for _, fields in again]
+        try:
+            for keeper in keepers:
+                for (task_id, fields), receipt in zip(again, keeper.recall(tasks), strict=True):
+                    if receipt is not None and receipt.created_at == fields.created_at:
+                        found.setdefault(task_id, receipt)
+        except Exception as exc:  # infrastructure: retry later, keep the claims
+            return f"receipt recall failed: {type(exc).__name__}: {exc}"
+        return found
+
     def _run_one(
-        self, claim: Claim, worker_id: str, deadline: float
+        self, claim: Claim, worker_id: str, deadline: float, recalled: dict[str, Receipt] | str
     ) -> tuple[TaskResult, Finish | None]:
         task_id = claim.ref.task_id
         if claim.state == "skip":
@@ -137,21 +187,29 @@ class BatchRunner:
         error = _validate(fields, self._settings.max_script_bytes)
         output: str | None = None
         runs = 0
+        if error is None and claim.ref.attempt > 1:
+            if isinstance(recalled, str):
+                return TaskResult(task_id, fields, "failed", recalled, 0.0), None
+            if task_id in recalled:  # an earlier run's writes are in: its reply, no re-run
+                output, error = _replay(recalled[task_id])
+                outcome: Outcome = "completed" if error is None else "error"
+                finish = Finish(claim.ref, fields, outcome, output=output, error=error)
+                return TaskResult(task_id, fields, outcome, error, 0.0), finish
         if error is None:
             try:
                 output, error, runs = self._execute(
-                    fields, min(left, self._settings.limits.timeout_s)
+                    fields, claim.ref.attempt, min(left, self._settings.limits.timeout_s)
                 )
             except Exception as exc:  # infrastructure (a store down): retry, keep the claim
                 reason = f"{type(exc).__name__}: {exc}"
                 return TaskResult(task_id, fields, "failed", reason, 0.0), None
         duration = time.monotonic() - started
-        outcome: Outcome = "completed" if error is None else "error"
+        outcome = "completed" if error is None else "error"
         finish = Finish(claim.ref, fields, outcome, output=output, error=error)
         return TaskResult(task_id, fields, outcome, error, duration, runs), finish
 
     def _execute(
-        self, fields: p.TaskFields, timeout_s: float
+        self, fields: p.TaskFields, attempt: int, timeout_s: float
     ) -> tuple[str | None, str | None, int]:
         """Run the script (again when its writes lost a race); (output, error, runs)."""
         assert fields.script is not None
@@ -163,7 +221,7 @@ class BatchRunner:
                 ast = self._compiler.compile(fields.script)
         except rhai_py.RhaiError as exc:
             return None, _describe(exc), 0
-        ctx = ScriptContext(fields.caller_id, fields.context_id, fields.worker_id, fields.task_id)
+        ctx = _script_context(fields, fields.worker_id)
         constants = {
             "CALLER_ID": ctx.caller_id,
             "CONTEXT_ID": ctx.context_id,
@@ -189,15 +247,22 @@ class BatchRunner:
             except rhai_py.RhaiError as exc:
                 _discard(sessions)
                 return None, _describe(exc), runs
+            receipt = Receipt(ctx.task_id, output, attempt, fields.created_at)
             try:
-                for session in sessions:
-                    session.commit()
+                for session, keeps in zip(sessions, self._keeps_receipts, strict=True):
+                    if keeps:
+                        cast(ReceiptSession, session).commit(receipt)
+                    else:
+                        session.commit()
             except CommitConflict:
                 _discard(sessions)
                 if runs > self._settings.max_conflict_retries:
                     return None, "gave up: the circle's data kept changing under the script", runs
                 time.sleep(random.uniform(0, min(0.05, 0.002 * 2**runs)))
                 continue
+            except AlreadyCommitted as done:  # an overlapping delivery committed first
+                _discard(sessions)
+                return *_replay(done.receipt), runs
             return output, None, runs
 
 
@@ -206,6 +271,22 @@ def _register(
 ) -> None:
     for name, functions in modules.items():
         engine.register_module(name, functions)
+
+
+def _script_context(fields: p.TaskFields, worker_id: str) -> ScriptContext:
+    return ScriptContext(
+        fields.caller_id, fields.context_id, fields.worker_id or worker_id, fields.task_id
+    )
+
+
+def _replay(receipt: Receipt) -> tuple[str | None, str | None]:
+    """(output, error) of the reply an earlier, committed run of the task would have sent."""
+    if receipt.output is None:
+        return None, (
+            f"the script's changes were applied by an earlier run (attempt {receipt.attempt}), "
+            "but its output was too large to keep for this reply"
+        )
+    return receipt.output, None
 
 
 def _discard(sessions: Sequence[Session]) -> None:
