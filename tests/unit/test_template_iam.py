@@ -234,6 +234,8 @@ def test_script_function_and_table(sam: dict[str, Any]) -> None:
         {"AttributeName": "pk", "KeyType": "HASH"},
         {"AttributeName": "sk", "KeyType": "RANGE"},
     ]
+    # the attribute the store writes on task receipts ("expires", epoch seconds)
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires", "Enabled": True}
 
 
 def test_poller_is_a_singleton_on_a_schedule(sam: dict[str, Any]) -> None:
