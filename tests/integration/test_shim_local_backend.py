@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
+from pathlib import Path
 
 import pytest
 import redis
@@ -106,6 +108,59 @@ def test_scales_up_to_max_then_retires_idle_workers() -> None:
             await inv.aclose()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+# A handler whose import never finishes (until its stdin closes): a cold start that is
+# still going when the invocation waiting for it is cancelled.
+SLOW_START = """
+import os
+import sys
+
+pid_file = os.environ["RHAILAMBDA_TEST_PID_FILE"]
+with open(pid_file + ".tmp", "w") as out:
+    out.write(str(os.getpid()))
+os.replace(pid_file + ".tmp", pid_file)
+sys.stdin.buffer.read()
+
+
+def handler(event, context):
+    return {"batchItemFailures": []}
+"""
+
+
+def test_cancelled_while_a_worker_starts_leaves_no_process(tmp_path: Path) -> None:
+    """The cancelled invocation's half-started worker was in no pool and never killed."""
+    (tmp_path / "slow_start_handler.py").write_text(SLOW_START)
+    pid_file = tmp_path / "worker.pid"
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "RHAILAMBDA_TEST_PID_FILE": str(pid_file),
+    }
+    pids: list[int] = []
+
+    async def scenario() -> tuple[bool, int]:
+        inv = invoker("slow_start_handler.handler", env=env)
+        try:
+            call = asyncio.create_task(inv.invoke(event("t1"), timeout_s=5))
+            await wait_until(pid_file.exists, timeout_s=20, what="the worker to import")
+            pids.append(int(pid_file.read_text()))
+            assert not call.done()
+            call.cancel()
+            await asyncio.wait({call})
+            assert call.cancelled()
+            # Once the cancellation has settled, not a moment later:
+            return alive(pids[0]), inv.worker_count
+        finally:
+            await inv.aclose()
+
+    try:
+        still_alive, workers = asyncio.run(asyncio.wait_for(scenario(), 30))
+        assert not still_alive, "the half-started worker is still running (or a zombie)"
+        assert workers == 0
+    finally:
+        for pid in pids:
+            if alive(pid):  # before the fix: do not leave it behind
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_crashed_worker_means_a_retry(redis_client: redis.Redis, redis_url: str) -> None:

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from rhailambda.protocol import now_rfc3339
 from rhailambda.redis_conn import connect_async
+from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
 from rhailambda.shim.invoker import Invoker
@@ -32,6 +33,7 @@ __all__ = ["build_invoker", "run", "serve"]
 
 log = logging.getLogger("rhailambda.shim")
 _FINAL_REDIS_STEPS_S = 10.0  # hand back + deregister; past this the lease covers it
+_STOP_LEASE_S = 2.0
 
 
 async def serve(
@@ -74,8 +76,7 @@ async def serve(
     startup = asyncio.create_task(keeper.start())
     await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     if not startup.done():  # stopped before Redis ever answered
-        startup.cancel()
-        await asyncio.gather(startup, return_exceptions=True)
+        await cancel_and_wait([startup], _STOP_LEASE_S)
         if own_client:
             await redis_client.aclose()
         return
@@ -91,8 +92,9 @@ async def serve(
     log.info("shim %s stopping: no new tasks taken", queues.shim_id)
     await drainer.stop_taking()
     cancelled = await drainer.finish_invocations(settings.flow.shutdown_timeout_s)
-    lease_task.cancel()
-    await asyncio.gather(lease_task, return_exceptions=True)
+    if await cancel_and_wait([lease_task], _STOP_LEASE_S):
+        log.warning("shim %s: the lease keeper did not stop within %g s",
+                    queues.shim_id, _STOP_LEASE_S)  # fmt: skip
     try:
         async with asyncio.timeout(_FINAL_REDIS_STEPS_S):
             handed = 0

@@ -7,6 +7,11 @@ backoff with a new attempt (a new fencing token) or dead-lettered with an error
 reply; a throttled batch is retried as it is (no attempt spent) and halves the
 global concurrency for a while. The loop knows a :class:`QueueSource` and an
 :class:`Invoker`, never Redis or a backend.
+
+Shutdown is :meth:`Drainer.stop_taking` then :meth:`Drainer.finish_invocations`.
+Once it begins no invocation starts: pending retries are cancelled and their ids
+handed back to their queues at once, and a batch that fails or is throttled
+meanwhile is handed back instead of scheduled for a retry.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from rhailambda.errors import InvocationError, ThrottledError
 from rhailambda.event import BatchResponse, InvocationEvent, TaskRef
+from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.limiter import FairLimiter
 from rhailambda.shim.policy import backoff_s, window_wait_s
@@ -86,7 +92,9 @@ class Drainer:
         self._throttle_streak = 0
         self._takers: list[asyncio.Task[None]] = []
         self._invocations: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.Task[None]] = set()
+        # Pending retries and the ids each holds (until it starts their invocation).
+        self._retries: dict[asyncio.Task[None], tuple[str, list[str]]] = {}
+        self._stopping = False
         self.stats = DrainStats()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -97,31 +105,43 @@ class Drainer:
             self._takers.append(task)
 
     async def stop_taking(self) -> None:
-        """Stop the takers and pending retries (their ids stay in flight, to hand back)."""
-        tasks = [*self._takers, *self._timers]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # Bounded: redis-py can sit on a cancelled blocking call; the final hand-back
-            # moves the whole in-flight list anyway, and closing the client ends the call.
-            _, stuck = await asyncio.wait(tasks, timeout=_STOP_TAKING_S)
-            if stuck:
-                log.warning("%d takers did not stop within %g s", len(stuck), _STOP_TAKING_S)
+        """Start the shutdown: stop the takers, cancel pending retries and hand their ids
+        back to their queues. From here on no invocation starts."""
+        self._stopping = True
+        # Bounded (the final hand-back moves the whole in-flight list anyway); a taker
+        # whose cancel redis-py lost on Python 3.11 is cancelled again, mid-BLMOVE.
+        stuck = await cancel_and_wait([*self._takers, *self._retries], _STOP_TAKING_S)
+        if stuck:
+            log.warning("%d takers or retries did not stop within %g s", len(stuck), _STOP_TAKING_S)
         self._takers.clear()
+        await self._hand_back_retries()
 
     async def finish_invocations(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for running invocations; cancel the rest. Returns cancelled."""
+        self._stopping = True  # nothing new starts; every invocation is in the set below
         pending = set(self._invocations)
         if pending and timeout_s > 0:
             _, pending = await asyncio.wait(pending, timeout=timeout_s)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        # Settling may have scheduled retries meanwhile: cancel those too.
-        for task in list(self._timers):
-            task.cancel()
-        await asyncio.gather(*self._timers, return_exceptions=True)
+        await cancel_and_wait(self._retries, _STOP_TAKING_S)  # none, unless stop_taking was skipped
+        await self._hand_back_retries()
         return len(pending)
+
+    async def _hand_back_retries(self) -> None:
+        """Hand back the ids of retries that ended without starting their invocation."""
+        by_queue: dict[str, list[str]] = {}
+        for task in [t for t in self._retries if t.done()]:
+            worker_id, task_ids = self._retries.pop(task)
+            by_queue.setdefault(worker_id, []).extend(task_ids)
+        try:
+            async with asyncio.timeout(_STOP_TAKING_S):
+                for worker_id, task_ids in by_queue.items():
+                    await self._source.hand_back(worker_id, task_ids)
+        except Exception:  # Redis down or refusing: the final hand-back moves them
+            log.exception("handing back %d retried ids failed",
+                          sum(map(len, by_queue.values())))  # fmt: skip
 
     @property
     def running_invocations(self) -> int:
@@ -153,6 +173,10 @@ class Drainer:
                 if paused:
                     await self._wait_while_paused(worker_id)
                 continue
+            if self._stopping:  # a taker that outlived its cancel (see stop_taking)
+                self._release(slots)
+                await self._source.hand_back(worker_id, [t.task_id for t in items])
+                return
             # Both slots are now owned by the invocation task, which releases them.
             self._last_dispatch[worker_id] = time.monotonic()
             self._spawn(self._run(worker_id, items, slots), self._invocations)
@@ -258,7 +282,7 @@ class Drainer:
                 timeout=fn.function_timeout_s + 2 * fn.timeout_margin_s,
             )
         except ThrottledError as exc:
-            self._on_throttled(worker_id, items, exc)
+            await self._on_throttled(worker_id, items, exc)
             outcome = "throttled"
         except (InvocationError, TimeoutError) as exc:
             failed, reason = items, str(exc) or "invocation timed out"
@@ -337,8 +361,7 @@ class Drainer:
             delay = backoff_s(
                 max(t.attempt for t in rest), retry.backoff_base_s, retry.backoff_cap_s, self._rng
             )
-            self.stats.retried += len(rest)
-            self._spawn(self._retry_later(worker_id, rest, delay, redeliver=True), self._timers)
+            await self._retry(worker_id, rest, delay, redeliver=True)
 
     async def _dead_letter(self, worker_id: str, items: Sequence[Taken], message: str) -> None:
         if not items:
@@ -347,7 +370,7 @@ class Drainer:
         log.warning("dead-letter worker=%s count=%d reason=%s", worker_id, len(items), message)
         await self._source.dead_letter(worker_id, [t.task_id for t in items], message)
 
-    def _on_throttled(self, worker_id: str, items: list[Taken], exc: ThrottledError) -> None:
+    async def _on_throttled(self, worker_id: str, items: list[Taken], exc: ThrottledError) -> None:
         self.stats.throttled += 1
         self._throttle_streak += 1
         self.limiter.on_throttle()
@@ -359,7 +382,23 @@ class Drainer:
             "throttled worker=%s size=%d; concurrency now %d, retry in %.2f s",
             worker_id, len(items), self.limiter.limit, delay,
         )  # fmt: skip
-        self._spawn(self._retry_later(worker_id, items, delay, redeliver=False), self._timers)
+        await self._retry(worker_id, items, delay, redeliver=False)
+
+    async def _retry(
+        self, worker_id: str, items: list[Taken], delay_s: float, *, redeliver: bool
+    ) -> None:
+        """Run ``items`` again after ``delay_s``; once stopping, hand them back instead."""
+        task_ids = [t.task_id for t in items]
+        if self._stopping:
+            await self._source.hand_back(worker_id, task_ids)
+            return
+        self.stats.retried += len(items) if redeliver else 0
+        task = asyncio.create_task(
+            self._retry_later(worker_id, items, delay_s, redeliver=redeliver),
+            name=f"retry:{worker_id}",
+        )
+        self._retries[task] = (worker_id, task_ids)
+        task.add_done_callback(_log_crash)
 
     async def _retry_later(
         self, worker_id: str, items: list[Taken], delay_s: float, *, redeliver: bool
@@ -367,12 +406,17 @@ class Drainer:
         await asyncio.sleep(delay_s)
         if redeliver:  # a new delivery: a new attempt, the fencing token of this run
             items = list(await self._source.redeliver(worker_id, [t.task_id for t in items]))
-            if not items:
+        if items:
+            slots = self._queue_slots[worker_id]
+            await self._acquire(slots)
+            if self._stopping:  # outlived its cancel: stop_taking or the final step hands back
+                self._release(slots)
                 return
-        slots = self._queue_slots[worker_id]
-        await self._acquire(slots)
-        # From here the batch is an invocation (shutdown waits for it), not a timer.
-        self._spawn(self._run(worker_id, items, slots), self._invocations)
+            # From here the batch is an invocation (shutdown waits for it), not a retry.
+            self._spawn(self._run(worker_id, items, slots), self._invocations)
+        current = asyncio.current_task()
+        assert current is not None
+        del self._retries[current]  # its ids are an invocation's now, or final
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

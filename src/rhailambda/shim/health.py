@@ -3,7 +3,9 @@
 Every Redis call of the shim goes through :meth:`Health.call`: a connection error
 marks the shim unhealthy, logs one line, and retries with capped exponential
 backoff until Redis answers (or the caller is cancelled, e.g. at shutdown). The
-ids themselves are safe meanwhile: they sit in Redis lists.
+ids themselves are safe meanwhile: they sit in Redis lists. A cancel that
+redis-py swallowed during the call (Python 3.11, see :mod:`rhailambda.shim.cancel`)
+is raised when the call returns.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.exceptions as rex
+
+from rhailambda.shim.cancel import cancel_requests, raise_if_cancel_lost
 
 __all__ = ["TRANSIENT_ERRORS", "Health"]
 
@@ -47,16 +51,21 @@ class Health:
 
     async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` until it succeeds; transient Redis errors are waited out."""
+        cancels = cancel_requests()
         delay = self._min_delay_s
         while True:
             try:
                 result = await op()
             except TRANSIENT_ERRORS as exc:
+                raise_if_cancel_lost(cancels)
                 self._mark_down(what, exc)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(self._max_delay_s, delay * 2)
                 continue
             self._mark_up()
+            # The command ran; a cancel that arrived meanwhile is honoured now, as if
+            # it had come just after the reply (callers already handle that case).
+            raise_if_cancel_lost(cancels)
             return result
 
     def _mark_down(self, what: str, exc: BaseException) -> None:

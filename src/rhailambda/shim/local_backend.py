@@ -54,6 +54,8 @@ class _Worker:
         return json.loads(await self.proc.stdout.readexactly(size))
 
     async def kill(self) -> int | None:
+        """SIGKILL and reap. The signal goes before any await: even if this is cancelled
+        while waiting, the process dies and asyncio's child watcher reaps it."""
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
@@ -154,6 +156,12 @@ class LocalInvoker:
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
             code = await worker.kill()
             raise InvocationError(f"local worker failed to start (exit code {code})") from exc
+        except BaseException:
+            # Cancelled (or a garbled ready frame) while it starts: the worker is in no
+            # pool, so nobody else would ever stop it. Killed, not kept: a half-read
+            # frame leaves its pipe unusable, and a cold start is cheap next to a leak.
+            await worker.kill()
+            raise
         if not ready.get("ready"):
             await worker.kill()
             raise InvocationError(

@@ -1,0 +1,225 @@
+"""Graceful shutdown of the drain loop against a real Redis: what may still start, what
+goes back to the queue and when, and cancellations that Python 3.11 can lose.
+
+Each test failed before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import redis
+
+from rhailambda.errors import InvocationError
+from rhailambda.event import BatchResponse, InvocationEvent
+from rhailambda.protocol import ATTEMPT, KeyLayout
+from rhailambda.redis_conn import connect_async
+from rhailambda.settings import ProtocolSettings, RedisSettings
+from rhailambda.shim.drain import Drainer
+from rhailambda.shim.health import Health
+from rhailambda.shim.redis_queue import RedisQueueSource
+from rhailambda.shim.settings import (
+    BatchSettings,
+    FlowSettings,
+    QueueSettings,
+    RetrySettings,
+    ShimSettings,
+)
+from rhailambda.shim.testing import FakeInvoker, seed_tasks, wait_until
+
+L = KeyLayout()
+
+
+def make_settings(url: str, *, backoff_s: float, block_s: float = 0.5) -> ShimSettings:
+    return ShimSettings(
+        redis=RedisSettings(url),
+        protocol=ProtocolSettings(),
+        queues=QueueSettings(worker_ids=("w1",), shim_id="s1", lease_s=3.0, block_s=block_s),
+        batch=BatchSettings(batch_size=1),
+        flow=FlowSettings(max_concurrency=2, per_queue_concurrency=2, shutdown_timeout_s=5),
+        retry=RetrySettings(max_attempts=3, backoff_base_s=backoff_s, backoff_cap_s=backoff_s),
+    )
+
+
+class _LongestBackoff(random.Random):
+    """Jitter that always picks the longest delay, so a retry is surely still pending."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def started(invoker: FakeInvoker) -> list[tuple[str, int]]:
+    return sorted((t.task_id, t.attempt) for e in invoker.events for t in e.tasks)
+
+
+def started_attempt(client: redis.Redis, task_id: str) -> Any:
+    return client.hget(L.task(task_id), ATTEMPT)
+
+
+def test_a_retry_due_during_the_shutdown_wait_is_handed_back_not_started(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A batch fails after shutdown began while another still runs: its retry (due in
+    10 ms) used to start a new invocation that shutdown neither awaited nor stopped."""
+    seed_tasks(redis_client, L, "w1", ["fails", "slow"])
+    settings = make_settings(redis_url, backoff_s=0.01)
+
+    async def scenario() -> None:
+        release_fails, release_slow = asyncio.Event(), asyncio.Event()
+
+        async def behaviour(event: InvocationEvent) -> BatchResponse:
+            (task,) = event.tasks
+            if task.task_id == "fails" and task.attempt == 1:
+                await release_fails.wait()
+                raise InvocationError("the worker crashed")
+            if task.task_id == "slow":
+                await release_slow.wait()
+            return BatchResponse({task.task_id: "completed"})
+
+        client = connect_async(redis_url, max_block_s=settings.queues.block_s)
+        invoker = FakeInvoker(behaviour)
+        source = RedisQueueSource(client, settings.protocol, "s1", Health(redis_url=redis_url))
+        drainer = Drainer(settings, source, invoker)
+        try:
+            drainer.start()
+            await wait_until(lambda: invoker.running == 2, timeout_s=5, what="both batches")
+            await drainer.stop_taking()  # shutdown begins (SIGTERM)
+            finishing = asyncio.create_task(drainer.finish_invocations(5))
+            release_fails.set()  # fails while "slow" still runs: the shutdown wait goes on
+            await wait_until(
+                lambda: redis_client.llen(L.queue("w1")) or len(invoker.events) > 2,
+                timeout_s=5,
+                what="the failed id to be handed back (or retried)",
+            )
+            assert started(invoker) == [("fails", 1), ("slow", 1)], "a retry started"
+            # Back at the front of the queue at once, for another shim to take.
+            assert redis_client.lrange(L.queue("w1"), 0, -1) == ["fails"]
+            assert redis_client.lrange(L.inflight("w1", "s1"), 0, -1) == ["slow"]
+            release_slow.set()
+            assert await asyncio.wait_for(finishing, 5) == 0  # "slow" was awaited, not cut
+            assert invoker.running == 0 and drainer.running_invocations == 0
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    assert started_attempt(redis_client, "fails") == "1"  # no new delivery was counted
+    assert redis_client.llen(L.inflight("w1", "s1")) == 0
+
+
+def test_a_pending_retry_goes_back_to_the_queue_when_shutdown_begins(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A retry 30 s away when SIGTERM arrives: its id goes back at once, not after the
+    grace period spent waiting for the other invocation."""
+    seed_tasks(redis_client, L, "w1", ["fails", "slow"])
+    settings = make_settings(redis_url, backoff_s=30.0)
+
+    async def scenario() -> None:
+        release_slow = asyncio.Event()
+
+        async def behaviour(event: InvocationEvent) -> BatchResponse:
+            (task,) = event.tasks
+            if task.task_id == "fails":
+                raise InvocationError("the worker crashed")
+            await release_slow.wait()
+            return BatchResponse({task.task_id: "completed"})
+
+        client = connect_async(redis_url, max_block_s=settings.queues.block_s)
+        invoker = FakeInvoker(behaviour)
+        source = RedisQueueSource(client, settings.protocol, "s1", Health(redis_url=redis_url))
+        drainer = Drainer(settings, source, invoker, rng=_LongestBackoff())
+        try:
+            drainer.start()
+            await wait_until(
+                lambda: drainer.stats.retried == 1 and invoker.running == 1,
+                timeout_s=5,
+                what="a retry pending while another batch runs",
+            )
+            await drainer.stop_taking()
+            assert redis_client.lrange(L.queue("w1"), 0, -1) == ["fails"]
+            assert redis_client.lrange(L.inflight("w1", "s1"), 0, -1) == ["slow"]
+            release_slow.set()
+            assert await asyncio.wait_for(drainer.finish_invocations(5), 5) == 0
+        finally:
+            await client.aclose()
+        assert started(invoker) == [("fails", 1), ("slow", 1)]
+
+    asyncio.run(scenario())
+    assert redis_client.llen(L.inflight("w1", "s1")) == 0
+
+
+# --- a cancel lost in redis-py (Python 3.11's asyncio.wait_for) -------------------------
+#
+# redis-py writes every command under asyncio.wait_for; on Python 3.11 a cancel that
+# lands after the write finished but before wait_for resumed is swallowed (CPython
+# gh-86296, fixed in 3.12). The sweeps below cancel at each step of a call in turn,
+# so one of them lands in that window.
+
+
+def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_url: str) -> None:
+    """An idle queue's taker blocks in a 5 s BLMOVE. Stopping used to take the 2 s bound
+    whenever the cancel landed in redis-py's write, and the taker ran on afterwards."""
+    settings = make_settings(redis_url, backoff_s=0.01, block_s=5.0)
+
+    async def scenario() -> list[tuple[int, float]]:
+        client = connect_async(redis_url, max_block_s=settings.queues.block_s)
+        real_blmove = client.blmove
+        in_blmove: list[asyncio.Event] = []
+
+        async def blmove(*args: Any, **kwargs: Any) -> Any:
+            in_blmove[-1].set()
+            return await real_blmove(*args, **kwargs)
+
+        client.blmove = blmove  # type: ignore[method-assign]
+        slow: list[tuple[int, float]] = []
+        try:
+            for steps in range(12):
+                in_blmove.append(asyncio.Event())
+                health = Health(redis_url=redis_url)
+                source = RedisQueueSource(client, settings.protocol, "s1", health)
+                drainer = Drainer(settings, source, FakeInvoker())
+                drainer.start()
+                await asyncio.wait_for(in_blmove[-1].wait(), 5)
+                for _ in range(steps):
+                    await asyncio.sleep(0)  # step the taker's call to a given await
+                began = time.monotonic()
+                await drainer.stop_taking()
+                took_s = time.monotonic() - began
+                running = [t for t in asyncio.all_tasks() if t.get_name() == "take:w1"]
+                assert running == [], f"a taker outlived stop_taking (steps={steps})"
+                if took_s > 1.0:
+                    slow.append((steps, round(took_s, 2)))
+        finally:
+            await client.aclose()
+        return slow
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_a_cancel_lost_inside_a_redis_call_still_cancels(redis_url: str) -> None:
+    """Else a task cancelled at that moment runs on: the lease keeper's loop then never
+    ends and shutdown waits for it forever."""
+
+    async def scenario() -> list[tuple[int, str]]:
+        client = connect_async(redis_url)
+        health = Health(redis_url=redis_url)
+        await client.set("k", "v")
+        lost: list[tuple[int, str]] = []
+        try:
+            for steps in range(12):
+                task = asyncio.create_task(health.call("get", lambda: client.get("k")))
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                if not task.cancel():
+                    continue  # already finished: nothing to cancel
+                await asyncio.wait({task}, timeout=5)
+                if not task.cancelled():
+                    lost.append((steps, repr(task.result())))
+        finally:
+            await client.aclose()
+        return lost
+
+    assert asyncio.run(scenario()) == []
