@@ -185,16 +185,18 @@ class Client:
         Replies come roughly in submission order, so the client looks at a sliding
         window of the oldest pending keys: one pipelined LPOP round over the window,
         and when nothing is there, one BLPOP on the whole window (it wakes on
-        whichever reply comes first). Cost stays linear in the number of tasks.
+        whichever reply comes first). Cost stays linear in the number of tasks. A
+        single pending reply is a BLPOP alone: one round trip when it is there.
         """
         deadline = time.monotonic() + timeout_s
         pending = {self.layout.reply(t): t for t in task_ids}
         replies: dict[str, Reply] = {}
         while pending:
             window = list(itertools.islice(pending, _WAIT_CHUNK))
-            if self._pop_ready(window, pending, replies):
-                continue
             left = deadline - time.monotonic()
+            # One key left: BLPOP alone answers at once when the reply is there.
+            if (len(window) > 1 or left <= 0) and self._pop_ready(window, pending, replies):
+                continue
             if left <= 0:
                 raise ReplyTimeoutError(next(iter(pending.values())), timeout_s)
             block_s = max(0.01, min(left, _MAX_BLOCK_S))

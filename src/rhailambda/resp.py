@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
@@ -46,7 +46,19 @@ import hiredis
 from rhailambda.errors import RedisConnectionError, RedisResponseError, SettingError
 from rhailambda.settings import redact_url
 
-__all__ = ["Address", "RespClient", "Script", "from_url", "parse_url"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = [
+    "Address",
+    "RespClient",
+    "Script",
+    "encode",
+    "from_url",
+    "parse_url",
+    "raise_error",
+    "tls_context",
+]
 
 Arg = str | bytes | int | float
 
@@ -139,7 +151,7 @@ def _parse_url(url: str) -> Address:
     return Address(**fields)
 
 
-def _encode(commands: Sequence[Sequence[Arg]]) -> bytes:
+def encode(commands: Sequence[Sequence[Arg]]) -> bytes:
     out: list[bytes] = []
     for command in commands:
         out.append(b"*%d\r\n" % len(command))
@@ -210,7 +222,7 @@ class _Connection:
     def round_trip(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send the commands in one write, read one reply per command."""
         try:
-            self._sock.sendall(_encode(commands))
+            self._sock.sendall(encode(commands))
             replies: list[Any] = []
             reader, sock = self._reader, self._sock
             while len(replies) < len(commands):
@@ -241,7 +253,8 @@ class _Connection:
             self._sock.close()
 
 
-def _wrap_tls(sock: socket.socket, a: Address) -> socket.socket:
+def tls_context(a: Address) -> ssl.SSLContext:
+    """The TLS settings of ``a``: verified against the system's CAs (or ``tls_ca_file``)."""
     import ssl  # only TLS deployments pay its import
 
     context = ssl.create_default_context(cafile=a.tls_ca_file)
@@ -250,8 +263,12 @@ def _wrap_tls(sock: socket.socket, a: Address) -> socket.socket:
         context.verify_mode = ssl.CERT_NONE
     elif not a.tls_check_hostname:
         context.check_hostname = False
+    return context
+
+
+def _wrap_tls(sock: socket.socket, a: Address) -> socket.socket:
     hostname = a.host if a.unix_path is None else None
-    return context.wrap_socket(sock, server_hostname=hostname)
+    return tls_context(a).wrap_socket(sock, server_hostname=hostname)
 
 
 class RespClient:
@@ -337,7 +354,7 @@ class RespClient:
     def execute(self, *command: Arg, idempotent: bool = False) -> Any:
         """One command; an error reply is raised as :class:`RedisResponseError`."""
         (reply,) = self.round_trip([command], idempotent=idempotent)
-        return _raise_error(reply)
+        return raise_error(reply)
 
     def pipeline(
         self,
@@ -380,7 +397,7 @@ class Script:
         if self.sha is not None:
             (reply,) = run([["EVALSHA", self.sha, *tail]], idempotent=self.idempotent)
             if not (isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT"):
-                return _raise_error(reply)
+                return raise_error(reply)
         # EVAL runs the text (and caches it); SCRIPT LOAD in the same write names its SHA.
         loaded, reply = run(
             [["SCRIPT", "LOAD", self.text], ["EVAL", self.text, *tail]],
@@ -388,10 +405,11 @@ class Script:
         )
         if isinstance(loaded, str):  # an ACL may refuse SCRIPT: EVAL every time then
             self.sha = loaded
-        return _raise_error(reply)
+        return raise_error(reply)
 
 
-def _raise_error(reply: Any) -> Any:
+def raise_error(reply: Any) -> Any:
+    """``reply``, or raised when it is an error reply."""
     if isinstance(reply, RedisResponseError):
         raise reply
     return reply

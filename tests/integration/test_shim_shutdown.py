@@ -17,6 +17,7 @@ from rhailambda.errors import InvocationError
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import ATTEMPT, KeyLayout
 from rhailambda.redis_conn import connect_async
+from rhailambda.resp import parse_url
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
@@ -81,7 +82,9 @@ def test_a_retry_due_during_the_shutdown_wait_is_handed_back_not_started(
 
         client = connect_async(redis_url, max_block_s=settings.queues.block_s)
         invoker = FakeInvoker(behaviour)
-        source = RedisQueueSource(client, settings.protocol, "s1", Health(redis_url=redis_url))
+        source = RedisQueueSource(
+            client, settings.protocol, "s1", Health(redis_url=redis_url), parse_url(redis_url)
+        )
         drainer = Drainer(settings, source, invoker)
         try:
             drainer.start()
@@ -129,7 +132,9 @@ def test_a_pending_retry_goes_back_to_the_queue_when_shutdown_begins(
 
         client = connect_async(redis_url, max_block_s=settings.queues.block_s)
         invoker = FakeInvoker(behaviour)
-        source = RedisQueueSource(client, settings.protocol, "s1", Health(redis_url=redis_url))
+        source = RedisQueueSource(
+            client, settings.protocol, "s1", Health(redis_url=redis_url), parse_url(redis_url)
+        )
         drainer = Drainer(settings, source, invoker, rng=_LongestBackoff())
         try:
             drainer.start()
@@ -166,20 +171,22 @@ def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_ur
 
     async def scenario() -> list[tuple[int, float]]:
         client = connect_async(redis_url, max_block_s=settings.queues.block_s)
-        real_blmove = client.blmove
         in_blmove: list[asyncio.Event] = []
-
-        async def blmove(*args: Any, **kwargs: Any) -> Any:
-            in_blmove[-1].set()
-            return await real_blmove(*args, **kwargs)
-
-        client.blmove = blmove  # type: ignore[method-assign]
         slow: list[tuple[int, float]] = []
         try:
             for steps in range(12):
                 in_blmove.append(asyncio.Event())
                 health = Health(redis_url=redis_url)
-                source = RedisQueueSource(client, settings.protocol, "s1", health)
+                source = RedisQueueSource(
+                    client, settings.protocol, "s1", health, parse_url(redis_url)
+                )
+                real_blmove = source._blmove
+
+                async def blmove(*args: Any, real: Any = real_blmove) -> Any:
+                    in_blmove[-1].set()
+                    return await real(*args)
+
+                source._blmove = blmove  # type: ignore[method-assign]
                 drainer = Drainer(settings, source, FakeInvoker())
                 drainer.start()
                 await asyncio.wait_for(in_blmove[-1].wait(), 5)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rhailambda.errors import RedisResponseError, SettingError
-from rhailambda.resp import Address, _encode, parse_url
+from rhailambda.resp import Address, encode, parse_url
 
 
 @pytest.mark.parametrize(
@@ -65,14 +65,14 @@ def test_password_never_shows() -> None:
     assert "hunter2" not in str(info.value)
 
 
-def test_commands_are_encoded_as_resp_arrays() -> None:
-    assert _encode([["SET", "k", "é"], ["INCRBY", "n", 5]]) == (
+def test_commands_areencoded_as_resp_arrays() -> None:
+    assert encode([["SET", "k", "é"], ["INCRBY", "n", 5]]) == (
         b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\xc3\xa9\r\n*3\r\n$6\r\nINCRBY\r\n$1\r\nn\r\n$1\r\n5\r\n"
     )
     with pytest.raises(TypeError, match="bool"):
-        _encode([["SET", "k", True]])
+        encode([["SET", "k", True]])
     with pytest.raises(TypeError, match="NoneType"):
-        _encode([["SET", "k", None]])  # type: ignore[list-item]
+        encode([["SET", "k", None]])  # type: ignore[list-item]
 
 
 def test_error_code_is_the_first_word() -> None:

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from rhailambda.protocol import now_rfc3339
 from rhailambda.redis_conn import connect_async
+from rhailambda.resp import parse_url
 from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
@@ -48,7 +49,8 @@ async def serve(
     own_client = client is None
     redis_client = client or connect_async(settings.redis.url, max_block_s=queues.block_s)
     health = Health(redis_url=settings.redis.redacted())
-    source = RedisQueueSource(redis_client, settings.protocol, queues.shim_id, health)
+    address = parse_url(settings.redis.url)
+    source = RedisQueueSource(redis_client, settings.protocol, queues.shim_id, health, address)
     store = RedisLeaseStore(redis_client, settings.protocol.layout, queues.shim_id, health)
     drainer = Drainer(settings, source, invoker)
     started_at = now_rfc3339()
@@ -77,6 +79,7 @@ async def serve(
     await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     if not startup.done():  # stopped before Redis ever answered
         await cancel_and_wait([startup], _STOP_LEASE_S)
+        source.close()
         if own_client:
             await redis_client.aclose()
         return
@@ -112,6 +115,7 @@ async def serve(
             queues.shim_id,
         )
     finally:
+        source.close()
         if own_client:
             await redis_client.aclose()
 

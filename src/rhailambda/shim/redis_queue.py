@@ -6,6 +6,10 @@ counts the attempt (``HINCRBY`` on the task hash, only where the hash exists):
 one or two round trips per batch, never a bare pop. Every later step (ack,
 dead-letter, hand back) is one round trip per batch as well.
 
+Each queue's taker owns one lean connection (:mod:`rhailambda.resp_async`) for
+``BLMOVE`` and the take script: the hot path, and the one that runs cold after an
+idle pause; everything else goes through redis-py.
+
 If a call that moves ids fails half-way (connection lost after the server ran
 it), ids can sit in our in-flight list unknown to us; the next successful take
 on that queue hands such orphans back to the queue.
@@ -20,11 +24,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from rhailambda import taskstore
+from rhailambda.resp import Address
+from rhailambda.resp_async import AsyncConnection, AsyncScript
 from rhailambda.settings import ProtocolSettings
 from rhailambda.shim.health import Health
 from rhailambda.shim.source import Taken, TakeResult
 
 __all__ = ["RedisQueueSource"]
+
+_BLOCK_MARGIN_S = 5.0  # a BLMOVE's reply may take this much longer than its block
 
 # One delivery of an in-flight id: drop it if the task is already final (or finished
 # and cleaned up: its done marker), dead-letter it if its task key is not a hash (a
@@ -167,21 +175,47 @@ class RedisQueueSource:
         protocol: ProtocolSettings,
         shim_id: str,
         health: Health,
+        address: Address,
     ) -> None:
         self._client = client
+        self._address = address
+        self._taker_conns: dict[str, AsyncConnection] = {}  # one per queue's taker
         self._protocol = protocol
         self._layout = protocol.layout
         self._shim_id = shim_id
         self._health = health
         self._task_prefix = self._layout.task("")
         self._done_prefix = self._layout.done("")
-        self._take = client.register_script(_TAKE_LUA)
+        self._take = AsyncScript(_TAKE_LUA)
         self._redeliver = client.register_script(_REDELIVER_LUA)
         self._ack = client.register_script(_ACK_LUA)
         self._dead_letter = client.register_script(_DEAD_LETTER_LUA)
         self._hand_back = client.register_script(HAND_BACK_LUA)
         self._held: dict[str, Counter[str]] = {}  # ids handed to the drain loop, per queue
         self._suspect: set[str] = set()  # queues where a move may have half-failed
+
+    async def _taker_conn(self, worker_id: str) -> AsyncConnection:
+        conn = self._taker_conns.get(worker_id)
+        if conn is None or conn.closed:
+            conn = await AsyncConnection.open(self._address, "rhailambda-shim")
+            self._taker_conns[worker_id] = conn
+        return conn
+
+    async def _blmove(self, worker_id: str, queue: str, inflight: str, block_s: float) -> Any:
+        conn = await self._taker_conn(worker_id)
+        timeout_s = block_s + _BLOCK_MARGIN_S
+        return await conn.execute(
+            "BLMOVE", queue, inflight, "RIGHT", "LEFT", block_s, timeout_s=timeout_s
+        )
+
+    async def _take_script(self, worker_id: str, keys: list[str], args: list[str | int]) -> Any:
+        return await self._take(await self._taker_conn(worker_id), keys, args)
+
+    def close(self) -> None:
+        """Close the takers' connections (redis-py's client is closed by its owner)."""
+        for conn in self._taker_conns.values():
+            conn.close()
+        self._taker_conns.clear()
 
     def held_count(self) -> int:
         return sum(c.total() for c in self._held.values())
@@ -227,15 +261,13 @@ class RedisQueueSource:
             # A blocking take goes straight to BLMOVE (it returns at once when ids are
             # there): the drain loop only blocks after a non-blocking take found none.
             if block_s > 0:
-                # Redis takes fractional seconds; redis-py's annotation says int.
                 first = await move(
-                    "blmove",
-                    lambda: self._client.blmove(queue, inflight, block_s, "RIGHT", "LEFT"),  # type: ignore[arg-type]
+                    "blmove", lambda: self._blmove(worker_id, queue, inflight, block_s)
                 )
                 if first is None:
                     return TakeResult()
                 args.append(str(first))
-            flat = await move("take", lambda: self._take(keys=keys, args=args))
+            flat = await move("take", lambda: self._take_script(worker_id, keys, args))
         except BaseException:
             self._suspect.add(worker_id)  # cancelled or failed mid-move: look for orphans
             raise
