@@ -7,8 +7,8 @@ one or two round trips per batch, never a bare pop. Every later step (ack,
 dead-letter, hand back) is one round trip per batch as well.
 
 Each queue's taker owns one lean connection (:mod:`rhailambda.resp_async`) for
-``BLMOVE`` and the take script: the hot path, and the one that runs cold after an
-idle pause; everything else goes through redis-py.
+``BLMOVE`` and the take script, and acks share one more: the hot path, and the one
+that runs cold after an idle pause; everything else goes through redis-py.
 
 If a call that moves ids fails half-way (connection lost after the server ran
 it), ids can sit in our in-flight list unknown to us; the next successful take
@@ -17,6 +17,7 @@ on that queue hands such orphans back to the queue.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -180,6 +181,8 @@ class RedisQueueSource:
         self._client = client
         self._address = address
         self._taker_conns: dict[str, AsyncConnection] = {}  # one per queue's taker
+        self._ack_conn: AsyncConnection | None = None  # acks of every queue, pipelined
+        self._ack_opening: asyncio.Lock | None = None
         self._protocol = protocol
         self._layout = protocol.layout
         self._shim_id = shim_id
@@ -188,7 +191,7 @@ class RedisQueueSource:
         self._done_prefix = self._layout.done("")
         self._take = AsyncScript(_TAKE_LUA)
         self._redeliver = client.register_script(_REDELIVER_LUA)
-        self._ack = client.register_script(_ACK_LUA)
+        self._ack = AsyncScript(_ACK_LUA)
         self._dead_letter = client.register_script(_DEAD_LETTER_LUA)
         self._hand_back = client.register_script(HAND_BACK_LUA)
         self._held: dict[str, Counter[str]] = {}  # ids handed to the drain loop, per queue
@@ -211,11 +214,22 @@ class RedisQueueSource:
     async def _take_script(self, worker_id: str, keys: list[str], args: list[str | int]) -> Any:
         return await self._take(await self._taker_conn(worker_id), keys, args)
 
+    async def _ack_script(self, keys: list[str], args: list[str | int]) -> Any:
+        if self._ack_opening is None:
+            self._ack_opening = asyncio.Lock()
+        async with self._ack_opening:  # concurrent acks: one connection opened
+            if self._ack_conn is None or self._ack_conn.closed:
+                self._ack_conn = await AsyncConnection.open(self._address, "rhailambda-shim")
+            conn = self._ack_conn
+        return await self._ack(conn, keys, args)
+
     def close(self) -> None:
-        """Close the takers' connections (redis-py's client is closed by its owner)."""
-        for conn in self._taker_conns.values():
-            conn.close()
+        """Close the lean connections (redis-py's client is closed by its owner)."""
+        for conn in [*self._taker_conns.values(), self._ack_conn]:
+            if conn is not None:
+                conn.close()
         self._taker_conns.clear()
+        self._ack_conn = None
 
     def held_count(self) -> int:
         return sum(c.total() for c in self._held.values())
@@ -317,7 +331,7 @@ class RedisQueueSource:
         for item in items:
             if held[item.task_id] > 1:
                 args += [item.task_id, item.attempt]
-        await self._health.call("ack", lambda: self._ack(keys=[inflight], args=args))
+        await self._health.call("ack", lambda: self._ack_script([inflight], args))
         self._release(worker_id, [t.task_id for t in items])
 
     async def dead_letter(self, worker_id: str, task_ids: Sequence[str], reason: str) -> None:
