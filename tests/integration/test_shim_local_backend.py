@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,127 @@ def test_cancelled_while_a_worker_starts_leaves_no_process(tmp_path: Path) -> No
         for pid in pids:
             if alive(pid):  # before the fix: do not leave it behind
                 os.kill(pid, signal.SIGKILL)
+
+
+# A handler the test steers through files under RHAILAMBDA_TEST_GATES: a ``hold-<name>``
+# task runs until the file <name> exists; ``together-<n>-<i>`` tasks run until n of them
+# run at once. One that waited 5 s in vain is reported failed.
+GATED = """
+import os
+import time
+
+root = os.environ["RHAILAMBDA_TEST_GATES"]
+together = os.path.join(root, "together")
+
+
+def wait_for(done):
+    deadline = time.monotonic() + 5
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def handler(event, context):
+    failures = []
+    for t in event["tasks"]:
+        kind, _, name = t["taskId"].partition("-")
+        ok = True
+        if kind == "hold":
+            ok = wait_for(lambda: os.path.exists(os.path.join(root, name)))
+        elif kind == "together":
+            open(os.path.join(together, name), "w").close()
+            ok = wait_for(lambda: len(os.listdir(together)) >= int(name.split("-")[0]))
+        if not ok:
+            failures.append({"itemIdentifier": t["taskId"]})
+    return {"batchItemFailures": failures}
+"""
+
+
+async def _spin_until(predicate: Callable[[], object], *, timeout_s: float, what: str) -> None:
+    """Wait for ``predicate`` one event-loop step at a time (never past the deadline):
+    the moments looked for here last a single step."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0)
+
+
+def test_invocations_cancelled_under_contention_never_cost_the_pool_a_slot(
+    tmp_path: Path,
+) -> None:
+    """Invocations queued for a busy pool, cancelled at varied points: still queued, just
+    after a worker was handed back to them (before they ran), as they take it, send, run
+    or respawn a killed one. None may cost the pool a slot. Under the asyncio.Condition
+    used before, a waiter cancelled after its wake-up lost it (Python 3.11): after two
+    such cancels the calls still queued waited forever beside two idle workers."""
+    (tmp_path / "gated_handler.py").write_text(GATED)
+    gates = tmp_path / "gates"
+    (gates / "together").mkdir(parents=True)
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "RHAILAMBDA_TEST_GATES": str(gates),
+    }
+    max_workers = 2
+
+    async def scenario() -> None:
+        inv = invoker("gated_handler.handler", env=env, max_workers=max_workers)
+        try:
+            for delay_steps in range(5):
+                holders = [f"r{delay_steps}{n}" for n in "ab"]
+                calls = [
+                    *(
+                        asyncio.create_task(inv.invoke(event(f"hold-{h}"), timeout_s=5))
+                        for h in holders
+                    ),
+                    *(
+                        asyncio.create_task(inv.invoke(event(f"r{delay_steps}-{i}"), timeout_s=5))
+                        for i in range(6)
+                    ),
+                ]
+                # The holders have both workers (spawning any killed before); six queue.
+                await _spin_until(
+                    lambda: not inv.worker_pids() and inv.worker_count == max_workers,
+                    timeout_s=5,
+                    what="both workers held",
+                )
+                queued, cancelled = calls[max_workers:], []
+                for holder in holders:
+                    seen = set(inv.worker_pids())
+                    (gates / holder).touch()  # that holder returns its worker
+                    # A worker handed back: cancel the youngest queued call at once, and
+                    # the oldest (the one woken for that worker) delay_steps steps later.
+                    await _spin_until(
+                        lambda seen=seen: set(inv.worker_pids()) - seen,
+                        timeout_s=5,
+                        what="a hand-back",
+                    )
+                    queued[-1].cancel()
+                    cancelled.append(queued.pop())
+                    for _ in range(delay_steps):
+                        await asyncio.sleep(0)
+                    queued[0].cancel()
+                    cancelled.append(queued.pop(0))
+                kept = [c for c in calls if c not in cancelled]
+                done, stuck = await asyncio.wait(kept, timeout=3)
+                assert not stuck, f"{len(stuck)} calls never got a worker (round {delay_steps})"
+                assert all(c.result().failed_ids == frozenset() for c in done)
+                await asyncio.wait(cancelled)
+                assert inv.worker_count <= max_workers
+            # Afterwards the pool still runs max_workers invocations at once.
+            replies = await asyncio.gather(
+                *(
+                    inv.invoke(event(f"together-{max_workers}-{i}"), timeout_s=5)
+                    for i in range(max_workers)
+                )
+            )
+            assert [r.failed_ids for r in replies] == [frozenset()] * max_workers
+        finally:
+            await inv.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 def test_a_crashed_worker_means_a_retry(redis_client: redis.Redis, redis_url: str) -> None:

@@ -7,10 +7,14 @@ Each test failed before its fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import random
 import time
 from typing import Any
 
+import pytest
 import redis
 
 from rhailambda.errors import InvocationError
@@ -19,6 +23,7 @@ from rhailambda.protocol import ATTEMPT, KeyLayout
 from rhailambda.redis_conn import connect_async
 from rhailambda.resp import parse_url
 from rhailambda.settings import ProtocolSettings, RedisSettings
+from rhailambda.shim.app import serve
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
 from rhailambda.shim.redis_queue import RedisQueueSource
@@ -154,6 +159,58 @@ def test_a_pending_retry_goes_back_to_the_queue_when_shutdown_begins(
 
     asyncio.run(scenario())
     assert redis_client.llen(L.inflight("w1", "s1")) == 0
+
+
+def test_shutdown_abandons_invocations_whose_cancel_never_ends(
+    redis_client: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Invocations past the grace period are cancelled; one whose invoker's clean-up
+    then never finishes used to hang shutdown forever. Now it is abandoned 2 s after
+    its cancel, logged, and its ids still go back to the queue."""
+    seed_tasks(redis_client, L, "w1", ["stuck-1", "stuck-2"])
+    grace_s, bound_s = 0.2, 2.0
+    settings = make_settings(redis_url, backoff_s=0.01)
+    flow = FlowSettings(max_concurrency=2, per_queue_concurrency=2, shutdown_timeout_s=grace_s)
+    settings = dataclasses.replace(settings, flow=flow)
+
+    async def scenario() -> None:
+        let_go = asyncio.Event()
+
+        async def cleanup_never_ends(event: InvocationEvent) -> BatchResponse:
+            try:
+                await asyncio.Event().wait()  # runs until cancelled
+            finally:
+                while not let_go.is_set():  # a clean-up deaf to further cancels
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await let_go.wait()
+            raise AssertionError("unreachable")
+
+        invoker = FakeInvoker(cleanup_never_ends)
+        stop = asyncio.Event()
+        shim = asyncio.create_task(serve(settings, invoker, stop=stop))
+        try:
+            await wait_until(lambda: invoker.running == 2, timeout_s=5, what="both invocations")
+            stop.set()
+            began = time.monotonic()
+            await asyncio.wait({shim}, timeout=grace_s + bound_s + 5)
+            took_s = time.monotonic() - began
+            assert shim.done(), "shutdown hangs on the cancelled invocations"
+            shim.result()
+            assert took_s < grace_s + bound_s + 2.5, f"shutdown took {took_s:.2f} s"
+            assert invoker.running == 2  # abandoned, not ended: their clean-up still hangs
+            queue = redis_client.lrange(L.queue("w1"), 0, -1)
+            assert sorted(queue) == ["stuck-1", "stuck-2"]
+            assert redis_client.llen(L.inflight("w1", "s1")) == 0
+        finally:
+            let_go.set()  # else asyncio.run would wait for them at exit
+            await asyncio.wait_for(shim, 10)
+        await wait_until(lambda: invoker.running == 0, timeout_s=5, what="the clean-ups to end")
+
+    with caplog.at_level(logging.WARNING, logger="rhailambda.shim"):
+        asyncio.run(scenario())
+    abandoned = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
+    assert len(abandoned) == 1 and "stuck-1" in abandoned[0] and "stuck-2" in abandoned[0]
+    assert started_attempt(redis_client, "stuck-1") == "1"  # handed back, not retried
 
 
 # --- a cancel lost in redis-py (Python 3.11's asyncio.wait_for) -------------------------

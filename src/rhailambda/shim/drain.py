@@ -11,7 +11,9 @@ global concurrency for a while. The loop knows a :class:`QueueSource` and an
 Shutdown is :meth:`Drainer.stop_taking` then :meth:`Drainer.finish_invocations`.
 Once it begins no invocation starts: pending retries are cancelled and their ids
 handed back to their queues at once, and a batch that fails or is throttled
-meanwhile is handed back instead of scheduled for a retry.
+meanwhile is handed back instead of scheduled for a retry. Every step is bounded:
+an invocation that does not end soon after its cancel is abandoned, its ids left in
+flight for the caller's final hand-back.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
 
 from rhailambda.errors import InvocationError, ThrottledError
-from rhailambda.event import BatchResponse, InvocationEvent, TaskRef
+from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.limiter import FairLimiter
@@ -38,6 +39,8 @@ __all__ = ["DrainStats", "Drainer"]
 
 log = logging.getLogger("rhailambda.shim")
 _STOP_TAKING_S = 2.0
+_STOP_INVOKING_S = 2.0  # after its cancel, for an invocation to end
+_LOGGED_IDS = 20
 _TAKE_RETRY_MIN_S = 0.05
 _TAKE_RETRY_MAX_S = 5.0
 
@@ -91,7 +94,8 @@ class Drainer:
         self._last_dispatch: dict[str, float] = {}
         self._throttle_streak = 0
         self._takers: list[asyncio.Task[None]] = []
-        self._invocations: set[asyncio.Task[None]] = set()
+        # Running invocations and the ids each holds: (worker id, task ids).
+        self._invocations: dict[asyncio.Task[None], tuple[str, list[str]]] = {}
         # Pending retries and the ids each holds (until it starts their invocation).
         self._retries: dict[asyncio.Task[None], tuple[str, list[str]]] = {}
         self._stopping = False
@@ -117,17 +121,36 @@ class Drainer:
         await self._hand_back_retries()
 
     async def finish_invocations(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for running invocations; cancel the rest. Returns cancelled."""
-        self._stopping = True  # nothing new starts; every invocation is in the set below
+        """Wait up to ``timeout_s`` for running invocations, then cancel the rest and wait
+        up to 2 s more for them to end. Returns how many were cancelled.
+
+        One still running after that (its invoker's clean-up hangs) is abandoned: logged
+        and left running, its ids in flight, so the caller's final hand-back of the
+        whole in-flight list returns them to their queues.
+        """
+        self._stopping = True  # nothing new starts; every invocation is in the dict below
         pending = set(self._invocations)
         if pending and timeout_s > 0:
             _, pending = await asyncio.wait(pending, timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        # Cancelled again while still running: a cancel can be lost on Python 3.11.
+        abandoned = await cancel_and_wait(pending, _STOP_INVOKING_S)
+        if abandoned:
+            self._log_abandoned(abandoned)
         await cancel_and_wait(self._retries, _STOP_TAKING_S)  # none, unless stop_taking was skipped
         await self._hand_back_retries()
         return len(pending)
+
+    def _log_abandoned(self, abandoned: set[asyncio.Task[None]]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for task in abandoned:
+            worker_id, task_ids = self._invocations.get(task, ("?", []))
+            by_queue.setdefault(worker_id, []).extend(task_ids)
+        held = "; ".join(f"{w}: {_some(ids)}" for w, ids in by_queue.items())
+        log.warning(
+            "%d cancelled invocations did not end within %g s and are abandoned; their ids "
+            "stay in flight for the final hand-back: %s",
+            len(abandoned), _STOP_INVOKING_S, held,
+        )  # fmt: skip
 
     async def _hand_back_retries(self) -> None:
         """Hand back the ids of retries that ended without starting their invocation."""
@@ -147,11 +170,17 @@ class Drainer:
     def running_invocations(self) -> int:
         return len(self._invocations)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]]) -> None:
-        task = asyncio.create_task(coro)
-        into.add(task)
-        task.add_done_callback(into.discard)
+    def _start_invocation(
+        self, worker_id: str, items: list[Taken], slots: asyncio.Semaphore
+    ) -> None:
+        """Run ``items`` as one invocation task, which owns both slots and releases them."""
+        task = asyncio.create_task(self._run(worker_id, items, slots), name=f"invoke:{worker_id}")
+        self._invocations[task] = (worker_id, [t.task_id for t in items])
+        task.add_done_callback(self._forget_invocation)
         task.add_done_callback(_log_crash)
+
+    def _forget_invocation(self, task: asyncio.Task[None]) -> None:
+        self._invocations.pop(task, None)
 
     # --- taking ------------------------------------------------------------------
     async def _take_loop(self, worker_id: str) -> None:
@@ -177,9 +206,8 @@ class Drainer:
                 self._release(slots)
                 await self._source.hand_back(worker_id, [t.task_id for t in items])
                 return
-            # Both slots are now owned by the invocation task, which releases them.
             self._last_dispatch[worker_id] = time.monotonic()
-            self._spawn(self._run(worker_id, items, slots), self._invocations)
+            self._start_invocation(worker_id, items, slots)
 
     async def _acquire(self, slots: asyncio.Semaphore) -> None:
         """The queue's slot, then a global one (FIFO-fair across queues)."""
@@ -277,10 +305,11 @@ class Drainer:
         failed: list[Taken] = []
         reason, retryable = "", True
         try:
-            response: BatchResponse = await asyncio.wait_for(
-                self._invoker.invoke(event, timeout_s=fn.function_timeout_s),
-                timeout=fn.function_timeout_s + 2 * fn.timeout_margin_s,
-            )
+            # asyncio.timeout, not wait_for: the invoker runs in this task, so a cancel
+            # reaches it and shutdown sees it end (or not). Python 3.11's wait_for runs it
+            # in a task of its own that a second cancel detaches, still running, unseen.
+            async with asyncio.timeout(fn.function_timeout_s + 2 * fn.timeout_margin_s):
+                response = await self._invoker.invoke(event, timeout_s=fn.function_timeout_s)
         except ThrottledError as exc:
             await self._on_throttled(worker_id, items, exc)
             outcome = "throttled"
@@ -413,10 +442,16 @@ class Drainer:
                 self._release(slots)
                 return
             # From here the batch is an invocation (shutdown waits for it), not a retry.
-            self._spawn(self._run(worker_id, items, slots), self._invocations)
+            self._start_invocation(worker_id, items, slots)
         current = asyncio.current_task()
         assert current is not None
         del self._retries[current]  # its ids are an invocation's now, or final
+
+
+def _some(task_ids: Sequence[str]) -> str:
+    shown = ", ".join(task_ids[:_LOGGED_IDS])
+    rest = len(task_ids) - _LOGGED_IDS
+    return f"{shown} and {rest} more" if rest > 0 else shown
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

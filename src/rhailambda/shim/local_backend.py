@@ -81,14 +81,15 @@ class LocalInvoker:
     ) -> None:
         self._argv = [python, "-m", "rhailambda.shim.local_worker", handler, function_name,
                       str(memory_mb)]  # fmt: skip
-        self._max_workers = max_workers
         self._idle_timeout_s = idle_timeout_s
         # The workers inherit the shim's environment plus the function's settings.
         self._env = {**os.environ, **(env or {})}
         self._margin_s = timeout_margin_s
         self._idle: list[_Worker] = []
         self._count = 0
-        self._cond: asyncio.Condition | None = None
+        # One slot per invocation. A slot is taken by awaiting and given back without
+        # awaiting, so a cancel can never lose one (see _acquire).
+        self._slots = asyncio.Semaphore(max_workers)
         self._retirer: asyncio.Task[None] | None = None
         self._closed = False
         self.spawned = 0
@@ -113,34 +114,41 @@ class LocalInvoker:
         return [w.proc.pid for w in self._idle]
 
     # --- the pool ------------------------------------------------------------------
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
+    def _start_retirer(self) -> None:
+        if self._retirer is None:
             self._retirer = asyncio.create_task(self._retire_idle())
-        return self._cond
 
     async def _acquire(self) -> _Worker:
-        cond = self._condition()
-        async with cond:
-            await cond.wait_for(lambda: bool(self._idle) or self._count < self._max_workers)
-            if self._idle:
-                return self._idle.pop()  # the most recently used: the warmest
-            self._count += 1
+        """A slot, then an idle worker (the warmest) or a new one.
+
+        Cancellation-proof: a waiter cancelled just after being handed a slot passes it
+        on (asyncio.Semaphore does), and once owned the slot is given back on every
+        exit without an await. Not an asyncio.Condition: on Python 3.11 a waiter
+        cancelled after its wake-up loses it (the others sleep on beside idle workers),
+        and giving a slot back would await its lock.
+        """
+        self._start_retirer()
+        await self._slots.acquire()
+        if self._idle:
+            return self._idle.pop()  # the most recently used: the warmest
+        # Idle and running workers together never exceed the slots: spawn only when
+        # no idle worker is left.
+        self._count += 1
         try:
             return await self._spawn()
         except BaseException:
-            await self._release(None)
+            self._release(None)
             raise
 
-    async def _release(self, worker: _Worker | None) -> None:
-        cond = self._condition()
-        async with cond:
-            if worker is None:
-                self._count -= 1
-            else:
-                worker.last_used = time.monotonic()
-                self._idle.append(worker)
-            cond.notify()
+    def _release(self, worker: _Worker | None) -> None:
+        """Give the slot back, with the worker to keep or None (a worker gone or killed).
+        Never awaits: a cancel cannot interrupt it."""
+        if worker is None:
+            self._count -= 1
+        else:
+            worker.last_used = time.monotonic()
+            self._idle.append(worker)
+        self._slots.release()
 
     async def _spawn(self) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
@@ -175,12 +183,11 @@ class LocalInvoker:
         while True:
             await asyncio.sleep(period_s)
             now = time.monotonic()
-            cond = self._condition()
-            async with cond:
-                old = [w for w in self._idle if now - w.last_used > self._idle_timeout_s]
-                self._idle = [w for w in self._idle if w not in old]
-                self._count -= len(old)
-                cond.notify(len(old))
+            # Idle workers hold no slot: retiring them frees none, it only lets a later
+            # invocation spawn a fresh worker.
+            old = [w for w in self._idle if now - w.last_used > self._idle_timeout_s]
+            self._idle = [w for w in self._idle if w not in old]
+            self._count -= len(old)
             for worker in old:
                 await self._stop_worker(worker)
                 log.info("local worker %d retired after %.0f s idle", worker.proc.pid,
@@ -224,7 +231,7 @@ class LocalInvoker:
             raise
         finally:
             worker.invocations += 1
-            await self._release(worker if healthy else None)
+            self._release(worker if healthy else None)
         if not reply.get("ok"):
             raise InvocationError(f"{reply.get('errorType')}: {reply.get('errorMessage')}")
         try:
