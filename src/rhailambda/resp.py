@@ -53,8 +53,10 @@ __all__ = [
     "Address",
     "RespClient",
     "Script",
+    "check_handshake",
     "encode",
     "from_url",
+    "handshake",
     "parse_url",
     "raise_error",
     "tls_context",
@@ -151,6 +153,31 @@ def _parse_url(url: str) -> Address:
     return Address(**fields)
 
 
+def handshake(address: Address, client_name: str | None) -> list[list[Arg]]:
+    """What a new connection sends first: AUTH, SELECT, CLIENT SETNAME (as needed)."""
+    commands: list[list[Arg]] = []
+    if address.password is not None:
+        user = [address.username] if address.username else []
+        commands.append(["AUTH", *user, address.password])
+    if address.db:
+        commands.append(["SELECT", address.db])
+    if client_name:
+        commands.append(["CLIENT", "SETNAME", client_name])
+    return commands
+
+
+def check_handshake(address: Address, commands: list[list[Arg]], replies: list[Any]) -> None:
+    """Raise RedisConnectionError if AUTH or SELECT was refused (never with the password).
+
+    A refused CLIENT SETNAME is let go: the name is a courtesy, and an ACL without
+    CLIENT must not stop the function.
+    """
+    for command, reply in zip(commands, replies, strict=True):
+        if isinstance(reply, RedisResponseError) and command[0] != "CLIENT":
+            what = "AUTH" if command[0] == "AUTH" else f"SELECT {address.db}"
+            raise RedisConnectionError(f"{what} refused by {address!r}: {reply}")
+
+
 def encode(commands: Sequence[Sequence[Arg]]) -> bytes:
     out: list[bytes] = []
     for command in commands:
@@ -183,23 +210,13 @@ class _Connection:
         )
         self._sock = self._connect()
         self.last_used = time.monotonic()
-        handshake: list[list[Arg]] = []
-        if address.password is not None:
-            if address.username:
-                handshake.append(["AUTH", address.username, address.password])
-            else:
-                handshake.append(["AUTH", address.password])
-        if address.db:
-            handshake.append(["SELECT", address.db])
-        if client_name:
-            handshake.append(["CLIENT", "SETNAME", client_name])
-        if handshake:
-            for command, reply in zip(handshake, self.round_trip(handshake), strict=True):
-                # the name is a courtesy: an ACL without CLIENT must not stop the function
-                if isinstance(reply, RedisResponseError) and command[0] != "CLIENT":
-                    self.close()
-                    what = "AUTH" if command[0] == "AUTH" else f"SELECT {address.db}"
-                    raise RedisConnectionError(f"{what} refused by {address!r}: {reply}")
+        commands = handshake(address, client_name)
+        if commands:
+            try:
+                check_handshake(address, commands, self.round_trip(commands))
+            except RedisConnectionError:
+                self.close()
+                raise
 
     def _connect(self) -> socket.socket:
         a = self.address

@@ -24,7 +24,15 @@ from typing import Any
 import hiredis
 
 from rhailambda.errors import RedisConnectionError, RedisResponseError
-from rhailambda.resp import Address, Arg, encode, raise_error, tls_context
+from rhailambda.resp import (
+    Address,
+    Arg,
+    check_handshake,
+    encode,
+    handshake,
+    raise_error,
+    tls_context,
+)
 
 __all__ = ["AsyncConnection", "AsyncScript"]
 
@@ -65,19 +73,13 @@ class AsyncConnection(asyncio.Protocol):
         return conn
 
     async def _handshake(self, client_name: str | None) -> None:
-        a = self.address
-        commands: list[list[Arg]] = []
-        if a.password is not None:
-            commands.append(["AUTH", *([a.username] if a.username else []), a.password])
-        if a.db:
-            commands.append(["SELECT", a.db])
-        if client_name:
-            commands.append(["CLIENT", "SETNAME", client_name])
-        for command, reply in zip(commands, await self.round_trip(commands), strict=True):
-            if isinstance(reply, RedisResponseError) and command[0] != "CLIENT":
+        commands = handshake(self.address, client_name)
+        if commands:
+            try:
+                check_handshake(self.address, commands, await self.round_trip(commands))
+            except RedisConnectionError:
                 self.close()
-                what = "AUTH" if command[0] == "AUTH" else f"SELECT {a.db}"
-                raise RedisConnectionError(f"{what} refused by {a!r}: {reply}")
+                raise
 
     # --- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
