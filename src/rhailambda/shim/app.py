@@ -35,6 +35,7 @@ __all__ = ["build_invoker", "run", "serve"]
 log = logging.getLogger("rhailambda.shim")
 _FINAL_REDIS_STEPS_S = 10.0  # hand back + deregister; past this the lease covers it
 _STOP_LEASE_S = 2.0
+_EXIT_WAIT_S = 2.0  # for tasks still running once serve() has returned
 
 
 async def serve(
@@ -149,6 +150,18 @@ def run(settings: ShimSettings) -> int:
             await serve(settings, invoker, stop=stop)
         finally:
             await invoker.aclose()
+        # asyncio.run would wait without a bound for the tasks left behind (an
+        # invocation abandoned at shutdown because it ignores its cancel). Their ids
+        # are back in the queue already: bound the wait, then leave without them.
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        stuck = await cancel_and_wait(left, _EXIT_WAIT_S)
+        if stuck:
+            log.error(
+                "shim exiting with %d task(s) that ignored cancellation (%s)",
+                len(stuck), ", ".join(sorted(t.get_name() for t in stuck)[:10]),
+            )  # fmt: skip
+            logging.shutdown()
+            os._exit(0)
 
     started = time.monotonic()
     asyncio.run(main())
