@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -66,8 +67,10 @@ Arg = str | bytes | int | float
 
 _READ_SIZE = 65536
 _DEFAULT_PORT = 6379
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+# What redis-py's to_bool reads alike (it takes any other string as true, "off" too):
+# anything else is refused, so one URL never means two things to the shim and function.
+_TRUE = {"1", "t", "true", "y", "yes"}
+_FALSE = {"0", "f", "false", "n", "no"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +264,20 @@ class _Connection:
             if isinstance(exc, RedisConnectionError):
                 raise
             raise RedisConnectionError(f"connection to Redis broke: {exc}") from exc
+        except BaseException:
+            self.close()  # interrupted (Ctrl-C): a reply still due would answer the next call
+            raise
         self.last_used = time.monotonic()
         return replies
+
+    def readable(self) -> bool:
+        """True if the idle socket has something to read: Redis closed it (EOF) or sent
+        stray bytes. Either way it is unfit, and nothing was sent on it yet."""
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([self._sock], [], [], 0)[0])
 
     def close(self) -> None:
         self.closed = True
@@ -318,6 +333,9 @@ class RespClient:
                 self._pid = os.getpid()
             conn = self._idle.pop() if self._idle else None
         if conn is None:
+            return _Connection(self.address, self._client_name)
+        if conn.readable():  # closed by Redis while idle (its timeout, CLIENT KILL, ...)
+            conn.close()
             return _Connection(self.address, self._client_name)
         if time.monotonic() - conn.last_used > self._health_check_s:
             try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import redis
 from redis_server import RedisServer, free_port
 
 from rhailambda.errors import RedisConnectionError, RedisResponseError
-from rhailambda.resp import RespClient, from_url
+from rhailambda.resp import RespClient, from_url, parse_url
 
 
 def test_replies_come_back_typed(resp_client: RespClient, redis_client: redis.Redis) -> None:
@@ -151,15 +153,58 @@ def test_connection_dropped_while_idle_is_replaced(server: RedisServer) -> None:
     assert client.execute("INCR", "n") == 2
 
 
+def _kill_clients_soon(server: RedisServer, delay_s: float = 0.3) -> threading.Timer:
+    admin = redis.Redis(port=server.port, decode_responses=True)
+    timer = threading.Timer(delay_s, admin.client_kill_filter, kwargs={"_type": "normal"})
+    timer.start()
+    return timer
+
+
 def test_only_idempotent_commands_are_resent(server: RedisServer) -> None:
+    """The connection breaks while the command is in flight: its reply is lost."""
+    client = RespClient(from_url(server.url).address, health_check_s=3600)
+    client.execute("PING")
+    timer = _kill_clients_soon(server)
+    with pytest.raises(RedisConnectionError):
+        client.execute("BLPOP", "never", 2)  # not sent again: it would pop
+    timer.join()
+    timer = _kill_clients_soon(server)
+    assert client.execute("BLPOP", "never", 1, idempotent=True) is None  # sent again
+    timer.join()
+
+
+def test_a_connection_redis_closed_while_idle_is_not_used(server: RedisServer) -> None:
+    """Redis closed a pooled connection within the health-check interval (CLIENT KILL,
+    its ``timeout``, a failover): nothing was sent on it, so even a command that is
+    never re-sent runs, once, on a new connection (redis-py checks this too)."""
     client = RespClient(from_url(server.url).address, health_check_s=3600)
     client.execute("SET", "n", "0")
     admin = redis.Redis(port=server.port, decode_responses=True)
     admin.client_kill_filter(skipme=True, _type="normal")  # drop the client's connection
-    with pytest.raises(RedisConnectionError):
-        client.execute("INCR", "n")
-    admin.client_kill_filter(skipme=True, _type="normal")
-    assert client.execute("GET", "n", idempotent=True) == "0"
+    time.sleep(0.1)
+    assert client.execute("INCR", "n") == 1
+    assert client.execute("GET", "n") == "1"
+
+
+def test_an_interrupted_command_leaves_no_reply_behind(resp_client: RespClient) -> None:
+    """Ctrl-C (any BaseException) in a blocked BLPOP, as in Client.wait: the connection
+    must not go back to the pool, or the next command would read the BLPOP's reply."""
+
+    class Interrupted(BaseException):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            resp_client.execute("BLPOP", "never", 1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert resp_client.execute("ECHO", "mine") == "mine"
 
 
 def test_forked_child_gets_its_own_connection(resp_client: RespClient) -> None:
@@ -230,6 +275,11 @@ def test_tls_verifies_the_server(tmp_path: Path) -> None:
         with from_url(f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca}") as client:
             assert client.execute("SET", "k", "over tls") == "OK"
             assert client.execute("GET", "k") == "over tls"
+            assert client.execute("CLIENT", "ID") == client.execute("CLIENT", "ID"), "reused"
+        bare = RespClient(
+            parse_url(f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca}"), client_name=None
+        )
+        assert bare.execute("CLIENT", "ID") == bare.execute("CLIENT", "ID"), "reused"
         with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             from_url(f"rediss://localhost:{tls_port}/0").execute("PING")  # unknown CA
         with pytest.raises(RedisConnectionError, match=r"match|mismatch"):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import redis.connection
 
 from rhailambda.errors import RedisResponseError, SettingError
 from rhailambda.resp import Address, encode, parse_url
@@ -55,6 +56,22 @@ def test_bad_urls_fail_with_the_setting_named(url: str, needle: str) -> None:
     with pytest.raises(SettingError, match="REDIS_URL") as info:
         parse_url(url)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "true", "False", "no", "YES", "n", "f", "on", "off"])
+def test_flags_read_as_redis_py_reads_them_or_fail(value: str) -> None:
+    """The shim's redis-py and the function read one REDIS_URL: never two meanings."""
+    url = f"rediss://h?ssl_check_hostname={value}"
+    theirs = redis.connection.parse_url(url)["ssl_check_hostname"]
+    try:
+        ours = parse_url(url).tls_check_hostname
+    except SettingError:
+        return
+    assert ours == theirs
+
+
+def test_ipv6_hosts() -> None:
+    assert parse_url("redis://[::1]:6380/2") == Address(host="::1", port=6380, db=2)
 
 
 def test_password_never_shows() -> None:
