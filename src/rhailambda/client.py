@@ -97,8 +97,9 @@ class Client:
             timeout_s = max(address.socket_timeout_s, _MAX_BLOCK_S + _BLOCK_MARGIN_S)
             address = dataclasses.replace(address, socket_timeout_s=timeout_s)
             client = RespClient(address, client_name="rhailambda-client")
-        elif client.address.socket_timeout_s <= _MAX_BLOCK_S:
-            raise ValueError(f"the client's socket timeout must exceed {_MAX_BLOCK_S:g} s")
+        elif client.address.socket_timeout_s < _MAX_BLOCK_S + 1.0:
+            # a BLPOP that times out on the socket may have popped a reply: lost
+            raise ValueError(f"the client's socket timeout must be {_MAX_BLOCK_S + 1:g} s or more")
         self._redis = client
         self.layout = layout or p.KeyLayout()
         self._pop_many = client.script(_POP_MANY_LUA)

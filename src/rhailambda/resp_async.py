@@ -124,12 +124,13 @@ class AsyncConnection(asyncio.Protocol):
         waiters = [loop.create_future() for _ in commands]
         self._waiters.extend(waiters)
         self._transport.write(encode(commands))
+        limit_s = timeout_s or self.address.socket_timeout_s
         try:
-            async with asyncio.timeout(timeout_s or self.address.socket_timeout_s):
+            async with asyncio.timeout(limit_s):
                 return [await w for w in waiters]
         except TimeoutError as exc:
             self._fail(RedisConnectionError("no reply from Redis in time"))
-            raise RedisConnectionError(f"no reply from Redis within {timeout_s} s") from exc
+            raise RedisConnectionError(f"no reply from Redis within {limit_s:g} s") from exc
         except BaseException:
             self.close()  # cancelled: a reply still due would answer the next request
             raise
