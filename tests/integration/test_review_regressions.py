@@ -19,15 +19,14 @@ from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.functions.runner import BatchRunner
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.redis_conn import connect_async
-from rhailambda.resp import from_url, parse_url
+from rhailambda.resp import from_url
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.health import Health
 from rhailambda.shim.limiter import FairLimiter
 from rhailambda.shim.redis_lease import RedisLeaseStore
-from rhailambda.shim.redis_queue import RedisQueueSource
 from rhailambda.shim.settings import FlowSettings, QueueSettings, RetrySettings, ShimSettings
-from rhailambda.shim.testing import FakeInvoker, seed_tasks, wait_until
+from rhailambda.shim.testing import FakeInvoker, queue_source, seed_tasks, wait_until
 from rhailambda.taskstore import TaskStore
 
 L = p.KeyLayout()
@@ -112,7 +111,7 @@ def test_redelivery_after_finish_pushes_a_second_reply(
         client = connect_async(redis_url)
         health = Health(redis_url=redis_url)
         proto = ProtocolSettings()
-        a = RedisQueueSource(client, proto, "shimA", health, parse_url(redis_url))
+        a = queue_source(client, redis_url, "shimA", health=health, protocol=proto)
         a_lease = RedisLeaseStore(client, L, "shimA", health)
         await a_lease.heartbeat({"workers": "w1"}, lease_s=0.05)
         taken = (await a.take("w1", 10, block_s=0)).items
@@ -123,7 +122,7 @@ def test_redelivery_after_finish_pushes_a_second_reply(
         await asyncio.sleep(0.1)
         b_lease = RedisLeaseStore(client, L, "shimB", health)
         await b_lease.reap_expired(["w1"])
-        b = RedisQueueSource(client, proto, "shimB", health, parse_url(redis_url))
+        b = queue_source(client, redis_url, "shimB", health=health, protocol=proto)
         taken2 = (await b.take("w1", 10, block_s=0)).items
         runner.run(InvocationEvent("w1", tuple(TaskRef(t.task_id, t.attempt) for t in taken2)), 30)
         extra = await client.lrange(L.reply("t1"), 0, -1)
@@ -154,9 +153,7 @@ def test_duplicate_id_in_a_batch_runs_the_script_twice(
 
     async def take() -> tuple[Any, ...]:
         client = connect_async(redis_url)
-        src = RedisQueueSource(
-            client, ProtocolSettings(), "s1", Health(redis_url=redis_url), parse_url(redis_url)
-        )
+        src = queue_source(client, redis_url)
         items = (await src.take("w1", 10, block_s=0)).items
         await client.aclose()
         return items
@@ -207,7 +204,7 @@ def test_stale_ack_after_reap_loses_the_task(redis_client: redis.Redis, redis_ur
         client = connect_async(redis_url)
         health = Health(redis_url=redis_url)
         proto = ProtocolSettings()
-        b = RedisQueueSource(client, proto, "shimB", health, parse_url(redis_url))
+        b = queue_source(client, redis_url, "shimB", health=health, protocol=proto)
         await RedisLeaseStore(client, L, "shimB", health).heartbeat({"workers": "w1"}, lease_s=0.05)
         first = (await b.take("w1", 10, block_s=0)).items  # delivery 1 (invoking)
         await asyncio.sleep(0.1)  # B stalls: lease lapses

@@ -8,11 +8,8 @@ import redis
 
 from rhailambda.protocol import KeyLayout
 from rhailambda.redis_conn import connect_async
-from rhailambda.resp import parse_url
-from rhailambda.settings import ProtocolSettings
 from rhailambda.shim.health import Health
-from rhailambda.shim.redis_queue import RedisQueueSource
-from rhailambda.shim.testing import seed_tasks
+from rhailambda.shim.testing import queue_source, seed_tasks
 
 L = KeyLayout()
 
@@ -28,7 +25,7 @@ def test_a_cancelled_ack_does_not_lose_the_others_sharing_its_connection(
     async def scenario() -> int:
         client = connect_async(redis_url)
         health = Health(redis_url=redis_url, min_delay_s=0.001)
-        source = RedisQueueSource(client, ProtocolSettings(), "s1", health, parse_url(redis_url))
+        source = queue_source(client, redis_url, health=health)
         try:
             taken = (await source.take("w1", 40, block_s=0)).items
             assert len(taken) == 40

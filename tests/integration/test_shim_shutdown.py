@@ -21,12 +21,10 @@ from rhailambda.errors import InvocationError
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import ATTEMPT, KeyLayout
 from rhailambda.redis_conn import connect_async
-from rhailambda.resp import parse_url
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
-from rhailambda.shim.redis_queue import RedisQueueSource
 from rhailambda.shim.settings import (
     BatchSettings,
     FlowSettings,
@@ -34,7 +32,7 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker, seed_tasks, wait_until
+from rhailambda.shim.testing import FakeInvoker, queue_source, seed_tasks, wait_until
 
 L = KeyLayout()
 
@@ -87,9 +85,7 @@ def test_a_retry_due_during_the_shutdown_wait_is_handed_back_not_started(
 
         client = connect_async(redis_url, max_block_s=settings.queues.block_s)
         invoker = FakeInvoker(behaviour)
-        source = RedisQueueSource(
-            client, settings.protocol, "s1", Health(redis_url=redis_url), parse_url(redis_url)
-        )
+        source = queue_source(client, redis_url, protocol=settings.protocol)
         drainer = Drainer(settings, source, invoker)
         try:
             drainer.start()
@@ -137,9 +133,7 @@ def test_a_pending_retry_goes_back_to_the_queue_when_shutdown_begins(
 
         client = connect_async(redis_url, max_block_s=settings.queues.block_s)
         invoker = FakeInvoker(behaviour)
-        source = RedisQueueSource(
-            client, settings.protocol, "s1", Health(redis_url=redis_url), parse_url(redis_url)
-        )
+        source = queue_source(client, redis_url, protocol=settings.protocol)
         drainer = Drainer(settings, source, invoker, rng=_LongestBackoff())
         try:
             drainer.start()
@@ -234,9 +228,7 @@ def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_ur
             for steps in range(12):
                 in_blmove.append(asyncio.Event())
                 health = Health(redis_url=redis_url)
-                source = RedisQueueSource(
-                    client, settings.protocol, "s1", health, parse_url(redis_url)
-                )
+                source = queue_source(client, redis_url, health=health, protocol=settings.protocol)
                 real_blmove = source._blmove
 
                 async def blmove(*args: Any, real: Any = real_blmove) -> Any:

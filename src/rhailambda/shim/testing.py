@@ -25,6 +25,7 @@ __all__ = [
     "RunCounter",
     "behaviour_handler",
     "echo_handler",
+    "queue_source",
     "run_counter",
     "seed_tasks",
     "wait_until",
@@ -117,6 +118,24 @@ def behaviour_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if "fail" in task_id:
             failures.append({"itemIdentifier": task_id})
     return {"batchItemFailures": failures}
+
+
+def queue_source(
+    client: Any, redis_url: str, shim_id: str = "s1", *, health: Any = None, protocol: Any = None
+) -> Any:
+    """A :class:`RedisQueueSource` on ``client`` whose lean connections reach ``redis_url``."""
+    from rhailambda.resp import parse_url
+    from rhailambda.settings import ProtocolSettings
+    from rhailambda.shim.health import Health
+    from rhailambda.shim.redis_queue import RedisQueueSource
+
+    return RedisQueueSource(
+        client,
+        protocol or ProtocolSettings(),
+        shim_id,
+        health or Health(redis_url=redis_url),
+        parse_url(redis_url),
+    )
 
 
 def seed_tasks(
