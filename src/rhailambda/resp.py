@@ -4,16 +4,13 @@ Why not redis-py here: ``import redis`` (8.x) always imports asyncio, ssl and
 importlib.metadata, 85-160 ms on this kind of machine, more than half of a Lambda
 cold start. The function needs only a few commands (two Lua scripts per batch,
 a handful for circle data), so it speaks RESP2 itself over a socket and leaves the
-protocol parsing to hiredis (the C parser redis-py uses too). The shim and the
-client keep redis-py.
+protocol parsing to hiredis (the C parser redis-py uses too). The client uses it
+too; the shim keeps redis-py but for its takers and acks (:mod:`rhailambda.resp_async`).
 
 What it does:
 
-* URLs as redis-py reads them: ``redis://[[user]:password@]host[:port][/db]``,
-  ``rediss://`` (TLS, the certificate verified unless ``?ssl_cert_reqs=none``;
-  ``ssl_ca_certs=PATH``, ``ssl_check_hostname=false``) and
-  ``unix:///path/to.sock?db=N``; ``socket_timeout`` and ``socket_connect_timeout``
-  in seconds. Any other query parameter is an error, named.
+* URLs as redis-py reads them (:mod:`rhailambda.redis_url`): redis://, rediss://
+  (TLS, the certificate verified) and unix://, with AUTH users and a database.
 * AUTH, SELECT and CLIENT SETNAME in one round trip per new connection.
 * A small pool (thread-safe; reset after ``fork``). A connection idle for
   ``health_check_s`` is checked with a PING before use, so a connection Redis or
@@ -38,14 +35,12 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 
-from rhailambda.errors import RedisConnectionError, RedisResponseError, SettingError
-from rhailambda.settings import redact_url
+from rhailambda.errors import RedisConnectionError, RedisResponseError
+from rhailambda.redis_url import Address, parse_url
 
 if TYPE_CHECKING:
     import ssl
@@ -66,94 +61,6 @@ __all__ = [
 Arg = str | bytes | int | float
 
 _READ_SIZE = 65536
-_DEFAULT_PORT = 6379
-# What redis-py's to_bool reads alike (it takes any other string as true, "off" too):
-# anything else is refused, so one URL never means two things to the shim and function.
-_TRUE = {"1", "t", "true", "y", "yes"}
-_FALSE = {"0", "f", "false", "n", "no"}
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """Where Redis is and how to log in. ``password`` is never shown by ``repr``."""
-
-    host: str = "127.0.0.1"
-    port: int = _DEFAULT_PORT
-    unix_path: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    tls_verify: bool = True
-    tls_check_hostname: bool = True
-    tls_ca_file: str | None = None
-    socket_timeout_s: float = 10.0
-    connect_timeout_s: float = 5.0
-
-    def __repr__(self) -> str:
-        where = self.unix_path or f"{self.host}:{self.port}"
-        auth = ", auth" if self.password is not None else ""
-        return f"Address({where}, db={self.db}, tls={self.tls}{auth})"
-
-
-def _flag(name: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise ValueError(f"{name}={value!r} is not a boolean")
-
-
-def parse_url(url: str, *, setting: str = "REDIS_URL") -> Address:
-    """The :class:`Address` of a redis://, rediss:// or unix:// URL (SettingError if bad)."""
-    try:
-        return _parse_url(url)
-    except ValueError as exc:
-        raise SettingError(setting, f"{exc} in {redact_url(url)!r}") from None
-
-
-def _parse_url(url: str) -> Address:
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported scheme {parts.scheme!r} (redis, rediss, unix)")
-    fields: dict[str, Any] = {"tls": parts.scheme == "rediss"}
-    if parts.username:
-        fields["username"] = unquote(parts.username)
-    if parts.password is not None:
-        fields["password"] = unquote(parts.password)
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError("a unix:// URL needs a socket path")
-        fields["unix_path"] = unquote(parts.path)
-    else:
-        fields["host"] = parts.hostname or "127.0.0.1"
-        fields["port"] = parts.port or _DEFAULT_PORT
-        path = parts.path.strip("/")
-        if path:
-            fields["db"] = int(path)
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "db":
-            fields["db"] = int(value)
-        elif name == "ssl_cert_reqs":
-            if value.lower() not in ("none", "optional", "required"):
-                raise ValueError(f"ssl_cert_reqs={value!r} (none, optional, required)")
-            fields["tls_verify"] = value.lower() != "none"
-        elif name == "ssl_check_hostname":
-            fields["tls_check_hostname"] = _flag(name, value)
-        elif name == "ssl_ca_certs":
-            fields["tls_ca_file"] = value
-        elif name == "socket_timeout":
-            fields["socket_timeout_s"] = float(value)
-        elif name == "socket_connect_timeout":
-            fields["connect_timeout_s"] = float(value)
-        else:
-            raise ValueError(
-                f"unsupported query parameter {name!r} (db, ssl_cert_reqs, ssl_ca_certs, "
-                "ssl_check_hostname, socket_timeout, socket_connect_timeout)"
-            )
-    if fields.get("db", 0) < 0:
-        raise ValueError("the database number must be >= 0")
-    return Address(**fields)
 
 
 def handshake(address: Address, client_name: str | None) -> list[list[Arg]]:
