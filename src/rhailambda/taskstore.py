@@ -35,7 +35,6 @@ __all__ = [
     "Claim",
     "Finish",
     "TaskStore",
-    "fail_tasks",
     "fail_tasks_async",
 ]
 
@@ -226,32 +225,13 @@ def _failures(task_ids: Sequence[str], hashes: Sequence[Any], error: str) -> lis
     return out
 
 
-def _as_hash(flat: Any) -> Any:
-    """HGETALL's RESP2 reply (a flat list) as a dict; an error reply stays as it is."""
-    if isinstance(flat, list):
-        return dict(zip(flat[::2], flat[1::2], strict=True))
-    return flat
-
-
-def fail_tasks(
-    client: RespClient, protocol: ProtocolSettings, task_ids: Sequence[str], error: str
-) -> list[str]:
-    """Give each task that is not final yet an ``error`` status and reply; return those ids."""
-    if not task_ids:
-        return []
-    hashes = client.pipeline(
-        [["HGETALL", protocol.layout.task(t)] for t in task_ids], idempotent=True
-    )
-    finishes = _failures(task_ids, [_as_hash(h) for h in hashes], error)
-    keys, args = _finish_args(protocol, finishes)
-    done = client.script(FINISH_LUA, idempotent=True)(keys=keys, args=args)
-    return [t for t, ok in zip(task_ids, done, strict=True) if ok]
-
-
 async def fail_tasks_async(
     client: aioredis.Redis, protocol: ProtocolSettings, task_ids: Sequence[str], error: str
 ) -> list[str]:
-    """The asyncio twin of :func:`fail_tasks` (used by the shim's dead-letter path)."""
+    """Give each task that is not final yet an ``error`` status and reply; return those ids.
+
+    The shim's dead-letter path (one pipeline of HGETALL, then one FINISH call).
+    """
     if not task_ids:
         return []
     async with client.pipeline(transaction=False) as pipe:

@@ -1,14 +1,16 @@
 """Claim and finish against a real redis-server: the exactly-one-reply rules."""
 
+import asyncio
 import json
 
 import redis
 
 from rhailambda import protocol as p
 from rhailambda.event import TaskRef
+from rhailambda.redis_conn import connect_async
 from rhailambda.resp import RespClient
 from rhailambda.settings import ProtocolSettings
-from rhailambda.taskstore import Finish, TaskStore, fail_tasks
+from rhailambda.taskstore import Finish, TaskStore, fail_tasks_async
 
 LAYOUT = p.KeyLayout()
 
@@ -81,14 +83,21 @@ def test_missing_hash_is_reported(redis_client: redis.Redis, resp_client: RespCl
 
 
 def test_fail_tasks_replies_once_and_spares_final_tasks(
-    redis_client: redis.Redis, resp_client: RespClient
+    redis_client: redis.Redis, redis_url: str
 ) -> None:
     protocol = ProtocolSettings()
     _task(redis_client, "t1")
     _task(redis_client, "t2", status="completed")
-    failed = fail_tasks(resp_client, protocol, ["t1", "t2", "ghost"], "dead-lettered")
-    assert failed == ["t1", "ghost"]
-    assert fail_tasks(resp_client, protocol, ["t1", "ghost"], "again") == []
+
+    async def fail(ids: list[str], error: str) -> list[str]:
+        client = connect_async(redis_url)
+        try:
+            return await fail_tasks_async(client, protocol, ids, error)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(fail(["t1", "t2", "ghost"], "dead-lettered")) == ["t1", "ghost"]
+    assert asyncio.run(fail(["t1", "ghost"], "again")) == []
     reply = json.loads(redis_client.lpop(LAYOUT.reply("t1")) or "{}")
     assert (reply["status"], reply["error"]) == ("error", "dead-lettered")
     assert redis_client.llen(LAYOUT.reply("t2")) == 0

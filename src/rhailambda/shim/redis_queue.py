@@ -182,7 +182,7 @@ class RedisQueueSource:
         self._address = address
         self._taker_conns: dict[str, AsyncConnection] = {}  # one per queue's taker
         self._ack_conn: AsyncConnection | None = None  # acks of every queue, pipelined
-        self._ack_opening: asyncio.Lock | None = None
+        self._ack_opening = asyncio.Lock()  # concurrent acks open one connection
         self._protocol = protocol
         self._layout = protocol.layout
         self._shim_id = shim_id
@@ -215,9 +215,7 @@ class RedisQueueSource:
         return await self._take(await self._taker_conn(worker_id), keys, args)
 
     async def _ack_script(self, keys: list[str], args: list[str | int]) -> Any:
-        if self._ack_opening is None:
-            self._ack_opening = asyncio.Lock()
-        async with self._ack_opening:  # concurrent acks: one connection opened
+        async with self._ack_opening:
             if self._ack_conn is None or self._ack_conn.closed:
                 self._ack_conn = await AsyncConnection.open(self._address, "rhailambda-shim")
             conn = self._ack_conn
