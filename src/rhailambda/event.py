@@ -25,7 +25,10 @@ from typing import Any, Literal
 
 __all__ = ["BatchResponse", "InvocationEvent", "Outcome", "TaskRef"]
 
-Outcome = Literal["completed", "error", "skipped", "failed"]
+#: ``rejected``: the id cannot be run or answered as it is (an empty id, a reply key
+#: that is not a list): the shim dead-letters it at once, with ``reasons[id]``.
+Outcome = Literal["completed", "error", "skipped", "failed", "rejected"]
+OUTCOMES: frozenset[str] = frozenset({"completed", "error", "skipped", "failed", "rejected"})
 
 
 class EventError(ValueError):
@@ -42,6 +45,9 @@ class TaskRef:
 class InvocationEvent:
     worker_id: str
     tasks: tuple[TaskRef, ...]
+    #: entries that are not a usable task (id or its repr, why): each is rejected
+    #: alone, its neighbours run as if it were absent
+    invalid: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,25 +66,37 @@ class InvocationEvent:
         if not isinstance(tasks_raw, list):
             raise EventError("tasks must be a list")
         tasks: list[TaskRef] = []
+        invalid: list[tuple[str, str]] = []
         for item in tasks_raw:
-            if isinstance(item, str):
+            if isinstance(item, str) and item:
                 tasks.append(TaskRef(item))
                 continue
             if not isinstance(item, Mapping):
-                raise EventError("each task must be an object or a task id")
+                invalid.append((str(item)[:200], "each task must be an object or a task id"))
+                continue
             task_id = item.get("taskId")
             attempt = item.get("attempt", 1)
             if not isinstance(task_id, str) or not task_id:
-                raise EventError("taskId must be a non-empty string")
-            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-                raise EventError(f"attempt of {task_id} must be a positive integer")
-            tasks.append(TaskRef(task_id, attempt))
-        return cls(worker_id=worker_id, tasks=tuple(tasks))
+                invalid.append((str(task_id)[:200], "taskId must be a non-empty string"))
+            elif not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+                invalid.append((task_id, f"attempt of {task_id} must be a positive integer"))
+            else:
+                tasks.append(TaskRef(task_id, attempt))
+        return cls(worker_id=worker_id, tasks=tuple(tasks), invalid=tuple(invalid))
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResponse:
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+    reasons: Mapping[str, str] = field(default_factory=dict)  # of rejected ids
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        return {
+            t: self.reasons.get(t, "rejected by the function")
+            for t, o in self.outcomes.items()
+            if o == "rejected"
+        }
 
     @property
     def failed_ids(self) -> frozenset[str]:
@@ -88,6 +106,7 @@ class BatchResponse:
         return {
             "batchItemFailures": [{"itemIdentifier": t} for t in sorted(self.failed_ids)],
             "outcomes": dict(self.outcomes),
+            **({"reasons": dict(self.reasons)} if self.reasons else {}),
         }
 
     @classmethod
@@ -99,7 +118,7 @@ class BatchResponse:
         given = raw.get("outcomes")
         if isinstance(given, Mapping):
             for k, v in given.items():
-                if v in ("completed", "error", "skipped", "failed"):
+                if v in OUTCOMES:
                     outcomes[str(k)] = v
         for t in event.tasks:
             outcomes.setdefault(t.task_id, "completed")
@@ -110,4 +129,10 @@ class BatchResponse:
             ident = item.get("itemIdentifier") if isinstance(item, Mapping) else None
             if isinstance(ident, str):
                 outcomes[ident] = "failed"
-        return cls(outcomes=outcomes)
+        given_reasons = raw.get("reasons")
+        reasons = (
+            {str(k): str(v) for k, v in given_reasons.items()}
+            if isinstance(given_reasons, Mapping)
+            else {}
+        )
+        return cls(outcomes=outcomes, reasons=reasons)

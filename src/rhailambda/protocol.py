@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from rhailambda.slots import tag_for
+
 __all__ = [
     "FIELD_ALIASES",
     "FINAL_STATUSES",
@@ -41,6 +43,7 @@ UPDATED_AT: Final = "updatedAt"
 # Bookkeeping fields of ours. Extra hash fields do not break an HGETALL reader.
 ATTEMPT: Final = "rhailambdaAttempt"  # deliveries so far, counted by the shim
 CLAIM: Final = "rhailambdaClaim"  # the attempt that holds the processing claim
+STAGED_REPLY: Final = "rhailambdaReply"  # the reply, kept in the hash until it is pushed
 
 STATUS_PENDING: Final = "pending"
 STATUS_PROCESSING: Final = "processing"
@@ -83,6 +86,8 @@ class KeyLayout:
     internal_prefix: str = "rhailambda:"
 
     def __post_init__(self) -> None:
+        if "{" in self.internal_prefix or "}" in self.internal_prefix:
+            raise ValueError("the internal prefix must not contain '{' or '}' (hash tags)")
         if "{task_id}" not in self.reply_template:
             raise ValueError("reply_template must contain '{task_id}'")
         try:
@@ -106,36 +111,41 @@ class KeyLayout:
         return self.reply_template.format(prefix=self.prefix, task_id=task_id)
 
     # --- rhailambda's own keys ----------------------------------------------
+    # Each borrows the slot of the protocol key it belongs to (a hash tag), so every
+    # script touches one Redis Cluster slot: a queue's in-flight lists, dead letters
+    # and pause switch live with the queue; a task's done marker with its hash; the
+    # reply's sent marker with the reply list. See shared/PROTOCOL.md, "On a Redis
+    # Cluster", and PROTOCOL.md here for the whole list.
     def inflight(self, worker_id: str, shim_id: str) -> str:
         """A shim's in-flight list for one queue (ids it has taken, not yet finished)."""
-        return f"{self.internal_prefix}inflight:{worker_id}:{shim_id}"
+        return f"{self.internal_prefix}inflight:{tag_for(self.queue(worker_id))}:{shim_id}"
 
-    def shims(self) -> str:
-        """Sorted set: shim id -> lease expiry (ms since epoch)."""
-        return f"{self.internal_prefix}shims"
+    def dead_letter(self, worker_id: str) -> str:
+        """The dead-letter list of a worker queue."""
+        return f"{self.internal_prefix}dlq:{tag_for(self.queue(worker_id))}"
 
-    def shim_info(self, shim_id: str) -> str:
-        """Hash describing a live shim (its queues, start time, health)."""
-        return f"{self.internal_prefix}shim:{shim_id}"
-
-    def retry(self, worker_id: str) -> str:
-        """Sorted set of ids waiting for a retry: id -> due time (ms since epoch)."""
-        return f"{self.internal_prefix}retry:{worker_id}"
+    def paused(self, worker_id: str) -> str:
+        """Present while the queue is paused (like an event source mapping's ``Enabled: false``)."""
+        return f"{self.internal_prefix}paused:{tag_for(self.queue(worker_id))}"
 
     def done(self, task_id: str) -> str:
         """Marker of a finished task whose hash is gone: a late redelivery is dropped.
 
-        Lives as long as the reply (the reply TTL).
+        Lives as long as the reply (the reply TTL), in the task hash's slot.
         """
-        return f"{self.internal_prefix}done:{task_id}"
+        return f"{self.internal_prefix}done:{tag_for(self.task(task_id))}"
 
-    def dead_letter(self, worker_id: str) -> str:
-        """The dead-letter list of a worker queue."""
-        return f"{self.internal_prefix}dlq:{worker_id}"
+    def replied(self, task_id: str) -> str:
+        """Marker that the task's reply was pushed: the push happens once, in the reply's slot."""
+        return f"{self.internal_prefix}replied:{tag_for(self.reply(task_id))}"
 
-    def paused(self) -> str:
-        """Set of paused worker ids (like an event source mapping's ``Enabled: false``)."""
-        return f"{self.internal_prefix}paused"
+    def shims(self) -> str:
+        """Sorted set: shim id -> lease expiry (ms since epoch). One slot for every shim."""
+        return f"{self.internal_prefix}{{shims}}"
+
+    def shim_info(self, shim_id: str) -> str:
+        """Hash describing a live shim (its queues, start time, health), beside the leases."""
+        return f"{self.internal_prefix}{{shims}}:shim:{shim_id}"
 
     def circle(self, context_id: str, *parts: str) -> str:
         """A key of the circle store, always scoped under one context id."""

@@ -41,6 +41,7 @@ class Address:
     tls_ca_file: str | None = None
     socket_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
+    cluster: str = "auto"  # auto | yes | no (RHAILAMBDA_REDIS_CLUSTER), not part of the URL
 
     def __repr__(self) -> str:
         where = self.unix_path or f"{self.host}:{self.port}"

@@ -1,25 +1,32 @@
-"""The function's Redis client: synchronous, small, fast to import.
+"""The project's synchronous Redis client: small, fast to import, cluster-aware.
 
 Why not redis-py here: ``import redis`` (8.x) always imports asyncio, ssl and
 importlib.metadata, 85-160 ms on this kind of machine, more than half of a Lambda
-cold start. The function needs only a few commands (two Lua scripts per batch,
-a handful for circle data), so it speaks RESP2 itself over a socket and leaves the
-protocol parsing to hiredis (the C parser redis-py uses too). The client uses it
-too; the shim keeps redis-py but for its takers and acks (:mod:`rhailambda.resp_async`).
+cold start (figures: ``bench/CLIENTS.md``). The function needs a few commands (Lua
+scripts per batch, a handful for circle data), so it speaks RESP2 itself over a
+socket (:mod:`rhailambda.resp_wire`) and leaves the parsing to hiredis (the C
+parser redis-py uses too). The client and the CLI use it too; the shim uses its
+asyncio twin (:mod:`rhailambda.resp_async`), with the same routing
+(:mod:`rhailambda.topology`).
 
 What it does:
 
 * URLs as redis-py reads them (:mod:`rhailambda.redis_url`): redis://, rediss://
   (TLS, the certificate verified) and unix://, with AUTH users and a database.
-* AUTH, SELECT and CLIENT SETNAME in one round trip per new connection.
-* A small pool (thread-safe; reset after ``fork``). A connection idle for
+* Standalone Redis or a Redis Cluster (ElastiCache Serverless, MemoryDB, Valkey or
+  Redis in cluster mode): found at the first connection unless the address says
+  (``RHAILAMBDA_REDIS_CLUSTER``). On a cluster, each command goes to its slot's
+  master; MOVED, ASK, TRYAGAIN and CLUSTERDOWN are followed (the command did not
+  run); the slot map is refreshed after a redirect or a broken node connection.
+* A small pool per node (thread-safe; reset after ``fork``). A connection idle for
   ``health_check_s`` is checked with a PING before use, so a connection Redis or
   a NAT dropped while a Lambda sandbox was frozen is replaced, not failed on.
 * A command that fails on a broken connection is NOT re-sent unless the caller
   says it is idempotent: a lost reply may hide a command that ran.
 * :class:`Script`: the first call sends SCRIPT LOAD and EVAL together (one round
   trip, and the SHA comes from Redis: no hashlib, whose OpenSSL load alone is
-  6-8 ms of a cold start); later calls send EVALSHA, and EVAL again on NOSCRIPT.
+  6-8 ms of a cold start); later calls send EVALSHA, and EVAL again on NOSCRIPT
+  (a cluster node that has not seen the script yet).
 * Replies: bulk strings decoded as UTF-8 (invalid bytes replaced, so one bad
   field gives a task an error reply instead of failing the batch), integers as
   int, nil as None, error replies inside arrays as :class:`RedisResponseError`
@@ -28,25 +35,30 @@ What it does:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
-import select
-import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-import hiredis
+from typing import Any
 
 from rhailambda.errors import RedisConnectionError, RedisResponseError
 from rhailambda.redis_url import Address, parse_url
-
-if TYPE_CHECKING:
-    import ssl
+from rhailambda.resp_wire import (
+    Arg,
+    Connection,
+    check_handshake,
+    encode,
+    handshake,
+    raise_error,
+    tls_context,
+)
+from rhailambda.slots import Node, Redirect, key_slot
+from rhailambda.topology import MAX_REDIRECTS, Topology
 
 __all__ = [
     "Address",
+    "Arg",
     "RespClient",
     "Script",
     "check_handshake",
@@ -58,160 +70,12 @@ __all__ = [
     "tls_context",
 ]
 
-Arg = str | bytes | int | float
-
-_READ_SIZE = 65536
-
-
-def handshake(address: Address, client_name: str | None) -> list[list[Arg]]:
-    """What a new connection sends first: AUTH, SELECT, CLIENT SETNAME (as needed)."""
-    commands: list[list[Arg]] = []
-    if address.password is not None:
-        user = [address.username] if address.username else []
-        commands.append(["AUTH", *user, address.password])
-    if address.db:
-        commands.append(["SELECT", address.db])
-    if client_name:
-        commands.append(["CLIENT", "SETNAME", client_name])
-    return commands
+_Connection = Connection  # the name bench/function_probe.py counts round trips on
+_RETRY_PAUSE_S = 0.05
 
 
-def check_handshake(address: Address, commands: list[list[Arg]], replies: list[Any]) -> None:
-    """Raise RedisConnectionError if AUTH or SELECT was refused (never with the password).
-
-    A refused CLIENT SETNAME is let go: the name is a courtesy, and an ACL without
-    CLIENT must not stop the function.
-    """
-    for command, reply in zip(commands, replies, strict=True):
-        if isinstance(reply, RedisResponseError) and command[0] != "CLIENT":
-            what = "AUTH" if command[0] == "AUTH" else f"SELECT {address.db}"
-            raise RedisConnectionError(f"{what} refused by {address!r}: {reply}")
-
-
-def encode(commands: Sequence[Sequence[Arg]]) -> bytes:
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, bool):
-                raise TypeError("a bool is not a Redis argument: send 0 or 1")
-            elif isinstance(arg, int | float):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"a {type(arg).__name__} is not a Redis argument")
-            out.append(b"$%d\r\n" % len(data))
-            out.append(data)
-            out.append(b"\r\n")
-    return b"".join(out)
-
-
-class _Connection:
-    """One socket plus its reply parser; used by one thread at a time."""
-
-    def __init__(self, address: Address, client_name: str | None) -> None:
-        self.address = address
-        self.closed = False
-        self._reader = hiredis.Reader(
-            replyError=RedisResponseError, encoding="utf-8", errors="replace"
-        )
-        self._sock = self._connect()
-        self.last_used = time.monotonic()
-        commands = handshake(address, client_name)
-        if commands:
-            try:
-                check_handshake(address, commands, self.round_trip(commands))
-            except RedisConnectionError:
-                self.close()
-                raise
-
-    def _connect(self) -> socket.socket:
-        a = self.address
-        try:
-            if a.unix_path is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(a.connect_timeout_s)
-                sock.connect(a.unix_path)
-            else:
-                sock = socket.create_connection((a.host, a.port), timeout=a.connect_timeout_s)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if a.tls:
-                sock = _wrap_tls(sock, a)
-            sock.settimeout(a.socket_timeout_s)
-        except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {a!r}: {exc}") from exc
-        return sock
-
-    def round_trip(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Send the commands in one write, read one reply per command."""
-        try:
-            self._sock.sendall(encode(commands))
-            replies: list[Any] = []
-            reader, sock = self._reader, self._sock
-            while len(replies) < len(commands):
-                reply = reader.gets()
-                if reply is False:
-                    data = sock.recv(_READ_SIZE)
-                    if not data:
-                        raise RedisConnectionError("Redis closed the connection")
-                    reader.feed(data)
-                    continue
-                replies.append(reply)
-        except TimeoutError as exc:
-            self.close()
-            raise RedisConnectionError(
-                f"no reply from Redis within {self.address.socket_timeout_s:g} s"
-            ) from exc
-        except (OSError, hiredis.ProtocolError, RedisConnectionError) as exc:
-            self.close()
-            if isinstance(exc, RedisConnectionError):
-                raise
-            raise RedisConnectionError(f"connection to Redis broke: {exc}") from exc
-        except BaseException:
-            self.close()  # interrupted (Ctrl-C): a reply still due would answer the next call
-            raise
-        self.last_used = time.monotonic()
-        return replies
-
-    def readable(self) -> bool:
-        """True if the idle socket has something to read: Redis closed it (EOF) or sent
-        stray bytes. Either way it is unfit, and nothing was sent on it yet."""
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(self._sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([self._sock], [], [], 0)[0])
-
-    def close(self) -> None:
-        self.closed = True
-        with contextlib.suppress(OSError):
-            self._sock.close()
-
-
-def tls_context(a: Address) -> ssl.SSLContext:
-    """The TLS settings of ``a``: verified against the system's CAs (or ``tls_ca_file``)."""
-    import ssl  # only TLS deployments pay its import
-
-    context = ssl.create_default_context(cafile=a.tls_ca_file)
-    if not a.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif not a.tls_check_hostname:
-        context.check_hostname = False
-    return context
-
-
-def _wrap_tls(sock: socket.socket, a: Address) -> socket.socket:
-    hostname = a.host if a.unix_path is None else None
-    return tls_context(a).wrap_socket(sock, server_hostname=hostname)
-
-
-class RespClient:
-    """A thread-safe synchronous Redis client over a small connection pool."""
+class _Pool:
+    """Connections to one Redis node: a small thread-safe pool (reset after fork)."""
 
     def __init__(
         self,
@@ -225,33 +89,30 @@ class RespClient:
         self._client_name = client_name
         self._health_check_s = health_check_s
         self._max_idle = max_idle
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def __repr__(self) -> str:
-        return f"RespClient({self.address!r})"
-
     # --- the pool --------------------------------------------------------------
-    def _take(self) -> _Connection:
+    def _take(self) -> Connection:
         with self._lock:
             if self._pid != os.getpid():  # forked: the sockets belong to the parent
                 self._idle.clear()
                 self._pid = os.getpid()
             conn = self._idle.pop() if self._idle else None
         if conn is None:
-            return _Connection(self.address, self._client_name)
+            return Connection(self.address, self._client_name)
         if conn.readable():  # closed by Redis while idle (its timeout, CLIENT KILL, ...)
             conn.close()
-            return _Connection(self.address, self._client_name)
+            return Connection(self.address, self._client_name)
         if time.monotonic() - conn.last_used > self._health_check_s:
             try:
                 conn.round_trip([["PING"]])
             except RedisConnectionError:
-                return _Connection(self.address, self._client_name)
+                return Connection(self.address, self._client_name)
         return conn
 
-    def _give_back(self, conn: _Connection) -> None:
+    def _give_back(self, conn: Connection) -> None:
         if conn.closed:
             return
         with self._lock:
@@ -267,6 +128,101 @@ class RespClient:
         for conn in idle:
             conn.close()
 
+    # --- commands --------------------------------------------------------------
+    def round_trip(
+        self, commands: Sequence[Sequence[Arg]], *, idempotent: bool = False
+    ) -> list[Any]:
+        """One write, one reply per command (see :meth:`RespClient.round_trip`)."""
+        conn = self._take()
+        try:
+            return conn.round_trip(commands)
+        except RedisConnectionError:
+            if not idempotent:
+                raise
+            conn = Connection(self.address, self._client_name)
+            return conn.round_trip(commands)
+        finally:
+            self._give_back(conn)
+
+
+class RespClient:
+    """A thread-safe synchronous Redis client: one pool per node, cluster routing."""
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        client_name: str | None = "rhailambda-function",
+        health_check_s: float = 30.0,
+        max_idle: int = 8,
+    ) -> None:
+        self.address = address
+        self._options = (client_name, health_check_s, max_idle)
+        self._topology = Topology(address)
+        self._pools: dict[Node, _Pool] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RespClient({self.address!r})"
+
+    # --- nodes -----------------------------------------------------------------
+    def _pool(self, node: Node) -> _Pool:
+        pool = self._pools.get(node)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(node)
+                if pool is None:
+                    name, health_check_s, max_idle = self._options
+                    address = self._topology.address(node)
+                    pool = _Pool(address, client_name=name, health_check_s=health_check_s,
+                                 max_idle=max_idle)  # fmt: skip
+                    self._pools[node] = pool
+        return pool
+
+    @property
+    def cluster(self) -> bool:
+        """True on a Redis Cluster (asks the server the first time)."""
+        self._ensure_topology()
+        return bool(self._topology.cluster)
+
+    def slot_group(self, key: str) -> int:
+        """Keys of one group may share a script: their slot on a cluster, else 0."""
+        return key_slot(key) if self.cluster else 0
+
+    def _ensure_topology(self) -> None:
+        topology = self._topology
+        if topology.known:
+            return
+        errors: list[str] = []
+        for node in topology.refresh_nodes():
+            try:
+                (reply,) = self._pool(node).round_trip([["CLUSTER", "SLOTS"]], idempotent=True)
+            except RedisConnectionError as exc:
+                errors.append(str(exc))
+                continue
+            topology.learn(reply)
+            return
+        raise RedisConnectionError("; ".join(errors) or "no Redis node answered")
+
+    def nodes(self) -> list[Node]:
+        """Every master (one, on a standalone server)."""
+        self._ensure_topology()
+        topology = self._topology
+        if topology.cluster and topology.map is not None:
+            return topology.map.nodes()
+        return [topology.seed_node]
+
+    def on_node(
+        self, node: Node, commands: Sequence[Sequence[Arg]], *, idempotent: bool = False
+    ) -> list[Any]:
+        """Send ``commands`` to one node as they are (keyless commands: INFO, DBSIZE...)."""
+        return self._pool(node).round_trip(commands, idempotent=idempotent)
+
+    def close(self) -> None:
+        """Close the idle connections (the client stays usable)."""
+        for pool in list(self._pools.values()):
+            pool.close()
+
     def __enter__(self) -> RespClient:
         return self
 
@@ -277,21 +233,64 @@ class RespClient:
     def round_trip(
         self, commands: Sequence[Sequence[Arg]], *, idempotent: bool = False
     ) -> list[Any]:
-        """One write, one reply per command; error replies come back as values.
+        """One write per node, one reply per command; error replies come back as values.
 
         On a broken connection the commands are re-sent once on a new connection
         only when ``idempotent``: otherwise a lost reply could hide a command that ran.
         """
-        conn = self._take()
-        try:
-            return conn.round_trip(commands)
-        except RedisConnectionError:
-            if not idempotent:
-                raise
-            conn = _Connection(self.address, self._client_name)
-            return conn.round_trip(commands)
-        finally:
-            self._give_back(conn)
+        self._ensure_topology()
+        if not self._topology.cluster:
+            return self._pool(self._topology.seed_node).round_trip(commands, idempotent=idempotent)
+        return self._cluster_round_trip(commands, idempotent)
+
+    def _cluster_round_trip(self, commands: Sequence[Sequence[Arg]], idempotent: bool) -> list[Any]:
+        topology = self._topology
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        asking: dict[int, Node] = {}
+        for _ in range(MAX_REDIRECTS):
+            self._ensure_topology()
+            sub = [commands[i] for i in todo]
+            targets = {j: asking[i] for j, i in enumerate(todo) if i in asking}
+            redo: list[int] = []
+            pause = False
+            for node, indexes in topology.plan(sub, targets).items():
+                send: list[Sequence[Arg]] = []
+                for j in indexes:
+                    if j in targets:
+                        send.append(["ASKING"])
+                    send.append(sub[j])
+                try:
+                    got = self._pool(node).round_trip(send, idempotent=idempotent)
+                except RedisConnectionError:
+                    topology.stale = True  # a failover or a node gone: ask the others
+                    if not idempotent:
+                        raise
+                    redo += [todo[j] for j in indexes]
+                    pause = True
+                    continue
+                it = iter(got)
+                for j in indexes:
+                    if j in targets:
+                        next(it)  # ASKING's OK
+                    reply = next(it)
+                    i = todo[j]
+                    replies[i] = reply
+                    asking.pop(i, None)
+                    what = topology.redirected(reply, node)
+                    if what is None:
+                        continue
+                    redo.append(i)
+                    if isinstance(what, Redirect) and what.kind == "ASK":
+                        asking[i] = what.node
+                    elif what == "retry":
+                        pause = True
+            if not redo:
+                return replies
+            todo = sorted(redo)
+            if pause:
+                time.sleep(_RETRY_PAUSE_S)
+        return replies  # still redirected after many tries: the errors are the replies
 
     def execute(self, *command: Arg, idempotent: bool = False) -> Any:
         """One command; an error reply is raised as :class:`RedisResponseError`."""
@@ -308,12 +307,21 @@ class RespClient:
         """Replies of ``commands`` sent together; in MULTI/EXEC when ``transaction``.
 
         Error replies of single commands are returned as values, not raised; a
-        transaction Redis refused as a whole (EXECABORT) is raised.
+        transaction Redis refused as a whole (EXECABORT) is raised. On a cluster a
+        transaction's keys must share a slot; it is sent again whole after a redirect.
         """
         if not transaction:
             return self.round_trip(commands, idempotent=idempotent)
-        replies = self.round_trip([["MULTI"], *commands, ["EXEC"]], idempotent=idempotent)
-        result = replies[-1]
+        for _ in range(MAX_REDIRECTS):
+            replies = self.round_trip([["MULTI"], *commands, ["EXEC"]], idempotent=idempotent)
+            result = replies[-1]
+            moved = any(
+                isinstance(r, RedisResponseError) and r.code in ("MOVED", "ASK", "TRYAGAIN")
+                for r in replies[1:-1]
+            )
+            if not moved:
+                break
+            time.sleep(_RETRY_PAUSE_S)  # mid-migration: wait for the slot to settle
         if isinstance(result, RedisResponseError):
             raise result
         if result is None:
@@ -334,29 +342,42 @@ class Script:
         self.idempotent = idempotent
 
     def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
-        tail = [len(keys), *keys, *args]
+        return raise_error(self.many([(keys, args)])[0])
+
+    def many(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
+        """Run the script once per (keys, args), all in one round trip (one per node).
+
+        Replies come back as values, error replies included (not raised).
+        """
+        tails = [[len(keys), *keys, *args] for keys, args in calls]
         run = self._client.round_trip
+        replies: list[Any] = [None] * len(tails)
+        todo = list(range(len(tails)))
         if self.sha is not None:
-            (reply,) = run([["EVALSHA", self.sha, *tail]], idempotent=self.idempotent)
-            if not (isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT"):
-                return raise_error(reply)
-        # EVAL runs the text (and caches it); SCRIPT LOAD in the same write names its SHA.
-        loaded, reply = run(
-            [["SCRIPT", "LOAD", self.text], ["EVAL", self.text, *tail]],
-            idempotent=self.idempotent,
-        )
-        if isinstance(loaded, str):  # an ACL may refuse SCRIPT: EVAL every time then
-            self.sha = loaded
-        return raise_error(reply)
+            got = run([["EVALSHA", self.sha, *t] for t in tails], idempotent=self.idempotent)
+            todo = []
+            for i, reply in enumerate(got):
+                replies[i] = reply
+                if isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT":
+                    todo.append(i)
+        if todo:
+            # EVAL runs the text (and caches it); SCRIPT LOAD in the same write names its
+            # SHA. Each SCRIPT LOAD travels with the EVAL after it, to the same node.
+            commands: list[list[Arg]] = []
+            for i in todo:
+                commands += [["SCRIPT", "LOAD", self.text], ["EVAL", self.text, *tails[i]]]
+            got = run(commands, idempotent=self.idempotent)
+            for k, i in enumerate(todo):
+                loaded, replies[i] = got[2 * k], got[2 * k + 1]
+                if isinstance(loaded, str):  # an ACL may refuse SCRIPT: EVAL every time then
+                    self.sha = loaded
+        return replies
 
 
-def raise_error(reply: Any) -> Any:
-    """``reply``, or raised when it is an error reply."""
-    if isinstance(reply, RedisResponseError):
-        raise reply
-    return reply
+def from_url(url: str, *, cluster: str = "auto", **options: Any) -> RespClient:
+    """A :class:`RespClient` for ``url`` (no I/O until the first command).
 
-
-def from_url(url: str, **options: Any) -> RespClient:
-    """A :class:`RespClient` for ``url`` (no I/O until the first command)."""
-    return RespClient(parse_url(url), **options)
+    ``cluster``: ``auto`` (ask the server), ``yes`` or ``no`` (RHAILAMBDA_REDIS_CLUSTER).
+    """
+    address = dataclasses.replace(parse_url(url), cluster=cluster)
+    return RespClient(address, **options)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import hiredis
 
 from rhailambda.errors import RedisConnectionError, RedisResponseError
-from rhailambda.resp import (
-    Address,
+from rhailambda.redis_url import Address
+from rhailambda.resp_wire import (
     Arg,
     check_handshake,
     encode,
@@ -33,8 +33,10 @@ from rhailambda.resp import (
     raise_error,
     tls_context,
 )
+from rhailambda.slots import Node, Redirect
+from rhailambda.topology import MAX_REDIRECTS, Topology
 
-__all__ = ["AsyncConnection", "AsyncScript"]
+__all__ = ["AsyncChannel", "AsyncConnection", "AsyncRespClient", "AsyncScript"]
 
 
 class AsyncConnection(asyncio.Protocol):
@@ -140,24 +142,242 @@ class AsyncConnection(asyncio.Protocol):
         return raise_error(reply)
 
 
+class RoundTripper(Protocol):
+    async def round_trip(
+        self, commands: Sequence[Sequence[Arg]], *, timeout_s: float | None = None
+    ) -> list[Any]: ...
+
+
 class AsyncScript:
-    """A Lua script: EVALSHA once Redis has it; SCRIPT LOAD + EVAL in one write before."""
+    """A Lua script: EVALSHA once Redis has it; SCRIPT LOAD + EVAL in one write before.
+
+    Runs on anything with ``round_trip``: a connection, a channel or the client.
+    """
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha: str | None = None
 
     async def __call__(
-        self, conn: AsyncConnection, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
+        self, target: RoundTripper, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
     ) -> Any:
-        tail = [len(keys), *keys, *args]
+        return raise_error((await self.many(target, [(keys, args)]))[0])
+
+    async def many(
+        self, target: RoundTripper, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        """One run per (keys, args), in one round trip per node; error replies as values."""
+        tails = [[len(keys), *keys, *args] for keys, args in calls]
+        replies: list[Any] = [None] * len(tails)
+        todo = list(range(len(tails)))
         if self.sha is not None:
-            (reply,) = await conn.round_trip([["EVALSHA", self.sha, *tail]])
-            if not (isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT"):
-                return raise_error(reply)
-        loaded, reply = await conn.round_trip(
-            [["SCRIPT", "LOAD", self.text], ["EVAL", self.text, *tail]]
-        )
-        if isinstance(loaded, str):
-            self.sha = loaded
+            got = await target.round_trip([["EVALSHA", self.sha, *t] for t in tails])
+            todo = []
+            for i, reply in enumerate(got):
+                replies[i] = reply
+                if isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT":
+                    todo.append(i)
+        if todo:
+            commands: list[list[Arg]] = []
+            for i in todo:
+                commands += [["SCRIPT", "LOAD", self.text], ["EVAL", self.text, *tails[i]]]
+            got = await target.round_trip(commands)
+            for k, i in enumerate(todo):
+                loaded, replies[i] = got[2 * k], got[2 * k + 1]
+                if isinstance(loaded, str):
+                    self.sha = loaded
+        return replies
+
+
+_RETRY_PAUSE_S = 0.05
+ConnGetter = Callable[[Node], Awaitable[AsyncConnection]]
+
+
+async def _routed(
+    topology: Topology,
+    refresh: Callable[[], Awaitable[None]],
+    conn_for: ConnGetter,
+    commands: Sequence[Sequence[Arg]],
+    timeout_s: float | None,
+) -> list[Any]:
+    """Send ``commands`` to their nodes, following redirects (see :mod:`rhailambda.topology`).
+
+    Never re-sent after a broken connection (the caller knows whether that is safe).
+    """
+    await refresh()
+    if not topology.cluster:
+        conn = await conn_for(topology.seed_node)
+        return await conn.round_trip(commands, timeout_s=timeout_s)
+    replies: list[Any] = [None] * len(commands)
+    todo = list(range(len(commands)))
+    asking: dict[int, Node] = {}
+    for _ in range(MAX_REDIRECTS):
+        await refresh()
+        sub = [commands[i] for i in todo]
+        targets = {j: asking[i] for j, i in enumerate(todo) if i in asking}
+        plan = topology.plan(sub, targets)
+        sends: list[tuple[Node, list[int], Awaitable[list[Any]]]] = []
+        for node, indexes in plan.items():
+            send: list[Sequence[Arg]] = []
+            for j in indexes:
+                if j in targets:
+                    send.append(["ASKING"])
+                send.append(sub[j])
+            try:
+                conn = await conn_for(node)
+            except RedisConnectionError:
+                topology.stale = True
+                raise
+            sends.append((node, indexes, conn.round_trip(send, timeout_s=timeout_s)))
+        redo: list[int] = []
+        pause = False
+        for node, indexes, pending in sends:
+            try:
+                got = await pending
+            except RedisConnectionError:
+                topology.stale = True  # failover or a node gone: ask the others next time
+                raise
+            it = iter(got)
+            for j in indexes:
+                if j in targets:
+                    next(it)
+                reply = next(it)
+                i = todo[j]
+                replies[i] = reply
+                asking.pop(i, None)
+                what = topology.redirected(reply, node)
+                if what is None:
+                    continue
+                redo.append(i)
+                if isinstance(what, Redirect) and what.kind == "ASK":
+                    asking[i] = what.node
+                elif what == "retry":
+                    pause = True
+        if not redo:
+            return replies
+        todo = sorted(redo)
+        if pause:
+            await asyncio.sleep(_RETRY_PAUSE_S)
+    return replies
+
+
+class AsyncRespClient:
+    """The shim's Redis: one shared, pipelined connection per node, cluster routing.
+
+    Concurrent requests share a node's connection (replies come back in order). A
+    request that is cancelled or times out closes that connection, so the others on
+    it fail with RedisConnectionError (the shim's health loop sends them again where
+    that is safe). A blocking command needs a connection of its own: :meth:`channel`.
+    """
+
+    def __init__(self, address: Address, client_name: str | None = "rhailambda-shim") -> None:
+        self.address = address
+        self._client_name = client_name
+        self.topology = Topology(address)
+        self._shared: dict[Node, AsyncConnection] = {}
+        self._opening: dict[Node, asyncio.Lock] = {}
+        self._refreshing = asyncio.Lock()
+        self._channels: list[AsyncChannel] = []
+
+    async def open(self, node: Node) -> AsyncConnection:
+        """A new connection to ``node`` (with this client's address settings)."""
+        return await AsyncConnection.open(self.topology.address(node), self._client_name)
+
+    async def _shared_conn(self, node: Node) -> AsyncConnection:
+        conn = self._shared.get(node)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._opening.setdefault(node, asyncio.Lock())
+        async with lock:
+            conn = self._shared.get(node)
+            if conn is None or conn.closed:
+                conn = await self.open(node)
+                self._shared[node] = conn
+        return conn
+
+    async def refresh(self) -> None:
+        """Learn the deployment (standalone or the slot map) when unknown or stale."""
+        topology = self.topology
+        if topology.known:
+            return
+        async with self._refreshing:
+            if topology.known:
+                return
+            errors: list[str] = []
+            for node in topology.refresh_nodes():
+                try:
+                    conn = await self._shared_conn(node)
+                    (reply,) = await conn.round_trip([["CLUSTER", "SLOTS"]])
+                except RedisConnectionError as exc:
+                    errors.append(str(exc))
+                    continue
+                topology.learn(reply)
+                return
+            raise RedisConnectionError("; ".join(errors) or "no Redis node answered")
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.topology.cluster)
+
+    async def nodes(self) -> list[Node]:
+        await self.refresh()
+        if self.topology.cluster and self.topology.map is not None:
+            return self.topology.map.nodes()
+        return [self.topology.seed_node]
+
+    async def round_trip(
+        self, commands: Sequence[Sequence[Arg]], *, timeout_s: float | None = None
+    ) -> list[Any]:
+        """One write per node; replies in order, error replies as values."""
+        return await _routed(self.topology, self.refresh, self._shared_conn, commands, timeout_s)
+
+    async def execute(self, *command: Arg, timeout_s: float | None = None) -> Any:
+        (reply,) = await self.round_trip([command], timeout_s=timeout_s)
         return raise_error(reply)
+
+    def channel(self) -> AsyncChannel:
+        """Connections of one sequential user (a taker's BLMOVE), routed like the client's."""
+        channel = AsyncChannel(self)
+        self._channels.append(channel)
+        return channel
+
+    def close(self) -> None:
+        for conn in self._shared.values():
+            conn.close()
+        self._shared.clear()
+        for channel in self._channels:
+            channel.close()
+
+
+class AsyncChannel:
+    """Dedicated connections (one per node) for one task at a time: blocking commands."""
+
+    def __init__(self, client: AsyncRespClient) -> None:
+        self._client = client
+        self._conns: dict[Node, AsyncConnection] = {}
+
+    async def _conn(self, node: Node) -> AsyncConnection:
+        conn = self._conns.get(node)
+        if conn is None or conn.closed:
+            conn = await self._client.open(node)
+            self._conns[node] = conn
+        return conn
+
+    async def round_trip(
+        self, commands: Sequence[Sequence[Arg]], *, timeout_s: float | None = None
+    ) -> list[Any]:
+        client = self._client
+        return await _routed(client.topology, client.refresh, self._conn, commands, timeout_s)
+
+    async def execute(self, *command: Arg, timeout_s: float | None = None) -> Any:
+        (reply,) = await self.round_trip([command], timeout_s=timeout_s)
+        return raise_error(reply)
+
+    @property
+    def closed(self) -> bool:
+        return all(c.closed for c in self._conns.values())
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()

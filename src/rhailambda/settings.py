@@ -11,10 +11,14 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
+
+if TYPE_CHECKING:
+    from rhailambda.redis_url import Address
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -116,11 +120,25 @@ class RedisSettings:
     """How to reach Redis. ``url`` may carry a password: log :meth:`redacted` only."""
 
     url: str = DEFAULT_REDIS_URL
+    #: ``auto`` (ask the server at connect), ``yes`` or ``no``: RHAILAMBDA_REDIS_CLUSTER
+    cluster: str = "auto"
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.url).scheme
         if scheme not in ("redis", "rediss", "unix"):
             raise SettingError("REDIS_URL", f"unsupported scheme {scheme!r} (redis, rediss, unix)")
+        if self.cluster not in ("auto", "yes", "no"):
+            raise SettingError(
+                "RHAILAMBDA_REDIS_CLUSTER", f"expected auto, yes or no, got {self.cluster!r}"
+            )
+
+    def address(self, setting: str = "REDIS_URL") -> Address:
+        """The parsed URL with the cluster mode (SettingError naming ``setting`` if bad)."""
+        import dataclasses
+
+        from rhailambda.redis_url import parse_url
+
+        return dataclasses.replace(parse_url(self.url, setting=setting), cluster=self.cluster)
 
     def redacted(self) -> str:
         return redact_url(self.url)
@@ -130,7 +148,10 @@ class RedisSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> RedisSettings:
-        return cls(url=env.str("REDIS_URL", DEFAULT_REDIS_URL))
+        return cls(
+            url=env.str("REDIS_URL", DEFAULT_REDIS_URL),
+            cluster=env.str("RHAILAMBDA_REDIS_CLUSTER", "auto").strip().lower() or "auto",
+        )
 
 
 @dataclass(frozen=True, slots=True)

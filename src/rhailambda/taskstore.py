@@ -1,44 +1,95 @@
-"""Claiming and finishing tasks in Redis: the two atomic steps of the protocol.
+"""Claiming and finishing tasks in Redis: exactly one reply per task, on any deployment.
 
 Both the function (claim a batch, then finish it) and the shim (dead-letter) go
-through here, so "exactly one reply per task" is enforced in one place:
+through here, so "exactly one reply per task" is enforced in one place.
 
-* :data:`CLAIM_LUA` claims a batch in one round trip. A task is claimed when its
-  status is ``pending`` (or missing or unknown: a malformed hash still deserves an
-  error reply), or ``processing`` under an OLDER delivery (the previous invocation
-  died; ``rhailambdaClaim`` holds the attempt that claimed it). Final tasks and
-  tasks a newer delivery holds are skipped: a duplicate delivery never runs a task
-  twice at once nor replies twice.
-* :data:`FINISH_LUA` finishes a batch in one round trip: for each task it checks
-  that the caller still holds the claim (or, for dead-lettering, that the task is
-  not final yet), writes status / output / error / updatedAt, pushes the reply with
-  an expiry and deletes the hash unless tasks are preserved.
+Keys of one task ``T`` (see :class:`~rhailambda.protocol.KeyLayout`): the hash
+``rhailib:T`` and its done marker share the hash's slot; the reply list
+``rhailib:reply:T`` and its sent marker share the reply's slot. On a Redis Cluster
+the two slots differ, so no single script may write both the hash and the reply.
+
+**Claim** (:data:`CLAIM_LUA`, the hash's slot): a task is claimed when its status
+is ``pending`` (or missing or unknown: a malformed hash still deserves an error
+reply), or ``processing`` under an OLDER delivery (``rhailambdaClaim`` holds the
+attempt that claimed it). A task that is final and still holds its staged reply
+is handed back as ``finishing``: an earlier finish died half-way, and this
+delivery completes it without running the script.
+
+**Finish**, three steps, each idempotent:
+
+1. *stage* (hash slot): only while the caller holds the claim (mode ``claim``),
+   or the task is not final yet (``force``: dead-lettering), write the final
+   status, output or error, and the reply itself (field ``rhailambdaReply``).
+   From here on the task is final: no delivery runs it again.
+2. *push* (reply slot): ``SET`` the sent marker ``NX``; only if it was not set,
+   ``LPUSH`` the staged reply (with the reply TTL).
+3. *clean* (hash slot): delete the hash (or, preserving tasks, drop the staged
+   reply) and leave the done marker.
+
+Why a function dying between any two steps still gives exactly one reply:
+
+* before *stage*: the task is ``processing`` under an attempt the shim will
+  outbid; the next delivery claims and runs it (circle writes are applied once:
+  receipts). No reply was pushed.
+* after *stage*, before *push*: the hash is final and holds the reply; the next
+  delivery's claim answers ``finishing`` with that reply, and steps 2-3 run.
+* after *push*, before *clean*: the same, and step 2 finds the sent marker set:
+  nothing is pushed twice. Step 3 then cleans up.
+* after *clean*: the hash is gone and the done marker says so; a late delivery is
+  dropped at claim.
+* a dead-letter (``force``) meeting a staged task pushes that task's own staged
+  reply, never a second one: the marker decides.
+
+Every step may be re-sent after a broken connection: *stage* recognises its own
+earlier write (final, same claim, reply staged), *push* is guarded by the marker,
+*clean* only deletes a final hash holding a staged reply (a re-submitted task of
+the same id, ``pending`` again, is never deleted).
+
+On a standalone server (one node, no slots) the three steps run as one script
+(:data:`FINISH_LUA`, the same Lua functions): atomic, one round trip.
+
+Keys with a TTL (replies, sent and done markers) are what ``volatile-lru`` may
+evict under memory pressure (ElastiCache Serverless's policy). What each loss
+means is in the README ("Guarantees"): an evicted sent marker can let a crash
+window between *push* and *clean* end in a second reply; an evicted done marker
+lets a late duplicate of a finished task get a "not found" error reply (never a
+second run: its hash is gone). Nothing is lost by an eviction but the reply
+itself, whose TTL the protocol requires.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from rhailambda import protocol as p
 from rhailambda.event import TaskRef
 from rhailambda.resp import RespClient
 from rhailambda.settings import ProtocolSettings
 
-if TYPE_CHECKING:  # the shim's asyncio client; the function never imports redis-py
-    import redis.asyncio as aioredis
-
 __all__ = [
     "CLAIM_LUA",
+    "CLEAN_LUA",
     "FINISH_LUA",
+    "FINISH_STEPS",
+    "NOT_OURS",
+    "PUSH_LUA",
+    "REPLIED",
+    "REPLY_KEY_UNUSABLE",
+    "STAGE_LUA",
     "Claim",
     "Finish",
+    "FinishPlan",
     "TaskStore",
-    "fail_tasks_async",
+    "scatter",
 ]
 
-# KEYS: task1..taskN, done1..doneN. ARGV: now, attempt1..attemptN
+#: crash points of a finish, in order (tests stop the function at each)
+FINISH_STEPS = ("claimed", "staged", "pushed")
+FaultHook = Callable[[str], None]
+
+# KEYS: task1..taskN, done1..doneN (one slot). ARGV: now, attempt1..attemptN
 CLAIM_LUA = """
 local out = {}
 local now = ARGV[1]
@@ -51,18 +102,21 @@ for i = 1, n do
   if seen[key] then
     out[i] = {'skip', 'duplicate'}
   elseif h['err'] then
-    out[i] = {'skip', 'not a hash'}
+    out[i] = {'poison', redis.call('TYPE', key)['ok']}
   elseif #h == 0 then
     if redis.call('EXISTS', KEYS[n + i]) == 1 then out[i] = {'skip', 'done'}
     else out[i] = {'missing'} end
   else
-    local status, claim = nil, 0
+    local status, claim, staged = nil, 0, nil
     for j = 1, #h, 2 do
       if h[j] == 'status' then status = h[j + 1]
-      elseif h[j] == 'rhailambdaClaim' then claim = tonumber(h[j + 1]) or 0 end
+      elseif h[j] == 'rhailambdaClaim' then claim = tonumber(h[j + 1]) or 0
+      elseif h[j] == 'rhailambdaReply' then staged = h[j + 1] end
     end
     local final = status == 'completed' or status == 'error'
-    if not final and (status ~= 'processing' or claim < attempt) then
+    if final and staged then
+      out[i] = {'finishing', staged}
+    elseif not final and (status ~= 'processing' or claim < attempt) then
       redis.call('HSET', key, 'status', 'processing', 'rhailambdaClaim', attempt,
                  'updatedAt', now)
       out[i] = {'claimed', h}
@@ -75,53 +129,123 @@ end
 return out
 """
 
-# KEYS: task1, reply1, done1, task2, reply2, done2, ...
-# ARGV: ttl, preserve, then 7 per task: mode, attempt, status, field, value, now, reply
-#   mode 'claim'  : only while status == processing and rhailambdaClaim == attempt
-#   mode 'force'  : only while the task exists and is not final (dead-lettering)
-#   mode 'missing': only while the hash is absent, no reply waits and the task was not
-#                   finished before (its done marker): an id with no task at all
-# Every finish leaves the done marker (as long as the reply lives), so a late
-# redelivery of a task whose hash is gone is recognised and never answered twice.
-FINISH_LUA = """
-local ttl = tonumber(ARGV[1])
-local preserve = ARGV[2] == '1'
-local out = {}
-for i = 1, #KEYS / 3 do
-  local tkey, rkey, dkey = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local b = 2 + (i - 1) * 7
-  local mode, attempt, status = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local field, value, now, reply = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
-  local ok = false
+# The three steps as Lua functions: each script below runs one of them per task, and
+# FINISH_LUA (standalone) runs all three per task in one script.
+_STEPS_LUA = """
+local function is_final(s) return s == 'completed' or s == 'error' end
+
+-- 1. stage: the reply to push, or false when this finish is not ours to make
+local function stage(tkey, mode, attempt, status, field, value, now, reply)
+  local t = redis.call('TYPE', tkey)['ok']
   if mode == 'missing' then
-    ok = redis.call('EXISTS', tkey) == 0 and redis.call('EXISTS', rkey) == 0
-         and redis.call('EXISTS', dkey) == 0
-  else
-    local cur = redis.pcall('HMGET', tkey, 'status', 'rhailambdaClaim')
-    if cur['err'] then
-      ok = false  -- not a hash: nothing of ours to finish
-    elseif mode == 'claim' then
-      ok = cur[1] == 'processing' and cur[2] == attempt
-    else
-      ok = redis.call('EXISTS', tkey) == 1 and cur[1] ~= 'completed' and cur[1] ~= 'error'
-    end
+    if t == 'none' then return reply end
+    return false
   end
-  if ok then
-    if preserve and mode ~= 'missing' then
-      redis.call('HSET', tkey, 'status', status, field, value, 'updatedAt', now)
-    else
-      redis.call('DEL', tkey)
-    end
+  if mode == 'poison' then
+    if t ~= 'none' and t ~= 'hash' then return reply end
+    return false
+  end
+  if t ~= 'hash' then return false end
+  local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaClaim', 'rhailambdaReply')
+  if is_final(cur[1]) then
+    if cur[3] and (mode ~= 'claim' or cur[2] == attempt) then return cur[3] end
+    return false
+  end
+  if mode == 'finishing' then return false end
+  if mode == 'claim' and not (cur[1] == 'processing' and cur[2] == attempt) then
+    return false
+  end
+  redis.call('HSET', tkey, 'status', status, field, value, 'updatedAt', now,
+             'rhailambdaReply', reply)
+  return reply
+end
+
+-- 2. push: 1 pushed now, 0 pushed before, -1 the reply key is not a list
+local function push(rkey, mkey, ttl, reply)
+  local t = redis.call('TYPE', rkey)['ok']
+  if t ~= 'none' and t ~= 'list' then return -1 end
+  if redis.call('SET', mkey, '1', 'NX', 'EX', ttl) then
     redis.call('LPUSH', rkey, reply)
     redis.call('EXPIRE', rkey, ttl)
-    redis.call('SET', dkey, '1', 'EX', ttl)
-    out[i] = 1
-  else
-    out[i] = 0
+    return 1
+  end
+  return 0
+end
+
+-- 3. clean: drop the hash (or its staged reply), leave the done marker
+local function clean(tkey, dkey, ttl, preserve)
+  if redis.call('TYPE', tkey)['ok'] == 'hash' then
+    local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaReply')
+    if not (is_final(cur[1]) and cur[2]) then return 0 end
+    if preserve then redis.call('HDEL', tkey, 'rhailambdaReply')
+    else redis.call('DEL', tkey) end
+  end
+  redis.call('SET', dkey, '1', 'EX', ttl)
+  return 1
+end
+"""
+
+# KEYS: task per finish. ARGV: 7 per finish (mode, attempt, status, field, value, now,
+# reply). Returns the reply to push (or false) per finish.
+STAGE_LUA = (
+    _STEPS_LUA
+    + """
+local out = {}
+for i = 1, #KEYS do
+  local b = (i - 1) * 7
+  out[i] = stage(KEYS[i], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5],
+                 ARGV[b + 6], ARGV[b + 7])
+end
+return out
+"""
+)
+
+# KEYS: reply1, sent1, reply2, sent2, ... ARGV: ttl, reply per pair.
+PUSH_LUA = (
+    _STEPS_LUA
+    + """
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = push(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[i + 1])
+end
+return out
+"""
+)
+
+# KEYS: task1, done1, task2, done2, ... ARGV: ttl, preserve.
+CLEAN_LUA = (
+    _STEPS_LUA
+    + """
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[2] == '1')
+end
+return out
+"""
+)
+
+# Standalone: all three steps per task in one script.
+# KEYS: task, reply, done, sent per finish. ARGV: ttl, preserve, then 7 per finish.
+FINISH_LUA = (
+    _STEPS_LUA
+    + """
+local ttl, preserve = ARGV[1], ARGV[2] == '1'
+local out = {}
+for i = 1, #KEYS / 4 do
+  local k, b = 4 * (i - 1), 2 + (i - 1) * 7
+  local reply = stage(KEYS[k + 1], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
+                      ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
+  out[i] = 0
+  if reply then
+    out[i] = push(KEYS[k + 2], KEYS[k + 4], ttl, reply)
+    if out[i] >= 0 then clean(KEYS[k + 1], KEYS[k + 3], ttl, preserve) end
   end
 end
 return out
 """
+)
+
+Mode = Literal["claim", "force", "missing", "poison", "finishing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,21 +253,27 @@ class Claim:
     """The result of claiming one task."""
 
     ref: TaskRef
-    state: Literal["claimed", "missing", "skip"]
+    state: Literal["claimed", "missing", "skip", "poison", "finishing"]
     fields: p.TaskFields | None = None
-    current_status: str = ""
+    current_status: str = ""  # skip: the status; poison: the key's type
+    staged_reply: str = ""  # finishing: the reply an earlier finish staged
 
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """How one claimed task ends: ``status`` is completed or error."""
+    """How one task ends: ``status`` is completed or error."""
 
     ref: TaskRef
     fields: p.TaskFields
     status: str
     output: str | None = None
     error: str | None = None
-    mode: Literal["claim", "force", "missing"] = "claim"
+    mode: Mode = "claim"
+
+
+#: per finish: 1 the reply was pushed by this call, 0 not ours (or pushed before),
+#: -1 the task's reply key holds something other than a list (no reply possible)
+REPLIED, NOT_OURS, REPLY_KEY_UNUSABLE = 1, 0, -1
 
 
 def _parse_claims(tasks: Sequence[TaskRef], raw: list[Any]) -> list[Claim]:
@@ -154,35 +284,100 @@ def _parse_claims(tasks: Sequence[TaskRef], raw: list[Any]) -> list[Claim]:
             flat = item[1]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             claims.append(Claim(ref, "claimed", p.TaskFields.from_hash(ref.task_id, fields)))
-        elif state == "missing":
-            claims.append(Claim(ref, "missing"))
+        elif state in ("missing", "finishing"):
+            staged = str(item[1]) if state == "finishing" else ""
+            claims.append(Claim(ref, state, staged_reply=staged))
+        elif state == "poison":
+            claims.append(Claim(ref, "poison", current_status=str(item[1])))
         else:
             claims.append(Claim(ref, "skip", current_status=str(item[1])))
     return claims
 
 
-def _finish_args(
-    protocol: ProtocolSettings, finishes: Sequence[Finish]
-) -> tuple[list[str], list[str | int]]:
-    layout = protocol.layout
-    keys: list[str] = []
-    args: list[str | int] = [protocol.reply_ttl_s, "1" if protocol.preserve_tasks else "0"]
-    for f in finishes:
-        now = p.now_rfc3339()
-        keys += [
-            layout.task(f.ref.task_id),
-            layout.reply(f.ref.task_id),
-            layout.done(f.ref.task_id),
-        ]
-        reply = p.build_reply(
-            f.fields, status=f.status, output=f.output, error=f.error, updated_at=now
-        )
-        if f.status == p.STATUS_COMPLETED:
-            field, value = p.OUTPUT, f.output or ""
-        else:
-            field, value = p.ERROR, f.error or ""
-        args += [f.mode, str(f.ref.attempt), f.status, field, value, now, reply]
-    return keys, args
+class FinishPlan:
+    """The keys and arguments of one finish batch, per step, grouped by slot."""
+
+    def __init__(
+        self, protocol: ProtocolSettings, finishes: Sequence[Finish], group: Callable[[str], int]
+    ) -> None:
+        layout = protocol.layout
+        self.protocol = protocol
+        self.group = group
+        self.task_keys = [layout.task(f.ref.task_id) for f in finishes]
+        self.reply_keys = [layout.reply(f.ref.task_id) for f in finishes]
+        self.done_keys = [layout.done(f.ref.task_id) for f in finishes]
+        self.sent_keys = [layout.replied(f.ref.task_id) for f in finishes]
+        self.args: list[list[str]] = []
+        for f in finishes:
+            now = p.now_rfc3339()
+            reply = p.build_reply(
+                f.fields, status=f.status, output=f.output, error=f.error, updated_at=now
+            )
+            field, value = (
+                (p.OUTPUT, f.output or "")
+                if f.status == p.STATUS_COMPLETED
+                else (p.ERROR, f.error or "")
+            )
+            self.args.append([f.mode, str(f.ref.attempt), f.status, field, value, now, reply])
+
+    @property
+    def head(self) -> list[str | int]:
+        return [self.protocol.reply_ttl_s, "1" if self.protocol.preserve_tasks else "0"]
+
+    def _groups(self, indexes: Sequence[int], keys: list[str]) -> list[list[int]]:
+        groups: dict[int, list[int]] = {}
+        for i in indexes:
+            groups.setdefault(self.group(keys[i]), []).append(i)
+        return list(groups.values())
+
+    def whole(self) -> list[tuple[list[int], list[str], list[str | int]]]:
+        """FINISH_LUA calls (standalone: one group)."""
+        calls = []
+        for idx in self._groups(range(len(self.args)), self.task_keys):
+            keys = [k for i in idx for k in (self.task_keys[i], self.reply_keys[i],
+                                             self.done_keys[i], self.sent_keys[i])]  # fmt: skip
+            calls.append((idx, keys, [*self.head, *(a for i in idx for a in self.args[i])]))
+        return calls
+
+    def stage(self) -> list[tuple[list[int], list[str], list[str | int]]]:
+        calls = []
+        for idx in self._groups(range(len(self.args)), self.task_keys):
+            args: list[str | int] = [a for i in idx for a in self.args[i]]
+            calls.append((idx, [self.task_keys[i] for i in idx], args))
+        return calls
+
+    def push(self, staged: dict[int, str]) -> list[tuple[list[int], list[str], list[str | int]]]:
+        calls = []
+        for idx in self._groups(sorted(staged), self.reply_keys):
+            keys = [k for i in idx for k in (self.reply_keys[i], self.sent_keys[i])]
+            args: list[str | int] = [self.protocol.reply_ttl_s, *(staged[i] for i in idx)]
+            calls.append((idx, keys, args))
+        return calls
+
+    def clean(self, indexes: Sequence[int]) -> list[tuple[list[int], list[str], list[str | int]]]:
+        calls = []
+        for idx in self._groups(indexes, self.task_keys):
+            keys = [k for i in idx for k in (self.task_keys[i], self.done_keys[i])]
+            calls.append((idx, keys, self.head))
+        return calls
+
+
+def scatter(n: int, calls: Sequence[tuple[list[int], Any, Any]], replies: list[Any]) -> list[Any]:
+    out: list[Any] = [None] * n
+    for (idx, _, _), reply in zip(calls, replies, strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        for i, value in zip(idx, reply, strict=True):
+            out[i] = value
+    return out
+
+
+def staged_replies(values: list[Any]) -> dict[int, str]:
+    return {i: v for i, v in enumerate(values) if isinstance(v, str)}
+
+
+def results(n: int, staged: dict[int, str], pushed: list[Any]) -> list[int]:
+    return [int(pushed[i]) if i in staged and pushed[i] is not None else NOT_OURS for i in range(n)]
 
 
 class TaskStore:
@@ -190,55 +385,69 @@ class TaskStore:
 
     A claim whose reply is lost is not re-sent (a second claim under the same
     attempt would skip the task): the batch fails and the shim delivers it again
-    under a new attempt. A finish is safe to re-send (it checks the claim).
+    under a new attempt. Every finish step is safe to re-send.
+
+    ``fault`` (tests) is called with each name of :data:`FINISH_STEPS` once that
+    step is done, so a test can stop the function between any two Redis steps;
+    ``steps`` runs the cluster's three-step finish on a standalone server too.
     """
 
-    def __init__(self, client: RespClient, protocol: ProtocolSettings) -> None:
+    def __init__(
+        self,
+        client: RespClient,
+        protocol: ProtocolSettings,
+        *,
+        fault: FaultHook | None = None,
+        steps: bool = False,
+    ) -> None:
         self._client = client
         self._protocol = protocol
+        self._fault = fault
+        self._steps = steps
         self._claim = client.script(CLAIM_LUA)
         self._finish = client.script(FINISH_LUA, idempotent=True)
+        self._stage = client.script(STAGE_LUA, idempotent=True)
+        self._push = client.script(PUSH_LUA, idempotent=True)
+        self._clean = client.script(CLEAN_LUA, idempotent=True)
+
+    def _at(self, step: str) -> None:
+        if self._fault is not None:
+            self._fault(step)
 
     def claim(self, tasks: Sequence[TaskRef]) -> list[Claim]:
         if not tasks:
             return []
         layout = self._protocol.layout
-        keys = [layout.task(t.task_id) for t in tasks] + [layout.done(t.task_id) for t in tasks]
-        args: list[str | int] = [p.now_rfc3339(), *(t.attempt for t in tasks)]
-        return _parse_claims(tasks, self._claim(keys=keys, args=args))
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(tasks):
+            groups.setdefault(self._client.slot_group(layout.task(t.task_id)), []).append(i)
+        calls: list[tuple[list[int], list[str], list[str | int]]] = []
+        for idx in groups.values():
+            keys = [layout.task(tasks[i].task_id) for i in idx]
+            keys += [layout.done(tasks[i].task_id) for i in idx]
+            args: list[str | int] = [p.now_rfc3339(), *(tasks[i].attempt for i in idx)]
+            calls.append((idx, keys, args))
+        raw = scatter(len(tasks), calls, self._claim.many([(k, a) for _, k, a in calls]))
+        claims = _parse_claims(tasks, raw)
+        self._at("claimed")
+        return claims
 
-    def finish(self, finishes: Sequence[Finish]) -> list[bool]:
-        """Apply the finishes; True where this call wrote the reply."""
+    def finish(self, finishes: Sequence[Finish]) -> list[int]:
+        """Apply the finishes; per finish REPLIED, NOT_OURS or REPLY_KEY_UNUSABLE."""
         if not finishes:
             return []
-        keys, args = _finish_args(self._protocol, finishes)
-        return [bool(x) for x in self._finish(keys=keys, args=args)]
-
-
-def _failures(task_ids: Sequence[str], hashes: Sequence[Any], error: str) -> list[Finish]:
-    out: list[Finish] = []
-    for task_id, found in zip(task_ids, hashes, strict=True):
-        raw = found if isinstance(found, dict) else {}  # an error: the key is not a hash
-        fields = p.TaskFields.from_hash(task_id, raw)
-        mode: Literal["force", "missing"] = "force" if raw else "missing"
-        out.append(Finish(TaskRef(task_id), fields, p.STATUS_ERROR, error=error, mode=mode))
-    return out
-
-
-async def fail_tasks_async(
-    client: aioredis.Redis, protocol: ProtocolSettings, task_ids: Sequence[str], error: str
-) -> list[str]:
-    """Give each task that is not final yet an ``error`` status and reply; return those ids.
-
-    The shim's dead-letter path (one pipeline of HGETALL, then one FINISH call).
-    """
-    if not task_ids:
-        return []
-    async with client.pipeline(transaction=False) as pipe:
-        for task_id in task_ids:
-            pipe.hgetall(protocol.layout.task(task_id))
-        hashes = await pipe.execute(raise_on_error=False)
-    finishes = _failures(task_ids, hashes, error)
-    keys, args = _finish_args(protocol, finishes)
-    done = await client.register_script(FINISH_LUA)(keys=keys, args=args)
-    return [t for t, ok in zip(task_ids, done, strict=True) if ok]
+        n = len(finishes)
+        plan = FinishPlan(self._protocol, finishes, self._client.slot_group)
+        if not (self._client.cluster or self._steps):
+            calls = plan.whole()
+            return [int(x) for x in scatter(n, calls, self._finish.many(
+                [(k, a) for _, k, a in calls]))]  # fmt: skip
+        calls = plan.stage()
+        staged = staged_replies(scatter(n, calls, self._stage.many([(k, a) for _, k, a in calls])))
+        self._at("staged")
+        calls = plan.push(staged)
+        pushed = scatter(n, calls, self._push.many([(k, a) for _, k, a in calls]))
+        self._at("pushed")
+        calls = plan.clean([i for i in staged if pushed[i] != REPLY_KEY_UNUSABLE])
+        scatter(n, calls, self._clean.many([(k, a) for _, k, a in calls]))
+        return results(n, staged, pushed)

@@ -7,10 +7,13 @@ import redis
 
 from rhailambda import protocol as p
 from rhailambda.event import TaskRef
-from rhailambda.redis_conn import connect_async
-from rhailambda.resp import RespClient
+import pytest
+
+from rhailambda.resp import RespClient, parse_url
+from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import ProtocolSettings
-from rhailambda.taskstore import Finish, TaskStore, fail_tasks_async
+from rhailambda.shim.finishing import fail_tasks_async
+from rhailambda.taskstore import FINISH_STEPS, Finish, TaskStore
 
 LAYOUT = p.KeyLayout()
 
@@ -53,9 +56,9 @@ def test_newer_delivery_takes_over_and_stale_one_cannot_reply(
     new = store.claim([TaskRef("t1", 2)])[0]
     assert new.state == "claimed"
     assert old.fields is not None and new.fields is not None
-    assert store.finish([_finish(old.ref, old.fields)]) == [False]
-    assert store.finish([_finish(new.ref, new.fields)]) == [True]
-    assert store.finish([_finish(new.ref, new.fields)]) == [False]
+    assert store.finish([_finish(old.ref, old.fields)]) == [0]
+    assert store.finish([_finish(new.ref, new.fields)]) == [1]
+    assert store.finish([_finish(new.ref, new.fields)]) == [0]
     replies = redis_client.lrange(LAYOUT.reply("t1"), 0, -1)
     assert len(replies) == 1
     assert json.loads(replies[0])["output"] == "42"
@@ -90,14 +93,72 @@ def test_fail_tasks_replies_once_and_spares_final_tasks(
     _task(redis_client, "t2", status="completed")
 
     async def fail(ids: list[str], error: str) -> list[str]:
-        client = connect_async(redis_url)
+        client = AsyncRespClient(parse_url(redis_url))
         try:
             return await fail_tasks_async(client, protocol, ids, error)
         finally:
-            await client.aclose()
+            client.close()
 
     assert asyncio.run(fail(["t1", "t2", "ghost"], "dead-lettered")) == ["t1", "ghost"]
     assert asyncio.run(fail(["t1", "ghost"], "again")) == []
     reply = json.loads(redis_client.lpop(LAYOUT.reply("t1")) or "{}")
     assert (reply["status"], reply["error"]) == ("error", "dead-lettered")
     assert redis_client.llen(LAYOUT.reply("t2")) == 0
+
+
+class _Crash(Exception):
+    """The function dies here (nothing after this point reaches Redis)."""
+
+
+@pytest.mark.parametrize("step", FINISH_STEPS)
+def test_a_function_dying_between_any_two_steps_still_replies_once(
+    step: str, redis_client: redis.Redis, resp_client: RespClient
+) -> None:
+    """Claim, stage, push, clean: stopped after ``step``, then delivered again."""
+
+    def die(at: str) -> None:
+        if at == step:
+            raise _Crash(at)
+
+    protocol = ProtocolSettings()
+    _task(redis_client, "t1")
+    dying = TaskStore(resp_client, protocol, fault=die, steps=True)
+    claim = dying.claim([TaskRef("t1", 1)])[0] if step != "claimed" else None
+    if claim is None:
+        with pytest.raises(_Crash):
+            dying.claim([TaskRef("t1", 1)])
+    else:
+        assert claim.fields is not None
+        with pytest.raises(_Crash):
+            dying.finish([_finish(claim.ref, claim.fields)])
+    # the redelivery, by a healthy function
+    store = TaskStore(resp_client, protocol, steps=True)
+    again = store.claim([TaskRef("t1", 2)])[0]
+    if again.state == "claimed":
+        assert again.fields is not None
+        done = store.finish([_finish(again.ref, again.fields)])
+    else:
+        assert again.state == "finishing", again
+        fields = p.TaskFields.from_hash("t1", {})
+        done = store.finish([Finish(again.ref, fields, "completed", mode="finishing")])
+    assert done[0] in (0, 1)
+    late = store.claim([TaskRef("t1", 3)])[0]
+    assert late.state == "skip", "a finished task is never delivered again"
+    replies = redis_client.lrange(LAYOUT.reply("t1"), 0, -1)
+    assert len(replies) == 1, f"exactly one reply after a crash at {step}: {replies}"
+    assert json.loads(replies[0])["output"] == "42"
+    assert not redis_client.exists(LAYOUT.task("t1"))
+
+
+def test_a_reply_key_of_the_wrong_type_is_reported_not_raised(
+    redis_client: redis.Redis, resp_client: RespClient
+) -> None:
+    store = TaskStore(resp_client, ProtocolSettings())
+    _task(redis_client, "t1")
+    _task(redis_client, "t2")
+    redis_client.hset(LAYOUT.reply("t1"), "x", "1")  # someone's hash sits on t1's reply key
+    claims = store.claim([TaskRef("t1", 1), TaskRef("t2", 1)])
+    finishes = [_finish(c.ref, c.fields) for c in claims if c.fields is not None]
+    assert store.finish(finishes) == [-1, 1], "t2 is answered; t1 is reported, not raised"
+    assert redis_client.hget(LAYOUT.task("t1"), "status") == "completed", "t1's result is kept"
+    assert redis_client.llen(LAYOUT.reply("t2")) == 1

@@ -57,7 +57,7 @@ def build_runner(
     on_print: PrintHook | None = None,
     on_debug: DebugHook | None = None,
 ) -> BatchRunner:
-    client = from_url(redis_url(settings))
+    client = from_url(redis_url(settings), cluster=settings.redis.cluster)
     store = TaskStore(client, settings.protocol)
     return BatchRunner(
         settings, store, load_extensions(settings, env), on_print=on_print, on_debug=on_debug

@@ -1,7 +1,8 @@
 """Running one batch of tasks: claim, run each script, finish. No Lambda, no logging setup.
 
-Redis round trips per batch: one to claim, one to finish (plus what the scripts'
-own data functions do). Each task gets a fresh engine with ``CALLER_ID``,
+Redis round trips per batch: one to claim, one to finish on a standalone server,
+three on a cluster (see :mod:`rhailambda.taskstore`), plus what the scripts' own
+data functions do. Each task gets a fresh engine with ``CALLER_ID``,
 ``CONTEXT_ID``, ``WORKER_ID`` and ``TASK_ID`` as constants and the modules of every
 extension; compiled scripts are cached per process.
 
@@ -36,7 +37,7 @@ from rhailambda.functions.extension import (
     Session,
 )
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.taskstore import Claim, Finish, TaskStore
+from rhailambda.taskstore import REPLIED, REPLY_KEY_UNUSABLE, Claim, Finish, TaskStore
 
 __all__ = ["BatchRunner", "DebugHook", "PrintHook", "TaskObserver", "TaskResult"]
 
@@ -118,6 +119,10 @@ class BatchRunner:
         outcomes: dict[str, Outcome] = {}
         finishes: list[Finish] = []
         results: list[TaskResult] = []
+        reasons: dict[str, str] = {}
+        for task_id, why in event.invalid:  # alone: its neighbours run as if it were absent
+            outcomes[task_id] = "rejected"
+            reasons[task_id] = why
         claims = self._store.claim(event.tasks)
         recalled = self._recall(claims, event.worker_id)
         for claim in claims:
@@ -127,12 +132,17 @@ class BatchRunner:
             if finish is not None:
                 finishes.append(finish)
         for finish, written in zip(finishes, self._store.finish(finishes), strict=True):
-            if not written:  # a newer delivery took over meanwhile: its reply counts
-                outcomes[finish.ref.task_id] = "skipped"
+            task_id = finish.ref.task_id
+            if written == REPLY_KEY_UNUSABLE:  # its result stays in its hash, final
+                outcomes[task_id] = "rejected"
+                reply_key = self._settings.protocol.layout.reply(task_id)
+                reasons[task_id] = f"the reply key {reply_key} is not a list: no reply possible"
+            elif written != REPLIED and finish.mode != "finishing":
+                outcomes[task_id] = "skipped"  # a newer delivery took over: its reply counts
         if observer is not None:
             for result in results:
                 observer.task_done(result)
-        return BatchResponse(outcomes=outcomes)
+        return BatchResponse(outcomes=outcomes, reasons=reasons)
 
     def _recall(self, claims: Sequence[Claim], worker_id: str) -> dict[str, Receipt] | str:
         """Receipts of the tasks delivered again that an earlier run committed, by task id.
@@ -172,6 +182,18 @@ class BatchRunner:
         task_id = claim.ref.task_id
         if claim.state == "skip":
             return TaskResult(task_id, None, "skipped", None, 0.0), None
+        if claim.state == "finishing":  # an earlier finish died after staging its reply
+            fields = p.TaskFields.from_hash(task_id, {}, worker_id)
+            status = _staged_status(claim.staged_reply)
+            finish = Finish(claim.ref, fields, status, mode="finishing")
+            outcome: Outcome = "completed" if status == p.STATUS_COMPLETED else "error"
+            return TaskResult(task_id, fields, outcome, None, 0.0), finish
+        if claim.state == "poison":
+            fields = p.TaskFields.from_hash(task_id, {}, worker_id)
+            key = self._settings.protocol.layout.task(task_id)
+            why = f"malformed task: {key} holds a {claim.current_status}, not a task hash"
+            finish = Finish(claim.ref, fields, p.STATUS_ERROR, error=why, mode="poison")
+            return TaskResult(task_id, fields, "error", why, 0.0), finish
         if claim.state == "missing" or claim.fields is None:
             fields = p.TaskFields.from_hash(task_id, {}, worker_id)
             missing = f"task {task_id} not found: no task hash (expired or never written)"
@@ -192,7 +214,7 @@ class BatchRunner:
                 return TaskResult(task_id, fields, "failed", recalled, 0.0), None
             if task_id in recalled:  # an earlier run's writes are in: its reply, no re-run
                 output, error = _replay(recalled[task_id])
-                outcome: Outcome = "completed" if error is None else "error"
+                outcome = "completed" if error is None else "error"
                 finish = Finish(claim.ref, fields, outcome, output=output, error=error)
                 return TaskResult(task_id, fields, outcome, error, 0.0), finish
         if error is None:
@@ -277,6 +299,17 @@ def _script_context(fields: p.TaskFields, worker_id: str) -> ScriptContext:
     return ScriptContext(
         fields.caller_id, fields.context_id, fields.worker_id or worker_id, fields.task_id
     )
+
+
+def _staged_status(reply: str) -> str:
+    """The status of a staged reply (JSON); error if it cannot be read."""
+    import json
+
+    try:
+        status = json.loads(reply).get("status")
+    except (ValueError, AttributeError):
+        return p.STATUS_ERROR
+    return p.STATUS_COMPLETED if status == p.STATUS_COMPLETED else p.STATUS_ERROR
 
 
 def _replay(receipt: Receipt) -> tuple[str | None, str | None]:

@@ -16,11 +16,8 @@ import signal
 import socket
 import time
 
-import redis.asyncio as aioredis
-
 from rhailambda.protocol import now_rfc3339
-from rhailambda.redis_conn import connect_async
-from rhailambda.resp import parse_url
+from rhailambda.resp_async import AsyncRespClient
 from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
@@ -43,15 +40,14 @@ async def serve(
     invoker: Invoker,
     *,
     stop: asyncio.Event,
-    client: aioredis.Redis | None = None,
+    client: AsyncRespClient | None = None,
 ) -> None:
     """Drain the configured queues through ``invoker`` until ``stop`` is set."""
     queues = settings.queues
     own_client = client is None
-    redis_client = client or connect_async(settings.redis.url, max_block_s=queues.block_s)
+    redis_client = client or AsyncRespClient(settings.redis.address())
     health = Health(redis_url=settings.redis.redacted())
-    address = parse_url(settings.redis.url)
-    source = RedisQueueSource(redis_client, settings.protocol, queues.shim_id, health, address)
+    source = RedisQueueSource(redis_client, settings.protocol, queues.shim_id, health)
     store = RedisLeaseStore(redis_client, settings.protocol.layout, queues.shim_id, health)
     drainer = Drainer(settings, source, invoker)
     started_at = now_rfc3339()
@@ -82,7 +78,7 @@ async def serve(
         await cancel_and_wait([startup], _STOP_LEASE_S)
         source.close()
         if own_client:
-            await redis_client.aclose()
+            redis_client.close()
         return
     startup.result()
     drainer.start()
@@ -118,7 +114,7 @@ async def serve(
     finally:
         source.close()
         if own_client:
-            await redis_client.aclose()
+            redis_client.close()
 
 
 def build_invoker(settings: ShimSettings) -> Invoker:

@@ -11,11 +11,9 @@ import argparse
 import json
 import os
 
-import redis.exceptions
-
-from rhailambda.errors import RhailambdaError
+from rhailambda.errors import RedisError, RhailambdaError
 from rhailambda.protocol import normalize_worker_id
-from rhailambda.redis_conn import connect
+from rhailambda.resp import RespClient
 from rhailambda.settings import Env, ProtocolSettings, RedisSettings
 from rhailambda.shim import settings as shim_settings
 
@@ -54,7 +52,9 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
 def _redis_and_protocol(args: argparse.Namespace) -> tuple[RedisSettings, ProtocolSettings]:
     env = Env(os.environ)
     redis_settings = (
-        RedisSettings(url=args.redis_url) if args.redis_url else RedisSettings.from_env(env)
+        RedisSettings(url=args.redis_url, cluster=RedisSettings.from_env(env).cluster)
+        if args.redis_url
+        else RedisSettings.from_env(env)
     )
     return redis_settings, ProtocolSettings.from_env(env)
 
@@ -75,11 +75,11 @@ def _status(args: argparse.Namespace) -> int:
     from rhailambda.shim.status import gather_status, render_status
 
     redis_settings, protocol = _redis_and_protocol(args)
-    client = connect(redis_settings.url)
+    client = RespClient(redis_settings.address(), client_name="rhailambda-cli")
     try:
         workers = [normalize_worker_id(w) for w in args.worker]
         status = gather_status(client, protocol.layout, workers)
-    except redis.exceptions.RedisError as exc:
+    except RedisError as exc:
         raise _Unreachable(redis_settings, exc) from None
     finally:
         client.close()
@@ -93,14 +93,14 @@ def _status(args: argparse.Namespace) -> int:
 def _set_paused(args: argparse.Namespace, paused: bool) -> int:
     redis_settings, protocol = _redis_and_protocol(args)
     workers = [normalize_worker_id(w) for w in args.worker]
-    client = connect(redis_settings.url)
+    client = RespClient(redis_settings.address(), client_name="rhailambda-cli")
     try:
-        key = protocol.layout.paused()
-        if paused:
-            client.sadd(key, *workers)
-        else:
-            client.srem(key, *workers)
-    except redis.exceptions.RedisError as exc:
+        keys = [protocol.layout.paused(w) for w in workers]
+        commands = [["SET", k, "1"] if paused else ["DEL", k] for k in keys]
+        for reply in client.round_trip(commands, idempotent=True):
+            if isinstance(reply, Exception):
+                raise reply
+    except RedisError as exc:
         raise _Unreachable(redis_settings, exc) from None
     finally:
         client.close()

@@ -4,8 +4,10 @@ Every Redis call of the shim goes through :meth:`Health.call`: a connection erro
 marks the shim unhealthy, logs one line, and retries with capped exponential
 backoff until Redis answers (or the caller is cancelled, e.g. at shutdown). The
 ids themselves are safe meanwhile: they sit in Redis lists. A cancel that
-redis-py swallowed during the call (Python 3.11, see :mod:`rhailambda.shim.cancel`)
-is raised when the call returns.
+was swallowed during the call (Python 3.11, see :mod:`rhailambda.shim.cancel`)
+is raised when the call returns. Error replies that mean "not now" (OOM, READONLY,
+LOADING, BUSY, TRYAGAIN, CLUSTERDOWN, MASTERDOWN) are waited out the same way:
+the ids held meanwhile move on once Redis recovers, with no restart.
 """
 
 from __future__ import annotations
@@ -17,24 +19,26 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import redis.exceptions as rex
-
+from rhailambda.errors import RedisResponseError
 from rhailambda.shim.cancel import cancel_requests, raise_if_cancel_lost
 
-__all__ = ["TRANSIENT_ERRORS", "Health"]
+__all__ = ["TRANSIENT_CODES", "TRANSIENT_ERRORS", "Health", "is_transient"]
 
 T = TypeVar("T")
 log = logging.getLogger("rhailambda.shim")
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    rex.ConnectionError,
-    rex.TimeoutError,
-    rex.BusyLoadingError,
-    rex.TryAgainError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+#: error replies that say "not now" (memory full, a failover or a load under way):
+#: the call is waited out like an outage, and the shim reports itself unhealthy
+TRANSIENT_CODES = frozenset(
+    {"OOM", "READONLY", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOREPLICAS"}
 )
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, RedisResponseError):
+        return exc.code in TRANSIENT_CODES
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 class Health:
@@ -56,7 +60,10 @@ class Health:
         while True:
             try:
                 result = await op()
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+                    raise
                 raise_if_cancel_lost(cancels)
                 self._mark_down(what, exc)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))

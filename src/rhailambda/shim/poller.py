@@ -37,13 +37,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
-from rhailambda.redis_conn import connect_async
+from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import Env
 from rhailambda.shim import settings as shim_settings
 from rhailambda.shim.app import build_invoker, serve
@@ -112,16 +111,14 @@ def _secret_url(secret_arn: str) -> str:
 
 
 async def dead_letter_depth(
-    client: aioredis.Redis, layout: KeyLayout, worker_ids: tuple[str, ...]
+    client: AsyncRespClient, layout: KeyLayout, worker_ids: tuple[str, ...]
 ) -> int:
-    """Dead-lettered ids across ``worker_ids`` (one pipelined round trip)."""
-    pipe = client.pipeline(transaction=False)
-    for worker_id in worker_ids:
-        pipe.llen(layout.dead_letter(worker_id))
-    return sum(int(n) for n in await pipe.execute())
+    """Dead-lettered ids across ``worker_ids`` (one pipelined round trip per node)."""
+    replies = await client.round_trip([["LLEN", layout.dead_letter(w)] for w in worker_ids])
+    return sum(int(n) for n in replies if isinstance(n, int))
 
 
-async def _publish_depth(client: aioredis.Redis, settings: ShimSettings) -> int | None:
+async def _publish_depth(client: AsyncRespClient, settings: ShimSettings) -> int | None:
     """Publish DeadLetterDepth; None (and a warning) when Redis or the metric fails."""
     try:
         depth = await dead_letter_depth(
@@ -135,7 +132,7 @@ async def _publish_depth(client: aioredis.Redis, settings: ShimSettings) -> int 
     return depth
 
 
-async def _depth_loop(client: aioredis.Redis, settings: ShimSettings) -> None:
+async def _depth_loop(client: AsyncRespClient, settings: ShimSettings) -> None:
     while True:
         await _publish_depth(client, settings)
         await asyncio.sleep(DEPTH_INTERVAL_S)
@@ -150,7 +147,7 @@ async def run_poller(
     loop.call_later(drain_s, stop.set)
     own_invoker = invoker is None
     inv = invoker or build_invoker(settings)
-    client = connect_async(settings.redis.url, max_block_s=settings.queues.block_s)
+    client = AsyncRespClient(settings.redis.address())
     depth_task = asyncio.create_task(_depth_loop(client, settings))
     started = time.monotonic()
     try:
@@ -162,7 +159,7 @@ async def run_poller(
         depth = await _publish_depth(client, settings)
         if own_invoker:
             await inv.aclose()
-        await client.aclose()
+        client.close()
     return PollerRun(settings.queues.shim_id, drained_s, depth)
 
 

@@ -2,10 +2,18 @@
 
 Each live shim is a member of the sorted set ``layout.shims()`` scored by its
 lease expiry (ms since the epoch), with an info hash ``layout.shim_info(id)``
-naming its queues and health. A shim whose lease expired is reaped by any live
-shim: one Lua call per dead shim re-checks the lease (a shim that renewed in the
-meantime is left alone), moves each of its in-flight lists back onto the front
-of its queue (oldest first), and removes its registration.
+naming its queues and health; both share one slot (the ``{shims}`` tag). A shim
+whose lease expired is reaped by any live shim, one slot at a time:
+
+1. per queue it served (queue slot): its in-flight list goes back onto the front
+   of the queue (oldest first), in one script;
+2. (lease slot) its registration is removed, only if its lease is still expired.
+
+A reaper that dies between the two leaves the registration, so the next reaper
+repeats step 1 (which moves whatever is still there) and step 2. A shim that wakes
+up after a stall while it is being reaped may find its in-flight ids delivered
+again by others: fencing by attempt keeps one reply per task, and its heartbeat
+reports the lapse when it was removed.
 """
 
 from __future__ import annotations
@@ -13,34 +21,41 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-import redis.asyncio as aioredis
-
 from rhailambda.protocol import KeyLayout
+from rhailambda.resp_async import AsyncRespClient, AsyncScript
 from rhailambda.shim.health import Health
 
 __all__ = ["WORKERS_FIELD", "RedisLeaseStore"]
 
 WORKERS_FIELD = "workers"
 
-# KEYS: shims zset, info hash, then (inflight, queue) pairs.
-# ARGV: shim id, now ms, force ('1': reap even if the lease is live: our own restart).
-_REAP_LUA = """
+# KEYS: shims zset, info hash. ARGV: shim id, expiry ms, then info field/value pairs.
+# Returns 1 when the shim was not registered (new, or removed by a reaper).
+_HEARTBEAT_LUA = """
+local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end
+return added
+"""
+
+# KEYS: inflight, queue (one slot). Moves the whole in-flight list back, oldest first.
+_RETURN_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, #items, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+end
+redis.call('DEL', KEYS[1])
+return #items
+"""
+
+# KEYS: shims zset, info hash. ARGV: shim id, now ms, force ('1': remove even if live).
+_REMOVE_LUA = """
 if ARGV[3] ~= '1' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if score and tonumber(score) > tonumber(ARGV[2]) then return -1 end
-end
-local moved = 0
-for k = 3, #KEYS, 2 do
-  local items = redis.call('LRANGE', KEYS[k], 0, -1)
-  for i = 1, #items, 1000 do
-    redis.call('RPUSH', KEYS[k + 1], unpack(items, i, math.min(i + 999, #items)))
-  end
-  redis.call('DEL', KEYS[k])
-  moved = moved + #items
+  if score and tonumber(score) > tonumber(ARGV[2]) then return 0 end
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-return moved
+return 1
 """
 
 
@@ -52,42 +67,51 @@ class RedisLeaseStore:
     """This shim's lease, and the reaper of other shims' expired ones."""
 
     def __init__(
-        self, client: aioredis.Redis, layout: KeyLayout, shim_id: str, health: Health
+        self, client: AsyncRespClient, layout: KeyLayout, shim_id: str, health: Health
     ) -> None:
         self._client = client
         self._layout = layout
         self._shim_id = shim_id
         self._health = health
-        self._reap = client.register_script(_REAP_LUA)
+        self._heartbeat = AsyncScript(_HEARTBEAT_LUA)
+        self._return = AsyncScript(_RETURN_LUA)
+        self._remove = AsyncScript(_REMOVE_LUA)
         self._registered = False
 
     async def heartbeat(self, info: Mapping[str, str], *, lease_s: float) -> bool:
         expiry = now_ms() + int(lease_s * 1000)
-        flat = [x for pair in info.items() for x in pair]
-
-        async def beat() -> list[object]:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zadd(self._layout.shims(), {self._shim_id: expiry})
-                pipe.hset(self._layout.shim_info(self._shim_id), items=flat)
-                return list(await pipe.execute())
-
-        added = (await self._health.call("heartbeat", beat))[0]
+        keys = [self._layout.shims(), self._layout.shim_info(self._shim_id)]
+        args: list[str | int] = [self._shim_id, expiry, *(x for kv in info.items() for x in kv)]
+        added = await self._health.call(
+            "heartbeat", lambda: self._heartbeat(self._client, keys, args)
+        )
         kept = not (self._registered and added == 1)  # re-added: we had been removed
         self._registered = True
         return kept
 
     async def _reap_one(self, shim_id: str, worker_ids: Sequence[str], *, force: bool) -> int:
         info_key = self._layout.shim_info(shim_id)
-        listed = await self._health.call("hget", lambda: self._client.hget(info_key, WORKERS_FIELD))
-        text = listed.decode() if isinstance(listed, bytes) else (listed or "")
-        workers = dict.fromkeys([*text.split(","), *worker_ids])
-        keys = [self._layout.shims(), info_key]
+        listed = await self._health.call(
+            "hget", lambda: self._client.execute("HGET", info_key, WORKERS_FIELD)
+        )
+        workers = [w for w in dict.fromkeys([*(listed or "").split(","), *worker_ids]) if w]
+        if not force:  # still expired? (it may have renewed since we listed it)
+            score = await self._health.call(
+                "zscore", lambda: self._client.execute("ZSCORE", self._layout.shims(), shim_id)
+            )
+            if score is not None and float(score) > now_ms():
+                return -1
+        moved = 0
         for worker_id in workers:
-            if worker_id:
-                keys += [self._layout.inflight(worker_id, shim_id), self._layout.queue(worker_id)]
+            keys = [self._layout.inflight(worker_id, shim_id), self._layout.queue(worker_id)]
+            moved += int(await self._return_ids(keys))
+        keys = [self._layout.shims(), info_key]
         args: list[str | int] = [shim_id, now_ms(), "1" if force else "0"]
-        moved = await self._health.call("reap", lambda: self._reap(keys=keys, args=args))
-        return int(moved)
+        await self._health.call("unregister", lambda: self._remove(self._client, keys, args))
+        return moved
+
+    async def _return_ids(self, keys: list[str]) -> int:
+        return int(await self._health.call("reap", lambda: self._return(self._client, keys)))
 
     async def recover_own(self, worker_ids: Sequence[str]) -> int:
         moved = await self._reap_one(self._shim_id, worker_ids, force=True)
@@ -97,7 +121,7 @@ class RedisLeaseStore:
     async def reap_expired(self, worker_ids: Sequence[str]) -> dict[str, int]:
         expired = await self._health.call(
             "zrangebyscore",
-            lambda: self._client.zrangebyscore(self._layout.shims(), "-inf", now_ms()),
+            lambda: self._client.execute("ZRANGEBYSCORE", self._layout.shims(), "-inf", now_ms()),
         )
         reaped: dict[str, int] = {}
         for shim_id in expired:
@@ -109,11 +133,7 @@ class RedisLeaseStore:
         return reaped
 
     async def deregister(self) -> None:
-        async def remove() -> None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._layout.shims(), self._shim_id)
-                pipe.delete(self._layout.shim_info(self._shim_id))
-                await pipe.execute()
-
-        await self._health.call("deregister", remove)
+        keys = [self._layout.shims(), self._layout.shim_info(self._shim_id)]
+        args: list[str | int] = [self._shim_id, now_ms(), "1"]
+        await self._health.call("deregister", lambda: self._remove(self._client, keys, args))
         self._registered = False

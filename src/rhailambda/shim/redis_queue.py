@@ -1,127 +1,107 @@
 """The Redis :class:`~rhailambda.shim.source.QueueSource`: reliable take, ack, dead-letter.
 
-Taking is ``BLMOVE queue inflight RIGHT LEFT`` (only on an empty queue) plus one
-Lua call that fills the batch with ``LMOVE``, skips tasks already final, and
-counts the attempt (``HINCRBY`` on the task hash, only where the hash exists):
-one or two round trips per batch, never a bare pop. Every later step (ack,
-dead-letter, hand back) is one round trip per batch as well.
+Every script touches one slot (a Redis Cluster refuses anything else): a queue's
+in-flight lists, dead letters and pause switch share the queue's slot; a task's
+hash and done marker share the hash's slot (:class:`~rhailambda.protocol.KeyLayout`).
+So taking is two steps:
 
-Each queue's taker owns one lean connection (:mod:`rhailambda.resp_async`) for
-``BLMOVE`` and the take script, and acks share one more: the hot path, and the one
-that runs cold after an idle pause; everything else goes through redis-py.
+1. *move* (queue slot): ``BLMOVE queue inflight RIGHT LEFT`` only on an empty
+   queue, then one script that checks the pause switch and fills the batch with
+   ``LMOVE``: ids go straight into our in-flight list, never through a bare pop.
+2. *deliver* (task slots: one script per slot on a cluster, one in all on a
+   standalone server): skip tasks already final or finished (their done marker),
+   count the attempt (``HINCRBY`` on the hash: the fencing token), read createdAt.
+   An id whose task key is not a hash, or whose attempt field is not an integer, is
+   poison: dead-lettered with an error reply, alone.
 
-If a call that moves ids fails half-way (connection lost after the server ran
-it), ids can sit in our in-flight list unknown to us; the next successful take
+Ids dropped by *deliver* leave the in-flight list in one more queue-slot call; the
+rest are handed to the drain loop. If a step fails half-way (connection lost after
+the server ran it), ids can sit in our in-flight list unknown to us: the next take
 on that queue hands such orphans back to the queue.
+
+Each queue's taker owns a channel (its own connections: BLMOVE blocks); every
+other call shares the client's pipelined connection per node.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from rhailambda import taskstore
-from rhailambda.resp import Address
-from rhailambda.resp_async import AsyncConnection, AsyncScript
+from rhailambda.errors import RedisResponseError
+from rhailambda.resp_async import AsyncChannel, AsyncRespClient, AsyncScript
 from rhailambda.settings import ProtocolSettings
+from rhailambda.shim import finishing
 from rhailambda.shim.health import Health
 from rhailambda.shim.source import Taken, TakeResult
+from rhailambda.slots import key_slot
 
-__all__ = ["RedisQueueSource"]
+__all__ = ["HAND_BACK_LUA", "RedisQueueSource"]
 
 _BLOCK_MARGIN_S = 5.0  # a BLMOVE's reply may take this much longer than its block
 
-# One delivery of an in-flight id: drop it if the task is already final (or finished
-# and cleaned up: its done marker), dead-letter it if its task key is not a hash (a
-# poison id must not stop the queue), else count the attempt (only where the hash
-# exists) and report id, attempt, createdAt.
-_DELIVER_LUA = """
-local function deliver(inflight, dlq, prefix, done_prefix, id, out)
-  local key = prefix .. id
-  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at')
-  if h['err'] then  -- WRONGTYPE: the task key is not a hash
-    redis.call('LREM', inflight, 1, id)
-    redis.call('LPUSH', dlq, id)
-    return
-  end
-  if h[1] == 'completed' or h[1] == 'error' then
-    redis.call('LREM', inflight, 1, id)
-    return
-  end
-  local attempt = 1
-  if h[1] or redis.call('EXISTS', key) == 1 then
-    attempt = redis.call('HINCRBY', key, 'rhailambdaAttempt', 1)
-  elseif redis.call('EXISTS', done_prefix .. id) == 1 then
-    redis.call('LREM', inflight, 1, id)  -- finished and cleaned up: a late redelivery
-    return
-  end
-  out[#out + 1] = id
-  out[#out + 1] = attempt
-  out[#out + 1] = h[2] or h[3] or ''
-end
-"""
-
-# KEYS: queue, inflight, paused, dead letters.
-# ARGV: n, worker id, task key prefix, done-marker prefix, [first id]
-_TAKE_LUA = (
-    _DELIVER_LUA
-    + """
-local queue, inflight, dlq = KEYS[1], KEYS[2], KEYS[4]
-local n, prefix, done_prefix = tonumber(ARGV[1]), ARGV[3], ARGV[4]
+# KEYS: queue, inflight, paused. ARGV: n, [first id (moved by BLMOVE)]
+_MOVE_LUA = """
+local queue, inflight = KEYS[1], KEYS[2]
 local ids = {}
-if ARGV[5] then ids[1] = ARGV[5] end
-if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
+if ARGV[2] then ids[1] = ARGV[2] end
+if redis.call('EXISTS', KEYS[3]) == 1 then
   for i = #ids, 1, -1 do
     if redis.call('LREM', inflight, 1, ids[i]) == 1 then redis.call('RPUSH', queue, ids[i]) end
   end
   return {-1}
 end
+local n = tonumber(ARGV[1])
 while #ids < n do
   local id = redis.call('LMOVE', queue, inflight, 'RIGHT', 'LEFT')
   if not id then break end
   ids[#ids + 1] = id
 end
-local out = {}
-for _, id in ipairs(ids) do deliver(inflight, dlq, prefix, done_prefix, id, out) end
-return out
+return ids
 """
-)
 
-# KEYS: inflight, dead letters. ARGV: task key prefix, done-marker prefix, ids...
-# (only ids still in flight are redelivered)
-_REDELIVER_LUA = (
-    _DELIVER_LUA
-    + """
-local inflight, dlq, prefix, done_prefix = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+# KEYS: task1, done1, task2, done2, ... (one slot). Per task: {'go', attempt, createdAt},
+# {'drop'} (final, or finished and cleaned up), or {'poison', why}.
+_DELIVER_LUA = """
 local out = {}
-for i = 3, #ARGV do
-  if redis.call('LPOS', inflight, ARGV[i]) then
-    deliver(inflight, dlq, prefix, done_prefix, ARGV[i], out)
+for i = 1, #KEYS / 2 do
+  local key, done = KEYS[2 * i - 1], KEYS[2 * i]
+  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at')
+  if h['err'] then
+    out[i] = {'poison', 'holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a task hash'}
+  elseif h[1] == 'completed' or h[1] == 'error' then
+    out[i] = {'drop'}
+  elseif h[1] or redis.call('EXISTS', key) == 1 then
+    local attempt = redis.pcall('HINCRBY', key, 'rhailambdaAttempt', 1)
+    if type(attempt) == 'table' then
+      out[i] = {'poison', 'its rhailambdaAttempt field is not an integer'}
+    else
+      out[i] = {'go', attempt, h[2] or h[3] or ''}
+    end
+  elseif redis.call('EXISTS', done) == 1 then
+    out[i] = {'drop'}
+  else
+    out[i] = {'go', 1, ''}  -- no hash: the function answers "not found"
   end
 end
 return out
 """
-)
 
-# KEYS: inflight. ARGV: task key prefix, the number of plain ids, the plain ids, then
-# (id, attempt) pairs to check: ids this shim holds more than one delivery of (it was
-# reaped and took them again). A stale delivery's ack must not remove the entry of
-# the newer one, so those are removed only when no newer attempt was counted.
-_ACK_LUA = """
-local prefix, plain = ARGV[1], tonumber(ARGV[2])
+# KEYS: inflight. ARGV: ids to forget (one entry each). Returns how many were removed.
+_FORGET_LUA = """
 local removed = 0
-for i = 3, 2 + plain do removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
-for i = 3 + plain, #ARGV, 2 do
-  local latest = redis.pcall('HGET', prefix .. ARGV[i], 'rhailambdaAttempt')
-  if type(latest) ~= 'string' or tonumber(latest) <= tonumber(ARGV[i + 1]) then
-    removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
-  end
-end
+for i = 1, #ARGV do removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
 return removed
+"""
+
+# KEYS: inflight. ARGV: ids. Returns the ids still in flight (for a retry).
+_HELD_LUA = """
+local out = {}
+for i = 1, #ARGV do
+  if redis.call('LPOS', KEYS[1], ARGV[i]) then out[#out + 1] = ARGV[i] end
+end
+return out
 """
 
 # KEYS: inflight, dead-letter list. ARGV: ids.
@@ -160,74 +140,55 @@ end
 return moved
 """
 
+_ARGS_PER_CALL = 1000  # ElastiCache allows 3,999 arguments per command
 
-def _parse_taken(flat: list[Any]) -> tuple[Taken, ...]:
-    return tuple(
-        Taken(str(flat[i]), int(flat[i + 1]), str(flat[i + 2])) for i in range(0, len(flat), 3)
-    )
+
+def _chunks(items: Sequence[str], size: int = _ARGS_PER_CALL) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class RedisQueueSource:
-    """Worker queues of one shim in Redis. ``client`` must decode strings."""
+    """Worker queues of one shim in Redis, on the shim's client (any deployment)."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRespClient,
         protocol: ProtocolSettings,
         shim_id: str,
         health: Health,
-        address: Address,
     ) -> None:
         self._client = client
-        self._address = address
-        self._taker_conns: dict[str, AsyncConnection] = {}  # one per queue's taker
-        self._ack_conn: AsyncConnection | None = None  # acks of every queue, pipelined
-        self._ack_opening = asyncio.Lock()  # concurrent acks open one connection
+        self._channels: dict[str, AsyncChannel] = {}  # one per queue's taker
         self._protocol = protocol
         self._layout = protocol.layout
         self._shim_id = shim_id
         self._health = health
-        self._task_prefix = self._layout.task("")
-        self._done_prefix = self._layout.done("")
-        self._take = AsyncScript(_TAKE_LUA)
-        self._redeliver = client.register_script(_REDELIVER_LUA)
-        self._ack = AsyncScript(_ACK_LUA)
-        self._dead_letter = client.register_script(_DEAD_LETTER_LUA)
-        self._hand_back = client.register_script(HAND_BACK_LUA)
+        self._move = AsyncScript(_MOVE_LUA)
+        self._deliver = AsyncScript(_DELIVER_LUA)
+        self._forget = AsyncScript(_FORGET_LUA)
+        self._held_script = AsyncScript(_HELD_LUA)
+        self._dead_letter = AsyncScript(_DEAD_LETTER_LUA)
+        self._hand_back = AsyncScript(HAND_BACK_LUA)
         self._held: dict[str, Counter[str]] = {}  # ids handed to the drain loop, per queue
         self._suspect: set[str] = set()  # queues where a move may have half-failed
 
-    async def _taker_conn(self, worker_id: str) -> AsyncConnection:
-        conn = self._taker_conns.get(worker_id)
-        if conn is None or conn.closed:
-            conn = await AsyncConnection.open(self._address, "rhailambda-shim")
-            self._taker_conns[worker_id] = conn
-        return conn
+    async def _script(
+        self, what: str, script: AsyncScript, keys: list[str], args: Sequence[str | int]
+    ) -> Any:
+        """One script call on the shared client, waited out through outages."""
+        return await self._health.call(what, lambda: script(self._client, keys, args))
 
-    async def _blmove(self, worker_id: str, queue: str, inflight: str, block_s: float) -> Any:
-        conn = await self._taker_conn(worker_id)
-        timeout_s = block_s + _BLOCK_MARGIN_S
-        return await conn.execute(
-            "BLMOVE", queue, inflight, "RIGHT", "LEFT", block_s, timeout_s=timeout_s
-        )
-
-    async def _take_script(self, worker_id: str, keys: list[str], args: list[str | int]) -> Any:
-        return await self._take(await self._taker_conn(worker_id), keys, args)
-
-    async def _ack_script(self, keys: list[str], args: list[str | int]) -> Any:
-        async with self._ack_opening:
-            if self._ack_conn is None or self._ack_conn.closed:
-                self._ack_conn = await AsyncConnection.open(self._address, "rhailambda-shim")
-            conn = self._ack_conn
-        return await self._ack(conn, keys, args)
+    def _channel(self, worker_id: str) -> AsyncChannel:
+        channel = self._channels.get(worker_id)
+        if channel is None:
+            channel = self._channels[worker_id] = self._client.channel()
+        return channel
 
     def close(self) -> None:
-        """Close the lean connections (redis-py's client is closed by its owner)."""
-        for conn in [*self._taker_conns.values(), self._ack_conn]:
-            if conn is not None:
-                conn.close()
-        self._taker_conns.clear()
-        self._ack_conn = None
+        """Close the takers' channels (the client is closed by its owner)."""
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
 
     def held_count(self) -> int:
         return sum(c.total() for c in self._held.values())
@@ -253,11 +214,12 @@ class RedisQueueSource:
             await self._hand_back_orphans(worker_id)
         queue, inflight = self._keys(worker_id)
         block_s = max(block_s, 0.01) if block_s > 0 else 0.0  # BLMOVE 0 blocks forever
-        keys = [queue, inflight, self._layout.paused(), self._layout.dead_letter(worker_id)]
-        args: list[str | int] = [max_items, worker_id, self._task_prefix, self._done_prefix]
+        keys = [queue, inflight, self._layout.paused(worker_id)]
+        args: list[str | int] = [max_items]
+        channel = self._channel(worker_id)
         tries = calls = 0  # round trips sent vs. operations asked for
 
-        async def move(what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        async def step(what: str, op: Callable[[], Awaitable[Any]]) -> Any:
             nonlocal tries, calls
             calls += 1
 
@@ -268,18 +230,20 @@ class RedisQueueSource:
 
             return await self._health.call(what, once)
 
-        first: str | None = None
         try:
             # A blocking take goes straight to BLMOVE (it returns at once when ids are
             # there): the drain loop only blocks after a non-blocking take found none.
             if block_s > 0:
-                first = await move(
-                    "blmove", lambda: self._blmove(worker_id, queue, inflight, block_s)
-                )
+                timeout_s = block_s + _BLOCK_MARGIN_S
+                blmove: list[str | float] = ["BLMOVE", queue, inflight, "RIGHT", "LEFT", block_s]
+                first = await step("blmove", lambda: channel.execute(*blmove, timeout_s=timeout_s))
                 if first is None:
                     return TakeResult()
                 args.append(str(first))
-            flat = await move("take", lambda: self._take_script(worker_id, keys, args))
+            ids = await step("take", lambda: self._move(channel, keys, args))
+            if ids and ids[0] == -1:
+                return TakeResult(paused=True)
+            items = await self._delivered(worker_id, [str(i) for i in ids], step)
         except BaseException:
             self._suspect.add(worker_id)  # cancelled or failed mid-move: look for orphans
             raise
@@ -288,19 +252,67 @@ class RedisQueueSource:
             # ids it moved sit in our in-flight list unknown to us. Hand them back next.
             if tries > calls:
                 self._suspect.add(worker_id)
-        if flat and flat[0] == -1:
-            return TakeResult(paused=True)
-        items = _parse_taken(flat)
-        self._hold(worker_id, items)
         return TakeResult(items)
+
+    async def _delivered(
+        self,
+        worker_id: str,
+        task_ids: Sequence[str],
+        step: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    ) -> tuple[Taken, ...]:
+        """Count an attempt for each id now in flight; settle the ones not to run."""
+        if not task_ids:
+            return ()
+        verdicts: list[Any] = [None] * len(task_ids)
+        empty = [i for i, t in enumerate(task_ids) if not t]
+        for i in empty:
+            verdicts[i] = ["poison", "is empty"]
+        groups: dict[int, list[int]] = {}
+        cluster = self._client.cluster
+        for i, task_id in enumerate(task_ids):
+            if task_id:
+                key = self._layout.task(task_id)
+                groups.setdefault(key_slot(key) if cluster else 0, []).append(i)
+        calls = []
+        for idx in groups.values():
+            keys = [k for i in idx for k in (self._layout.task(task_ids[i]),
+                                             self._layout.done(task_ids[i]))]  # fmt: skip
+            calls.append((idx, keys))
+        if calls:
+            replies = await step("deliver", lambda: self._deliver.many(
+                self._client, [(k, []) for _, k in calls]))  # fmt: skip
+            for (idx, _), reply in zip(calls, replies, strict=True):
+                if isinstance(reply, RedisResponseError):
+                    raise reply
+                for i, verdict in zip(idx, reply, strict=True):
+                    verdicts[i] = verdict
+        items: list[Taken] = []
+        drop: list[str] = []
+        poison: dict[str, list[str]] = {}
+        for task_id, verdict in zip(task_ids, verdicts, strict=True):
+            if verdict[0] == "go":
+                items.append(Taken(task_id, int(verdict[1]), str(verdict[2])))
+            elif verdict[0] == "drop":
+                drop.append(task_id)
+            else:
+                poison.setdefault(str(verdict[1]), []).append(task_id)
+        _, inflight = self._keys(worker_id)
+        for chunk in _chunks(drop):
+            await self._script("forget", self._forget, [inflight], chunk)
+        self._hold(worker_id, items)
+        for why, ids in poison.items():
+            self._hold(worker_id, [Taken(t, 1) for t in ids])
+            await self.dead_letter(worker_id, ids, f"malformed task: its task key {why}")
+        return tuple(items)
 
     async def _hand_back_orphans(self, worker_id: str) -> None:
         _, inflight = self._keys(worker_id)
-        raw = await self._health.call("lrange", lambda: self._client.lrange(inflight, 0, -1))
-        present = [x.decode() if isinstance(x, bytes) else x for x in raw]
+        raw = await self._health.call(
+            "lrange", lambda: self._client.execute("LRANGE", inflight, 0, -1)
+        )
         held = Counter(self._held.get(worker_id, Counter()))
         orphans: list[str] = []
-        for task_id in present:
+        for task_id in raw:
             if held[task_id] > 0:
                 held[task_id] -= 1
             else:
@@ -311,13 +323,18 @@ class RedisQueueSource:
 
     async def redeliver(self, worker_id: str, task_ids: Sequence[str]) -> tuple[Taken, ...]:
         _, inflight = self._keys(worker_id)
-        args = [self._task_prefix, self._done_prefix, *task_ids]
-        keys = [inflight, self._layout.dead_letter(worker_id)]
-        flat = await self._health.call("redeliver", lambda: self._redeliver(keys=keys, args=args))
-        items = _parse_taken(flat)
-        kept = {t.task_id for t in items}
+        still: list[str] = []
+        for chunk in _chunks(task_ids):
+            got = await self._script("held", self._held_script, [inflight], chunk)
+            still += [str(t) for t in got]
+        kept = set(still)
         self._release(worker_id, [t for t in task_ids if t not in kept])
-        return items
+        self._release(worker_id, still)  # _delivered holds them again
+
+        async def step(what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+            return await self._health.call(what, op)
+
+        return await self._delivered(worker_id, still, step)
 
     async def ack(self, worker_id: str, items: Sequence[Taken]) -> None:
         if not items:
@@ -325,11 +342,19 @@ class RedisQueueSource:
         _, inflight = self._keys(worker_id)
         held = self._held.get(worker_id, Counter())
         plain = [t.task_id for t in items if held[t.task_id] <= 1]
-        args: list[str | int] = [self._task_prefix, len(plain), *plain]
-        for item in items:
-            if held[item.task_id] > 1:
-                args += [item.task_id, item.attempt]
-        await self._health.call("ack", lambda: self._ack_script([inflight], args))
+        twice = [t for t in items if held[t.task_id] > 1]
+        if twice:
+            # We hold two deliveries of these ids (reaped, then taken again): a stale
+            # delivery's ack must not remove the entry of the newer one.
+            reads: list[list[str | int]] = [
+                ["HGET", self._layout.task(t.task_id), "rhailambdaAttempt"] for t in twice
+            ]
+            latest = await self._health.call("latest", lambda: self._client.round_trip(reads))
+            for item, value in zip(twice, latest, strict=True):
+                if not isinstance(value, str) or not value.isdigit() or int(value) <= item.attempt:
+                    plain.append(item.task_id)
+        for chunk in _chunks(plain):
+            await self._script("ack", self._forget, [inflight], chunk)
         self._release(worker_id, [t.task_id for t in items])
 
     async def dead_letter(self, worker_id: str, task_ids: Sequence[str], reason: str) -> None:
@@ -337,15 +362,15 @@ class RedisQueueSource:
             return
         _, inflight = self._keys(worker_id)
         ids = list(task_ids)
+        usable = [t for t in ids if t]  # an empty id has no task or reply key of its own
         # Reply first: a crash after it leaves an id whose task is final (skipped later).
         await self._health.call(
             "fail_tasks",
-            lambda: taskstore.fail_tasks_async(self._client, self._protocol, ids, reason),
+            lambda: finishing.fail_tasks_async(self._client, self._protocol, usable, reason),
         )
         dlq = self._layout.dead_letter(worker_id)
-        await self._health.call(
-            "dead_letter", lambda: self._dead_letter(keys=[inflight, dlq], args=ids)
-        )
+        for chunk in _chunks(ids):
+            await self._script("dead_letter", self._dead_letter, [inflight, dlq], chunk)
         self._release(worker_id, ids)
 
     async def hand_back(self, worker_id: str, task_ids: Sequence[str] | None = None) -> int:
@@ -353,17 +378,17 @@ class RedisQueueSource:
         ids = list(task_ids) if task_ids is not None else []
         if task_ids is not None and not ids:
             return 0
-        moved = await self._health.call(
-            "hand_back", lambda: self._hand_back(keys=[inflight, queue], args=ids)
-        )
+        moved = 0
+        for chunk in _chunks(ids) if ids else [[]]:
+            moved += int(await self._script("hand_back", self._hand_back, [inflight, queue], chunk))
         if task_ids is None:
             self._held.pop(worker_id, None)
         else:
             self._release(worker_id, ids)
-        return int(moved)
+        return moved
 
     async def is_paused(self, worker_id: str) -> bool:
         paused = await self._health.call(
-            "sismember", lambda: self._client.sismember(self._layout.paused(), worker_id)
+            "paused", lambda: self._client.execute("EXISTS", self._layout.paused(worker_id))
         )
         return bool(paused)

@@ -1,7 +1,9 @@
 """What ``rhailambda status`` shows: queues, in-flight ids, dead letters, live shims.
 
 Queues are found without KEYS or SCAN: every live shim lists its worker ids in
-its info hash, and ``--worker`` adds more. Two pipelined round trips in all.
+its info hash, and ``--worker`` adds more. Three rounds of single-key reads (one
+write per node each), so it works on a Redis Cluster too. A queue whose key holds
+the wrong type (a hash at ``rhailib:w1``) is reported on its own row.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
-
 from rhailambda.protocol import KeyLayout
+from rhailambda.resp import RespClient
 from rhailambda.shim.redis_lease import WORKERS_FIELD
 
 __all__ = ["QueueStatus", "ShimStatus", "Status", "gather_status", "render_status"]
@@ -27,6 +28,7 @@ class QueueStatus:
     stranded: int  # held by shims whose lease expired (the reaper returns them)
     dead_letters: int
     paused: bool
+    error: str = ""  # a key of this queue holds the wrong type (the others still show)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +50,17 @@ class Status:
         return asdict(self)
 
 
-def gather_status(client: redis.Redis, layout: KeyLayout, workers: Sequence[str] = ()) -> Status:
+def gather_status(client: RespClient, layout: KeyLayout, workers: Sequence[str] = ()) -> Status:
+    """Two rounds of single-key reads (one write per node): works on any deployment."""
     now_ms = time.time() * 1000
-    raw_leases: list[Any] = list(client.zrange(layout.shims(), 0, -1, withscores=True))
-    leases = [(str(member), float(score)) for member, score in raw_leases]
-    pipe = client.pipeline(transaction=False)
-    pipe.smembers(layout.paused())
-    for shim_id, _ in leases:
-        pipe.hgetall(layout.shim_info(shim_id))
-    paused_raw, *infos = pipe.execute()
+    flat = client.execute("ZRANGE", layout.shims(), 0, -1, "WITHSCORES", idempotent=True)
+    leases = [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+    infos = client.round_trip(
+        [["HGETALL", layout.shim_info(shim_id)] for shim_id, _ in leases], idempotent=True
+    )
     shims: list[ShimStatus] = []
-    for (shim_id, score), info in zip(leases, infos, strict=True):
+    for (shim_id, score), raw in zip(leases, infos, strict=True):
+        info = _as_dict(raw)
         listed = tuple(w for w in (info.get(WORKERS_FIELD) or "").split(",") if w)
         shims.append(
             ShimStatus(
@@ -67,29 +69,56 @@ def gather_status(client: redis.Redis, layout: KeyLayout, workers: Sequence[str]
                 lease_left_s=round((score - now_ms) / 1000, 1),
                 healthy=info.get("healthy", "0") == "1" and score > now_ms,
                 workers=listed,
-                info=dict(info),
+                info=info,
             )
         )
     names = list(dict.fromkeys([*workers, *(w for s in shims for w in s.workers)]))
-    pipe = client.pipeline(transaction=False)
+    commands: list[list[str | int]] = []
     for worker_id in names:
-        pipe.llen(layout.queue(worker_id))
-        pipe.llen(layout.dead_letter(worker_id))
-        for shim in shims:
-            pipe.llen(layout.inflight(worker_id, shim.shim_id))
-    counts = iter(pipe.execute())
+        commands += [
+            ["LLEN", layout.queue(worker_id)],
+            ["LLEN", layout.dead_letter(worker_id)],
+            ["EXISTS", layout.paused(worker_id)],
+        ]
+        commands += [["LLEN", layout.inflight(worker_id, s.shim_id)] for s in shims]
+    counts = iter(client.round_trip(commands, idempotent=True) if commands else [])
     queues: list[QueueStatus] = []
     for worker_id in names:
-        queued, dead = next(counts), next(counts)
+        queued, dead, paused = next(counts), next(counts), next(counts)
+        problems = [str(r) for r in (queued, dead) if isinstance(r, Exception)]
         live = stranded = 0
         for shim in shims:
             held = next(counts)
-            if shim.live:
+            if isinstance(held, Exception):
+                problems.append(str(held))
+            elif shim.live:
                 live += held
             else:
                 stranded += held
-        queues.append(QueueStatus(worker_id, queued, live, stranded, dead, worker_id in paused_raw))
+        queues.append(
+            QueueStatus(
+                worker_id,
+                _count(queued), live, stranded, _count(dead), paused == 1,
+                error=_queue_error(layout, worker_id, problems),
+            )
+        )  # fmt: skip
     return Status(tuple(queues), tuple(shims))
+
+
+def _as_dict(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, list):
+        return {}
+    return {str(k): str(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
+
+
+def _count(reply: Any) -> int:
+    return reply if isinstance(reply, int) else 0
+
+
+def _queue_error(layout: KeyLayout, worker_id: str, problems: list[str]) -> str:
+    if not problems:
+        return ""
+    return f"{layout.queue(worker_id)} or one of its keys has the wrong type: {problems[0]}"
 
 
 def render_status(status: Status) -> None:
@@ -99,11 +128,12 @@ def render_status(status: Status) -> None:
 
     console = Console()
     queues = Table(title="queues")
-    for column in ("worker", "queued", "in flight", "stranded", "dead letters", "paused"):
-        queues.add_column(column, justify="left" if column == "worker" else "right")
+    for column in ("worker", "queued", "in flight", "stranded", "dead letters", "paused",
+                   "problem"):  # fmt: skip
+        queues.add_column(column, justify="left" if column in ("worker", "problem") else "right")
     for q in status.queues:
         queues.add_row(q.worker_id, str(q.queued), str(q.in_flight), str(q.stranded),
-                       str(q.dead_letters), "yes" if q.paused else "")  # fmt: skip
+                       str(q.dead_letters), "yes" if q.paused else "", q.error)  # fmt: skip
     console.print(queues)
     shims = Table(title="shims")
     for column in ("shim", "state", "lease left s", "workers", "batches", "dead-lettered",

@@ -123,18 +123,23 @@ def behaviour_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def queue_source(
     client: Any, redis_url: str, shim_id: str = "s1", *, health: Any = None, protocol: Any = None
 ) -> Any:
-    """A :class:`RedisQueueSource` on ``client`` whose lean connections reach ``redis_url``."""
+    """A :class:`RedisQueueSource` on its own shim client for ``redis_url``.
+
+    ``client`` (a redis-py client of the test) is not used by the source: the shim
+    speaks through :class:`~rhailambda.resp_async.AsyncRespClient` only.
+    """
     from rhailambda.resp import parse_url
+    from rhailambda.resp_async import AsyncRespClient
     from rhailambda.settings import ProtocolSettings
     from rhailambda.shim.health import Health
     from rhailambda.shim.redis_queue import RedisQueueSource
 
+    del client
     return RedisQueueSource(
-        client,
+        AsyncRespClient(parse_url(redis_url)),
         protocol or ProtocolSettings(),
         shim_id,
         health or Health(redis_url=redis_url),
-        parse_url(redis_url),
     )
 
 
@@ -173,7 +178,7 @@ class _RunCounterSession:
         self._client = client
 
     def _ran(self, task_id: str) -> bool:
-        self._client.hincrby(RUNS_KEY, task_id, 1)
+        self._client.execute("HINCRBY", RUNS_KEY, task_id, 1)
         return True
 
     def modules(self) -> dict[str, dict[str, Callable[..., Any]]]:
@@ -197,9 +202,9 @@ class RunCounter:
     name = "probe"
 
     def __init__(self, redis_url: str) -> None:
-        from rhailambda.redis_conn import connect
+        from rhailambda.resp import from_url
 
-        self._client = connect(redis_url)
+        self._client = from_url(redis_url, client_name="rhailambda-probe")
 
     def open(self, ctx: Any) -> _RunCounterSession:
         return _RunCounterSession(self._client)
