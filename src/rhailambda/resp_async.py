@@ -348,6 +348,9 @@ class AsyncRespClient:
         for channel in self._channels:
             channel.close()
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 class AsyncChannel:
     """Dedicated connections (one per node) for one task at a time: blocking commands."""

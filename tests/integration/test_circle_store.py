@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis import Redis
 
 from rhailambda.circle import (
     CircleSession,
@@ -33,7 +34,6 @@ from rhailambda.circle.store import Expectations, RecordWrite
 from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.functions.extension import Receipt, ScriptContext
 from rhailambda.protocol import KeyLayout
-from rhailambda.redis_conn import connect
 from rhailambda.resp import from_url
 
 TRICKY_CONTEXTS = ["alice", "alice}", "{alice}", "alice:rec:todo", "alice%3A", "alice:", "é {x}#"]
@@ -133,7 +133,7 @@ def test_circles_never_see_each_others_data(store: CircleStore) -> None:
 
 
 def test_redis_keys_stay_under_the_circles_hash_tag(redis_url: str) -> None:
-    client = connect(redis_url)
+    client = Redis.from_url(redis_url, decode_responses=True)
     store = RedisCircleStore(from_url(redis_url))
     for context in TRICKY_CONTEXTS:
         committed(store, context, lambda s: s.save("todo", "a}:{b", {"v": 1}))

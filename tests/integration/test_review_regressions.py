@@ -18,8 +18,8 @@ from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.functions.runner import BatchRunner
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.redis_conn import connect_async
-from rhailambda.resp import from_url
+from rhailambda.resp import from_url, parse_url
+from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.health import Health
@@ -108,7 +108,7 @@ def test_redelivery_after_finish_pushes_a_second_reply(
     runner = BatchRunner(settings, TaskStore(sync, settings.protocol))
 
     async def scenario() -> tuple[int, list[str]]:
-        client = connect_async(redis_url)
+        client = AsyncRespClient(parse_url(redis_url))
         health = Health(redis_url=redis_url)
         proto = ProtocolSettings()
         a = queue_source(client, redis_url, "shimA", health=health, protocol=proto)
@@ -125,7 +125,7 @@ def test_redelivery_after_finish_pushes_a_second_reply(
         b = queue_source(client, redis_url, "shimB", health=health, protocol=proto)
         taken2 = (await b.take("w1", 10, block_s=0)).items
         runner.run(InvocationEvent("w1", tuple(TaskRef(t.task_id, t.attempt) for t in taken2)), 30)
-        extra = await client.lrange(L.reply("t1"), 0, -1)
+        extra = redis_client.lrange(L.reply("t1"), 0, -1)
         await client.aclose()
         return len(taken2), extra
 
@@ -152,7 +152,7 @@ def test_duplicate_id_in_a_batch_runs_the_script_twice(
     )
 
     async def take() -> tuple[Any, ...]:
-        client = connect_async(redis_url)
+        client = AsyncRespClient(parse_url(redis_url))
         src = queue_source(client, redis_url)
         items = (await src.take("w1", 10, block_s=0)).items
         await client.aclose()
@@ -201,7 +201,7 @@ def test_stale_ack_after_reap_loses_the_task(redis_client: redis.Redis, redis_ur
     seed_tasks(redis_client, L, "w1", ["t1"])
 
     async def scenario() -> None:
-        client = connect_async(redis_url)
+        client = AsyncRespClient(parse_url(redis_url))
         health = Health(redis_url=redis_url)
         proto = ProtocolSettings()
         b = queue_source(client, redis_url, "shimB", health=health, protocol=proto)

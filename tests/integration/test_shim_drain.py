@@ -252,7 +252,7 @@ def test_too_old_tasks_are_dead_lettered_unrun(redis_client: redis.Redis, redis_
 
 
 def test_pause_and_resume(redis_client: redis.Redis, redis_url: str) -> None:
-    redis_client.sadd(L.paused(), "w1")
+    redis_client.set(L.paused("w1"), "1")
     seed_tasks(redis_client, L, "w1", ids("p", 5))
     invoker = FakeInvoker()
     settings = make_settings(redis_url)
@@ -267,7 +267,7 @@ def test_pause_and_resume(redis_client: redis.Redis, redis_url: str) -> None:
             assert invoker.events == []
             assert redis_client.llen(L.queue("w1")) == 5
             await asyncio.sleep(0.05)
-        redis_client.srem(L.paused(), "w1")
+        redis_client.delete(L.paused("w1"))
 
     asyncio.run(
         run_shim(settings, invoker, lambda: len(invoker.task_ids) == 5, during=pause_then_resume)

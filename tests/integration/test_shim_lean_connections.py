@@ -7,7 +7,8 @@ import asyncio
 import redis
 
 from rhailambda.protocol import KeyLayout
-from rhailambda.redis_conn import connect_async
+from rhailambda.resp import parse_url
+from rhailambda.resp_async import AsyncRespClient
 from rhailambda.shim.health import Health
 from rhailambda.shim.testing import queue_source, seed_tasks
 
@@ -23,7 +24,7 @@ def test_a_cancelled_ack_does_not_lose_the_others_sharing_its_connection(
     seed_tasks(redis_client, L, "w1", ids)
 
     async def scenario() -> int:
-        client = connect_async(redis_url)
+        client = AsyncRespClient(parse_url(redis_url))
         health = Health(redis_url=redis_url, min_delay_s=0.001)
         source = queue_source(client, redis_url, health=health)
         try:

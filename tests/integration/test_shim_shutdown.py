@@ -20,7 +20,8 @@ import redis
 from rhailambda.errors import InvocationError
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import ATTEMPT, KeyLayout
-from rhailambda.redis_conn import connect_async
+from rhailambda.resp import parse_url
+from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.drain import Drainer
@@ -83,7 +84,7 @@ def test_a_retry_due_during_the_shutdown_wait_is_handed_back_not_started(
                 await release_slow.wait()
             return BatchResponse({task.task_id: "completed"})
 
-        client = connect_async(redis_url, max_block_s=settings.queues.block_s)
+        client = AsyncRespClient(parse_url(redis_url))
         invoker = FakeInvoker(behaviour)
         source = queue_source(client, redis_url, protocol=settings.protocol)
         drainer = Drainer(settings, source, invoker)
@@ -131,7 +132,7 @@ def test_a_pending_retry_goes_back_to_the_queue_when_shutdown_begins(
             await release_slow.wait()
             return BatchResponse({task.task_id: "completed"})
 
-        client = connect_async(redis_url, max_block_s=settings.queues.block_s)
+        client = AsyncRespClient(parse_url(redis_url))
         invoker = FakeInvoker(behaviour)
         source = queue_source(client, redis_url, protocol=settings.protocol)
         drainer = Drainer(settings, source, invoker, rng=_LongestBackoff())
@@ -221,7 +222,7 @@ def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_ur
     settings = make_settings(redis_url, backoff_s=0.01, block_s=5.0)
 
     async def scenario() -> list[tuple[int, float]]:
-        client = connect_async(redis_url, max_block_s=settings.queues.block_s)
+        client = AsyncRespClient(parse_url(redis_url))
         in_blmove: list[asyncio.Event] = []
         slow: list[tuple[int, float]] = []
         try:
@@ -229,13 +230,14 @@ def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_ur
                 in_blmove.append(asyncio.Event())
                 health = Health(redis_url=redis_url)
                 source = queue_source(client, redis_url, health=health, protocol=settings.protocol)
-                real_blmove = source._blmove
+                channel = source._channel("w1")
+                real_execute = channel.execute
 
-                async def blmove(*args: Any, real: Any = real_blmove) -> Any:
+                async def blmove(*args: Any, real: Any = real_execute, **kw: Any) -> Any:
                     in_blmove[-1].set()
-                    return await real(*args)
+                    return await real(*args, **kw)
 
-                source._blmove = blmove  # type: ignore[method-assign]
+                channel.execute = blmove  # type: ignore[method-assign]
                 drainer = Drainer(settings, source, FakeInvoker())
                 drainer.start()
                 await asyncio.wait_for(in_blmove[-1].wait(), 5)
@@ -260,13 +262,13 @@ def test_a_cancel_lost_inside_a_redis_call_still_cancels(redis_url: str) -> None
     ends and shutdown waits for it forever."""
 
     async def scenario() -> list[tuple[int, str]]:
-        client = connect_async(redis_url)
+        client = AsyncRespClient(parse_url(redis_url))
         health = Health(redis_url=redis_url)
-        await client.set("k", "v")
+        await client.execute("SET", "k", "v")
         lost: list[tuple[int, str]] = []
         try:
             for steps in range(12):
-                task = asyncio.create_task(health.call("get", lambda: client.get("k")))
+                task = asyncio.create_task(health.call("get", lambda: client.execute("GET", "k")))
                 for _ in range(steps):
                     await asyncio.sleep(0)
                 if not task.cancel():

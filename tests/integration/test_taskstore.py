@@ -3,12 +3,11 @@
 import asyncio
 import json
 
+import pytest
 import redis
 
 from rhailambda import protocol as p
 from rhailambda.event import TaskRef
-import pytest
-
 from rhailambda.resp import RespClient, parse_url
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import ProtocolSettings
