@@ -14,7 +14,8 @@ RUN_DIR := .run
 
 help:
 	@echo "make run     local stack: Redis + shim + examples, until Ctrl-C"
-	@echo "make test    set up, then run every test"
+	@echo "make test    set up, then run every test (standalone Redis 7, then the backend matrix)"
+	@echo "make test-cluster CLUSTER=valkey-cluster3   integration + e2e on one cluster backend"
 	@echo "make lint    ruff, mypy --strict, cargo fmt/clippy"
 	@echo "make bench   benchmarks (rhai-py and end to end)"
 	@echo "make build   the Lambda wheel and sam build"
@@ -40,9 +41,14 @@ setup: $(STAMP) redis-server
 run: setup
 	$(PY) -m rhailambda.devstack
 
-## test: every test; the AWS e2e needs the wheel, aws-sam-cli and a python3.12 venv
-test: setup wheel sam-venv lambda-venv
-	RHAILAMBDA_REQUIRE_AWS_TESTS=1 $(PY) -m pytest -q
+## test: every test on standalone Redis 7, then the integration + e2e suites on the other
+## Redis backends (test-matrix, mk/matrix.mk); the AWS e2e needs the wheel, aws-sam-cli and
+## a python3.12 venv. Both parts always run; the target fails if either failed.
+test: setup wheel sam-venv lambda-venv valkey-server
+	@status=0; \
+	RHAILAMBDA_REQUIRE_AWS_TESTS=1 $(PY) -m pytest -q || status=1; \
+	$(MAKE) --no-print-directory test-matrix || status=1; \
+	exit $$status
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not aws"
