@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from rhailambda import protocol as p
 from rhailambda.errors import ReplyTimeoutError
-from rhailambda.resp import Arg, RespClient, parse_url
+from rhailambda.resp import Arg, RespClient, parse_url, raise_error
 
 __all__ = ["Client", "Reply", "Submission"]
 
@@ -168,11 +168,17 @@ class Client:
             )  # fmt: skip
             queues.setdefault(worker, []).append(task_id)
             ids.append(task_id)
-        for worker, queued in queues.items():
-            commands.append(["LPUSH", self.layout.queue(worker), *queued])
-        for reply in self._redis.pipeline(commands):
-            if isinstance(reply, Exception):
-                raise reply
+        pushes: list[list[Arg]] = [
+            ["LPUSH", self.layout.queue(worker), *queued] for worker, queued in queues.items()
+        ]
+        # One round trip on a standalone server (one node runs them in order). On a
+        # cluster the hashes and the queues live on different nodes, which keep no
+        # order between them: the ids go out only once every hash has landed.
+        rounds = [commands, pushes] if self._redis.cluster else [commands + pushes]
+        for batch in rounds:
+            for reply in self._redis.pipeline(batch):
+                if isinstance(reply, Exception):
+                    raise reply
         return ids
 
     # --- waiting --------------------------------------------------------------
@@ -201,7 +207,9 @@ class Client:
             if left <= 0:
                 raise ReplyTimeoutError(next(iter(pending.values())), timeout_s)
             block_s = max(0.01, min(left, _MAX_BLOCK_S))
-            got = self._redis.execute("BLPOP", *window, round(block_s, 3))  # never re-sent: it pops
+            # BLPOP's keys must share a slot on a cluster: there, wait on the oldest alone.
+            waited = window[:1] if self._redis.cluster else window
+            got = self._redis.execute("BLPOP", *waited, round(block_s, 3))  # never re-sent: pops
             if got is not None:
                 key, payload = str(got[0]), str(got[1])
                 task_id = pending.pop(key)
@@ -213,7 +221,11 @@ class Client:
     ) -> bool:
         """Pop the replies already there among ``keys`` (one round trip); True if any."""
         found = False
-        for key, payload in zip(keys, self._pop_many(keys=keys), strict=True):
+        if self._redis.cluster:  # one LPOP per key (they live in many slots), one write per node
+            popped = [raise_error(r) for r in self._redis.round_trip([["LPOP", k] for k in keys])]
+        else:
+            popped = self._pop_many(keys=keys)
+        for key, payload in zip(keys, popped, strict=True):
             if payload is not None:
                 task_id = pending.pop(key)
                 replies[task_id] = Reply.parse(task_id, str(payload))

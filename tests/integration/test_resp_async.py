@@ -13,6 +13,7 @@ from rhailambda.resp import parse_url
 from rhailambda.resp_async import AsyncConnection, AsyncScript
 
 
+@pytest.mark.standalone_only("a raw connection to one node, keys of several slots")
 def test_commands_scripts_and_errors(redis_url: str, redis_client: redis.Redis) -> None:
     redis_client.set("s", "x")
 
@@ -36,6 +37,7 @@ def test_commands_scripts_and_errors(redis_url: str, redis_client: redis.Redis) 
     asyncio.run(scenario())
 
 
+@pytest.mark.standalone_only("a raw connection to one node, keys of several slots")
 def test_a_cancelled_blmove_closes_the_connection_and_moves_nothing(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
