@@ -132,6 +132,7 @@ def test_circles_never_see_each_others_data(store: CircleStore) -> None:
         assert s.members() == [f"m-{context}"]
 
 
+@pytest.mark.standalone_only("KEYS * reads one node of a cluster")
 def test_redis_keys_stay_under_the_circles_hash_tag(redis_url: str) -> None:
     client = Redis.from_url(redis_url, decode_responses=True)
     store = RedisCircleStore(from_url(redis_url))
@@ -360,6 +361,7 @@ def test_memory_receipts_expire_after_their_ttl() -> None:
     assert store.receipts([("alice", "t1")]) == [Receipt("t1", "2", 2, "c1")]
 
 
+@pytest.mark.standalone_only("KEYS * reads one node of a cluster")
 def test_redis_receipt_expires_with_the_reply_ttl_in_the_circles_slot(
     redis_url: str, redis_client: Any
 ) -> None:
