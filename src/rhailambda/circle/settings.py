@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
+from rhailambda.redis_url import parse_url
 from rhailambda.settings import DEFAULT_REDIS_URL, Env, ProtocolSettings, redact_url
 
 __all__ = ["Backend", "CircleSettings", "Limits"]
@@ -86,13 +86,11 @@ class CircleSettings:
             raise SettingError(
                 "RHAILAMBDA_CIRCLE_BACKEND", f"expected redis or dynamodb, got {backend!r}"
             )
-        redis_url = env.optional_str("RHAILAMBDA_CIRCLE_REDIS_URL") or env.str(
-            "REDIS_URL", DEFAULT_REDIS_URL
-        )
-        if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingError(
-                "RHAILAMBDA_CIRCLE_REDIS_URL",
-                f"unsupported URL {redact_url(redis_url)!r} (redis://, rediss://, unix://)",
+        circle_url = env.optional_str("RHAILAMBDA_CIRCLE_REDIS_URL")
+        redis_url = circle_url or env.str("REDIS_URL", DEFAULT_REDIS_URL)
+        if backend == "redis":  # a bad URL fails here, by its own name, redacted
+            parse_url(
+                redis_url, setting="RHAILAMBDA_CIRCLE_REDIS_URL" if circle_url else "REDIS_URL"
             )
         protocol = ProtocolSettings.from_env(env)
         return cls(

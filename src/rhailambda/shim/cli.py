@@ -13,7 +13,7 @@ import os
 
 import redis.exceptions
 
-from rhailambda.errors import RhailambdaError
+from rhailambda.errors import RhailambdaError, SettingError
 from rhailambda.protocol import normalize_worker_id
 from rhailambda.redis_conn import connect
 from rhailambda.settings import Env, ProtocolSettings, RedisSettings
@@ -54,7 +54,9 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
 def _redis_and_protocol(args: argparse.Namespace) -> tuple[RedisSettings, ProtocolSettings]:
     env = Env(os.environ)
     redis_settings = (
-        RedisSettings(url=args.redis_url) if args.redis_url else RedisSettings.from_env(env)
+        RedisSettings(url=args.redis_url, setting="--redis-url")
+        if args.redis_url
+        else RedisSettings.from_env(env)
     )
     return redis_settings, ProtocolSettings.from_env(env)
 
@@ -68,6 +70,17 @@ def _run_shim(args: argparse.Namespace) -> int:
     from rhailambda.shim.app import run
 
     settings = shim_settings.from_args(args, Env(os.environ))
+    if settings.function.backend == "local":
+        from rhailambda.shim.local_backend import check_handler
+
+        problem = check_handler(settings)
+        if problem is not None:
+            kind, _, rest = problem.partition(": ")
+            name, sep, message = rest.partition(": ")
+            if kind == "SettingError" and sep:  # a function setting: name that one
+                raise SettingError(name, f"{message} (local worker start-up)")
+            flag = "--handler" if args.rhailambda_handler else "RHAILAMBDA_HANDLER"
+            raise SettingError(flag, f"the local worker cannot start: {problem}")
     return run(settings)
 
 
