@@ -7,7 +7,8 @@ against all three); one lock makes every commit atomic.
 from __future__ import annotations
 
 import bisect
-import secrets
+import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -104,7 +105,7 @@ class MemoryCircleStore:
             circle = self._circle(context)
             if receipt is not None:
                 stored = self._receipt(circle, receipt.task_id)
-                if stored is not None and stored.created_at == receipt.created_at:
+                if stored is not None and stored.covers(receipt):
                     raise TaskCommitted(stored)
             for collection, stamp in expected.collections.items():
                 if circle.stamps.get(collection, ABSENT) != stamp:
@@ -115,7 +116,7 @@ class MemoryCircleStore:
                     raise StoreConflict(f"record {collection}/{id_}")
             if expected.members is not None and circle.members_stamp != expected.members:
                 raise StoreConflict("the member set")
-            token = secrets.token_hex(8)
+            token = os.urandom(8).hex()
             for w in writes:
                 records = circle.records.setdefault(w.collection, {})
                 order = circle.order.setdefault(w.collection, [])
@@ -133,5 +134,6 @@ class MemoryCircleStore:
                 circle.members_stamp = token
             if receipt is not None:
                 expiry = self._clock() + self._receipt_ttl_s
-                circle.receipts[receipt.task_id] = (receipt, expiry)
+                kept = dataclasses.replace(receipt, first_claim=False)  # as a store reads it
+                circle.receipts[receipt.task_id] = (kept, expiry)
             self.commits += 1

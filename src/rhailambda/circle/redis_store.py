@@ -18,7 +18,7 @@ receipt too); the receipts of a batch are one pipeline of GETs.
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -55,15 +55,20 @@ def _split(id_: str, value: str) -> Stored:
 
 
 def _encode_receipt(receipt: Receipt) -> str:
-    body = {"output": receipt.output, "attempt": receipt.attempt, "createdAt": receipt.created_at}
+    body = {
+        "output": receipt.output,
+        "attempt": receipt.attempt,
+        "fingerprint": receipt.fingerprint,
+    }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 def _decode_receipt(task_id: str, text: str) -> Receipt:
     body = json.loads(text)
     output = body.get("output")
+    fingerprint = str(body.get("fingerprint", ""))  # none: an older release's, never matches
     return Receipt(
-        task_id, None if output is None else str(output), int(body["attempt"]), body["createdAt"]
+        task_id, None if output is None else str(output), int(body["attempt"]), fingerprint
     )
 
 
@@ -182,7 +187,7 @@ class RedisCircleStore:
             return slot[collection]
 
         plan = {
-            "token": secrets.token_hex(8),
+            "token": os.urandom(8).hex(),  # not secrets: it loads OpenSSL
             "stamps": [[index(c), stamp] for c, stamp in expected.collections.items()],
             "records": [[index(c), id_, v] for (c, id_), v in expected.records.items()],
             "check_members": expected.members is not None,
@@ -197,7 +202,9 @@ class RedisCircleStore:
         if receipt is not None:
             plan["receipt"] = {
                 "body": _encode_receipt(receipt),
-                "createdAt": receipt.created_at,
+                "fingerprint": receipt.fingerprint,
+                "attempt": receipt.attempt,
+                "first": receipt.first_claim,
                 "ttl": self._receipt_ttl_s,
             }
             keys.append(self._layout.circle_receipt(encode_context(context), receipt.task_id))

@@ -15,7 +15,7 @@ raises :class:`~rhailambda.circle.errors.StoreConflict` and changes nothing.
 Every commit writes a fresh random version token, so a record deleted and
 created again never looks unchanged to a reader (no ABA). A commit given a receipt
 stores it in the same atomic step, and first checks that no receipt of the same
-task (same ``created_at``) is there: if one is, it raises
+task (:meth:`Receipt.covers`: same fingerprint, another attempt) is there: if one is, it raises
 :class:`~rhailambda.functions.extension.AlreadyCommitted` and changes nothing.
 
 Two backends implement it: :mod:`rhailambda.circle.redis_store` and

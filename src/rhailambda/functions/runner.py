@@ -34,6 +34,7 @@ from rhailambda.functions.extension import (
     ReceiptSession,
     ScriptContext,
     Session,
+    task_fingerprint,
 )
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.taskstore import Claim, Finish, TaskStore
@@ -145,22 +146,27 @@ class BatchRunner:
             for ext, keeps in zip(self._extensions, self._keeps_receipts, strict=True)
             if keeps
         ]
+        # Only a task claimed before (status processing) can have an earlier run's
+        # writes in: a fresh claim's task is new, whatever receipt its id has.
         again = [
-            (c.ref.task_id, c.fields)
+            (c.ref.task_id, c.fields, c.ref.attempt)
             for c in claims
             if c.state == "claimed"
             and c.fields is not None
             and c.ref.attempt > 1
+            and c.fields.status == p.STATUS_PROCESSING
             and _validate(c.fields, self._settings.max_script_bytes) is None
         ]
         found: dict[str, Receipt] = {}
         if not keepers or not again:
             return found
-        tasks = [_script_context(fields, worker_id) for _, fields in again]
+        tasks = [_script_context(fields, worker_id) for _, fields, _ in again]
         try:
             for keeper in keepers:
-                for (task_id, fields), receipt in zip(again, keeper.recall(tasks), strict=True):
-                    if receipt is not None and receipt.created_at == fields.created_at:
+                for (task_id, fields, attempt), receipt in zip(
+                    again, keeper.recall(tasks), strict=True
+                ):
+                    if receipt is not None and receipt.covers(_receipt(fields, None, attempt)):
                         found.setdefault(task_id, receipt)
         except Exception as exc:  # infrastructure: retry later, keep the claims
             return f"receipt recall failed: {type(exc).__name__}: {exc}"
@@ -247,7 +253,7 @@ class BatchRunner:
             except rhai_py.RhaiError as exc:
                 _discard(sessions)
                 return None, _describe(exc), runs
-            receipt = Receipt(ctx.task_id, output, attempt, fields.created_at)
+            receipt = _receipt(fields, output, attempt)
             try:
                 for session, keeps in zip(sessions, self._keeps_receipts, strict=True):
                     if keeps:
@@ -262,6 +268,8 @@ class BatchRunner:
                 continue
             except AlreadyCommitted as done:  # an overlapping delivery committed first
                 _discard(sessions)
+                if receipt.first_claim:  # ... or an old task under this id, same fingerprint
+                    return None, _reused(done.receipt), runs
                 return *_replay(done.receipt), runs
             return output, None, runs
 
@@ -276,6 +284,23 @@ def _register(
 def _script_context(fields: p.TaskFields, worker_id: str) -> ScriptContext:
     return ScriptContext(
         fields.caller_id, fields.context_id, fields.worker_id or worker_id, fields.task_id
+    )
+
+
+def _receipt(fields: p.TaskFields, output: str | None, attempt: int) -> Receipt:
+    """The receipt a run of this task at ``attempt`` commits with its writes."""
+    fingerprint = task_fingerprint(
+        fields.script or "", fields.caller_id, fields.context_id, fields.created_at
+    )
+    first = fields.status != p.STATUS_PROCESSING  # claimed for the first time
+    return Receipt(fields.task_id, output, attempt, fingerprint, first)
+
+
+def _reused(receipt: Receipt) -> str:
+    """Why a freshly claimed task was not run (a newer delivery's reply wins if there is one)."""
+    return (
+        f"not run: attempt {receipt.attempt} of a task with this id, script, caller, context "
+        "and createdAt already applied its changes; submit a new task under a fresh id"
     )
 
 
