@@ -14,6 +14,7 @@ with a receipt is finished with the recorded output instead of running again.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,8 @@ DebugHook = Callable[[ScriptContext, str, str | None, int | None, int | None], N
 #: below this much budget left, a task is handed back instead of started
 _MIN_TASK_BUDGET_S = 0.05
 _MAX_CACHED_SCRIPT_CHARS = 16 * 1024
+#: outputs and errors a batch holds before it writes the finished tasks' replies
+_MAX_HELD_CHARS = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,19 +124,27 @@ class BatchRunner:
         results: list[TaskResult] = []
         claims = self._store.claim(event.tasks)
         recalled = self._recall(claims, event.worker_id)
+        held_bytes = 0  # outputs and errors waiting in `finishes`
         for claim in claims:
             result, finish = self._run_one(claim, event.worker_id, deadline, recalled)
             outcomes.setdefault(claim.ref.task_id, result.outcome)  # an id twice: first wins
             results.append(result)
             if finish is not None:
                 finishes.append(finish)
-        for finish, written in zip(finishes, self._store.finish(finishes), strict=True):
-            if not written:  # a newer delivery took over meanwhile: its reply counts
-                outcomes[finish.ref.task_id] = "skipped"
+                held_bytes += len(finish.output or "") + len(finish.error or "")
+            if held_bytes > _MAX_HELD_CHARS:  # bound the batch's memory: write these now
+                self._finish(finishes, outcomes)
+                finishes, held_bytes = [], 0
+        self._finish(finishes, outcomes)
         if observer is not None:
             for result in results:
                 observer.task_done(result)
         return BatchResponse(outcomes=outcomes)
+
+    def _finish(self, finishes: list[Finish], outcomes: dict[str, Outcome]) -> None:
+        for finish, written in zip(finishes, self._store.finish(finishes), strict=True):
+            if not written:  # a newer delivery took over meanwhile: its reply counts
+                outcomes[finish.ref.task_id] = "skipped"
 
     def _recall(self, claims: Sequence[Claim], worker_id: str) -> dict[str, Receipt] | str:
         """Receipts of the tasks delivered again that an earlier run committed, by task id.
@@ -253,6 +264,10 @@ class BatchRunner:
             except rhai_py.RhaiError as exc:
                 _discard(sessions)
                 return None, _describe(exc), runs
+            too_large = _output_too_large(output, self._settings.max_output_bytes)
+            if too_large is not None:  # fails as a whole: no writes, no receipt
+                _discard(sessions)
+                return None, too_large, runs
             receipt = _receipt(fields, output, attempt)
             try:
                 for session, keeps in zip(sessions, self._keeps_receipts, strict=True):
@@ -284,6 +299,24 @@ def _register(
 def _script_context(fields: p.TaskFields, worker_id: str) -> ScriptContext:
     return ScriptContext(
         fields.caller_id, fields.context_id, fields.worker_id or worker_id, fields.task_id
+    )
+
+
+def _output_too_large(output: str, max_bytes: int) -> str | None:
+    """Why ``output`` cannot be the reply's: over ``max_bytes`` as it is encoded there."""
+    if len(output) <= max_bytes // 6:  # JSON escapes a character into at most 6 bytes
+        return None
+    size = (
+        len(output)
+        if len(output) > max_bytes
+        else len(json.dumps(output, ensure_ascii=False).encode())
+    )
+    if size <= max_bytes:
+        return None
+    more = "more than " if len(output) > max_bytes else ""
+    return (
+        f"output too large: {more}{size} bytes as JSON, the limit is {max_bytes} "
+        "(RHAILAMBDA_MAX_OUTPUT_BYTES); the script's changes were not applied"
     )
 
 
