@@ -43,6 +43,7 @@ from rhailambda.circle.store import (
     Page,
     RecordWrite,
     Stored,
+    cap_page,
     commit_items,
 )
 from rhailambda.functions.extension import Receipt
@@ -174,17 +175,19 @@ class DynamoCircleStore:
         found = {(i["pk"]["S"], i["sk"]["S"]): _receipt_of(i, now) for i in self._batch_get(keys)}
         return [found.get((encode_context(c), _receipt_sk(t))) for c, t in tasks]
 
-    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+    def scan(
+        self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
         stamp = self._stamp(context, f"col#{collection}")
         if limit <= 0:
             return Page(records=(), stamp=stamp)
         prefix = f"rec#{collection}#"
         items = self._query(context, prefix, offset + limit)[offset:]
-        records = tuple(
+        records = [
             Stored(id=i["sk"]["S"][len(prefix) :], data=i["body"]["S"], version=i["ver"]["S"])
             for i in items
-        )
-        return Page(records=records, stamp=stamp)
+        ]
+        return cap_page(records, stamp, max_bytes)
 
     def members(self, context: str) -> Members:
         stamp = self._stamp(context, "meta")

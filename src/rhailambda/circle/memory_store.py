@@ -23,6 +23,7 @@ from rhailambda.circle.store import (
     Page,
     RecordWrite,
     Stored,
+    cap_page,
     commit_items,
 )
 from rhailambda.functions.extension import Receipt
@@ -65,15 +66,15 @@ class MemoryCircleStore:
             records = self._circle(context).records.get(collection, {})
             return {i: records[i] for i in ids if i in records}
 
-    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+    def scan(
+        self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
         with self._lock:
             circle = self._circle(context)
             ids = circle.order.get(collection, [])[offset : offset + max(limit, 0)]
             records = circle.records.get(collection, {})
-            return Page(
-                records=tuple(records[i] for i in ids),
-                stamp=circle.stamps.get(collection, ABSENT),
-            )
+            stamp = circle.stamps.get(collection, ABSENT)
+            return cap_page([records[i] for i in ids], stamp, max_bytes)
 
     def members(self, context: str) -> Members:
         with self._lock:

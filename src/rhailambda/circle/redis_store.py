@@ -42,6 +42,9 @@ from rhailambda.resp import RespClient
 __all__ = ["RedisCircleStore"]
 
 _CHUNK = 1000
+#: bytes of records one scan call reads at most (plus one record): about 1 ms of Redis
+_SLICE_BYTES = 1024 * 1024
+_SCAN_TRIES = 3
 
 
 def _lua(name: str) -> str:
@@ -118,21 +121,60 @@ class RedisCircleStore:
             raise StoreError(f"circle store (redis) read failed: {exc}") from exc
         return found
 
-    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+    def scan(
+        self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
+        """Several short Lua calls of at most :data:`_SLICE_BYTES` each (one long call
+        would block every other Redis client); a stamp that moves between them means
+        a commit came in between: the page is read again."""
         keys = [
             self._key(context, "stamps"),
             self._records_key(context, collection),
             self._index_key(context, collection),
         ]
+        for _ in range(_SCAN_TRIES):
+            page = self._scan_once(keys, collection, offset, limit, max_bytes)
+            if page is not None:
+                return page
+        raise StoreError(f"circle store (redis): collection {collection!r} kept changing")
+
+    def _scan_once(
+        self, keys: list[str], collection: str, offset: int, limit: int, max_bytes: int | None
+    ) -> Page | None:
+        records: list[Stored] = []
+        stamp: str | None = None
+        pos, end, size = offset, offset + max(limit, 0), 0
+        while pos < end:
+            try:
+                reply = cast(
+                    list[Any],
+                    self._scan(keys=keys, args=[f"col:{collection}", pos, end - pos, _SLICE_BYTES]),
+                )
+            except RedisError as exc:
+                raise StoreError(f"circle store (redis) scan failed: {exc}") from exc
+            if stamp is None:
+                stamp = str(reply[0])
+            elif str(reply[0]) != stamp:
+                return None
+            for id_, value in zip(reply[1], reply[2], strict=True):
+                if value:
+                    records.append(_split(id_, value))
+                    size += len(value)
+            if max_bytes is not None and size > max_bytes:
+                return Page(records=tuple(records), stamp=stamp, truncated=True)
+            pos = int(reply[3])
+            if int(reply[4]) == 1:
+                break
+        if stamp is None:  # nothing asked for: the stamp alone
+            stamp = self._stamp(keys[0], collection)
+        return Page(records=tuple(records), stamp=stamp)
+
+    def _stamp(self, key: str, collection: str) -> str:
         try:
-            reply = cast(
-                list[Any], self._scan(keys=keys, args=[f"col:{collection}", offset, limit])
-            )
+            value = self._client.execute("HGET", key, f"col:{collection}", idempotent=True)
         except RedisError as exc:
             raise StoreError(f"circle store (redis) scan failed: {exc}") from exc
-        stamp, ids, values = str(reply[0]), reply[1], reply[2]
-        records = tuple(_split(id_, value) for id_, value in zip(ids, values, strict=True) if value)
-        return Page(records=records, stamp=stamp)
+        return "" if value is None else str(value)
 
     def members(self, context: str) -> Members:
         commands = [

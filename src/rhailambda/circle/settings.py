@@ -9,6 +9,9 @@
 ``RHAILAMBDA_CIRCLE_MAX_LIST``     most records one ``db::list`` returns (1000)
 ``RHAILAMBDA_CIRCLE_MAX_SCAN``     most records ``db::find`` searches (10000)
 ``RHAILAMBDA_CIRCLE_MAX_RECORD_BYTES``  largest record, as JSON (65536)
+``RHAILAMBDA_CIRCLE_MAX_RESULT_BYTES``  most JSON bytes one ``db::list`` page or
+                                   ``db::find`` result holds (8 MiB)
+``RHAILAMBDA_CIRCLE_MAX_SCAN_BYTES``  most JSON bytes ``db::find`` reads (32 MiB)
 ``RHAILAMBDA_CIRCLE_MAX_WRITES``   most records + members one script changes (1000;
                                    DynamoDB caps a commit at 100 items anyway)
 ``RHAILAMBDA_REPLY_TTL_S``         how long a task's commit receipt is kept (3600),
@@ -39,6 +42,11 @@ class Limits:
     max_scan: int = 10_000
     max_record_bytes: int = 65_536
     max_writes: int = 1000
+    #: JSON bytes one ``db::list`` page or ``db::find`` result may hold (under the
+    #: engine's 10 MB string limit, which a returned array counts as a whole)
+    max_result_bytes: int = 8 * 1024 * 1024
+    #: JSON bytes ``db::find`` may read
+    max_scan_bytes: int = 32 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Env) -> Limits:
@@ -47,6 +55,12 @@ class Limits:
             max_scan=env.int("RHAILAMBDA_CIRCLE_MAX_SCAN", 10_000, minimum=1),
             max_record_bytes=env.int("RHAILAMBDA_CIRCLE_MAX_RECORD_BYTES", 65_536, minimum=64),
             max_writes=env.int("RHAILAMBDA_CIRCLE_MAX_WRITES", 1000, minimum=1),
+            max_result_bytes=env.int(
+                "RHAILAMBDA_CIRCLE_MAX_RESULT_BYTES", 8 * 1024 * 1024, minimum=65_536
+            ),
+            max_scan_bytes=env.int(
+                "RHAILAMBDA_CIRCLE_MAX_SCAN_BYTES", 32 * 1024 * 1024, minimum=65_536
+            ),
         )
 
 

@@ -53,6 +53,9 @@ class ScriptContext:
     context_id: str
     worker_id: str
     task_id: str
+    #: ``time.monotonic()`` past which the script's time is up: an extension's calls
+    #: (their time counts against the script's timeout) should fail once it passed
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ with a receipt is finished with the recorded output instead of running again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -255,7 +256,8 @@ class BatchRunner:
         runs = 0
         while True:
             runs += 1
-            sessions = [ext.open(ctx) for ext in self._extensions]
+            run_ctx = dataclasses.replace(ctx, deadline=time.monotonic() + timeout_s)
+            sessions = [ext.open(run_ctx) for ext in self._extensions]
             engine = rhai_py.Engine(**engine_kwargs)
             for session in sessions:
                 _register(engine, session.modules())
