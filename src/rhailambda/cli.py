@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn, cast
 
-from rhailambda.errors import ReplyTimeoutError, RhailambdaError, SettingError
+from rhailambda.errors import InvalidIdError, ReplyTimeoutError, RhailambdaError, SettingError
 from rhailambda.settings import DEFAULT_REDIS_URL, Env, ProtocolSettings, RedisSettings
 
 __all__ = ["main"]
@@ -32,7 +33,9 @@ def _add_submit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         value = env.optional_str(var) or default
         sub.add_argument(flag, default=value, required=value is None, help=f"{help_text} [{var}]")
 
-    sub.add_argument("--redis-url", default=env.str("REDIS_URL", DEFAULT_REDIS_URL))
+    sub.add_argument(
+        "--redis-url", default=None, help=f"Redis URL [REDIS_URL] ({DEFAULT_REDIS_URL})"
+    )
     from_env("--worker", "RHAILAMBDA_WORKER", "worker queue id (default: the first of "
              "RHAILAMBDA_WORKERS)", workers[0] if workers else None)  # fmt: skip
     from_env("--context", "RHAILAMBDA_CONTEXT_ID", "circle (context) id")
@@ -55,9 +58,12 @@ def _submit(args: argparse.Namespace) -> int:
     from rhailambda.client import Client
 
     env = Env(os.environ)
-    redis = RedisSettings(url=args.redis_url)
+    if args.redis_url is not None:
+        redis = RedisSettings(url=args.redis_url, setting="--redis-url")
+    else:
+        redis = RedisSettings.from_env(env)
     protocol = ProtocolSettings.from_env(env)
-    script = args.script if args.script is not None else args.file.read_text()
+    script = args.script if args.script is not None else _read_script(args.file)
     with Client(redis.url, layout=protocol.layout) as client:
         task_id = client.submit(
             script,
@@ -78,11 +84,32 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if reply.ok else 1
 
 
+def _read_script(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingError(f"script file {path}", f"not UTF-8 text (byte {exc.start})") from None
+    except IsADirectoryError:
+        raise SettingError(f"script file {path}", "is a directory, not a script file") from None
+    except OSError as exc:
+        raise SettingError(f"script file {path}", exc.strerror or type(exc).__name__) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``rhailambda submit: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rhailambda", description="Run Rhai scripts from Redis queues on serverless functions."
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True),
+    )
     from rhailambda.shim.cli import configure as configure_shim
 
     configure_shim(subparsers)
@@ -95,14 +122,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         code: int = args.func(args)
     except SettingError as exc:
-        print(f"rhailambda: bad setting {exc}", file=sys.stderr)
+        print(f"rhailambda: bad setting {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except InvalidIdError as exc:
+        print(f"rhailambda: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RhailambdaError as exc:
-        print(f"rhailambda: {exc}", file=sys.stderr)
+        print(f"rhailambda: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

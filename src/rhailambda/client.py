@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from rhailambda import protocol as p
-from rhailambda.errors import ReplyTimeoutError
+from rhailambda.errors import InvalidIdError, ReplyTimeoutError
 from rhailambda.resp import Arg, RespClient, parse_url, raise_error
 
-__all__ = ["Client", "Reply", "Submission"]
+__all__ = ["MAX_ID_BYTES", "Client", "Reply", "Submission", "check_ids"]
 
 # BLPOP takes many keys: waiting on a chunk wakes on whichever reply comes first.
 _WAIT_CHUNK = 128
@@ -80,6 +80,50 @@ class Submission(NamedTuple):
     task_id: str | None = None
 
 
+#: the longest task or worker id accepted, in UTF-8 bytes
+MAX_ID_BYTES = 512
+
+
+def check_ids(
+    task_id: str, worker_id: str, context_id: str, caller_id: str, layout: p.KeyLayout
+) -> None:
+    """Refuse a submission whose ids would break or collide with a protocol key.
+
+    The rule, for the task id and the (normalised) worker id: 1 to
+    :data:`MAX_ID_BYTES` bytes of UTF-8, printable, no whitespace; neither may name a
+    reply list (``rhailib:reply:<x>`` in the default layout: its task hash or its
+    queue would BE task x's reply list), and a task id may not equal the worker id
+    it is queued for (its hash would be that queue). Context and caller ids must be
+    non-empty UTF-8. Raises :class:`InvalidIdError` saying why.
+    """
+    worker = p.normalize_worker_id(worker_id)
+    head, _, tail = layout.reply("\0").partition("\0")
+    for what, value, key in (
+        ("task id", task_id, layout.task(task_id)),
+        ("worker id", worker, layout.queue(worker)),
+    ):
+        _check_text(what, value)
+        if len(value.encode()) > MAX_ID_BYTES:
+            raise InvalidIdError(what, value[:40], f"longer than {MAX_ID_BYTES} bytes")
+        if not value.isprintable() or any(c.isspace() for c in value):
+            raise InvalidIdError(what, value, "holds whitespace or control characters")
+        if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+            raise InvalidIdError(what, value, f"its key {key!r} would be a task's reply list")
+    if layout.task(task_id) == layout.queue(worker):
+        raise InvalidIdError("task id", task_id, "equals the worker queue it goes to")
+    _check_text("context id", context_id)
+    _check_text("caller id", caller_id)
+
+
+def _check_text(what: str, value: str) -> None:
+    if not value:
+        raise InvalidIdError(what, value, "is empty")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidIdError(what, value, "is not valid UTF-8") from None
+
+
 class Client:
     """Submit scripts, await replies, read task status. Thread-safe (a connection pool)."""
 
@@ -123,7 +167,10 @@ class Client:
         caller_id: str,
         task_id: str | None = None,
     ) -> str:
-        """Queue ``script`` for ``worker_id``; returns the task id."""
+        """Queue ``script`` for ``worker_id``; returns the task id.
+
+        Ids follow :func:`check_ids` (else :class:`InvalidIdError`, nothing queued).
+        """
         return self.submit_many([Submission(script, worker_id, context_id, caller_id, task_id)])[0]
 
     def submit_many(self, submissions: Iterable[Submission | Sequence[str]]) -> list[str]:
@@ -149,9 +196,17 @@ class Client:
         commands: list[list[Arg]] = []
         ids: list[str] = []
         queues: dict[str, list[str]] = {}
+        given = {sub.task_id for sub in chunk if sub.task_id}
         for sub in chunk:
-            task_id = sub.task_id or str(uuid.uuid4())
+            task_id = str(uuid.uuid4()) if sub.task_id is None else sub.task_id
             worker = p.normalize_worker_id(sub.worker_id)
+            check_ids(task_id, worker, sub.context_id, sub.caller_id, self.layout)
+            if task_id in queues or worker in given:
+                raise InvalidIdError("task id", task_id, "equals a worker queue of this submit")
+            try:
+                sub.script.encode()
+            except UnicodeEncodeError as exc:
+                raise InvalidIdError("script", "", f"is not valid UTF-8 (at {exc.start})") from None
             commands.append(
                 [
                     "HSET",

@@ -4,6 +4,7 @@
 
     RhailambdaError
     ├── SettingError            a setting is missing or malformed (carries its name)
+    ├── InvalidIdError          a task or worker id the client refuses (carries which)
     ├── ReplyTimeoutError       the client waited for a reply that did not come in time
     ├── TaskFailedError         a reply came back with status ``error``
     ├── RedisError              the function's Redis client (:mod:`rhailambda.resp`) failed
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "InvalidIdError",
     "InvocationError",
     "PayloadTooLargeError",
     "RedisConnectionError",
@@ -42,6 +44,15 @@ class SettingError(RhailambdaError, ValueError):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(f"{name}: {message}")
         self.name = name
+
+
+class InvalidIdError(RhailambdaError, ValueError):
+    """An id the client will not submit; ``what`` says which (``task id``, ``worker id``)."""
+
+    def __init__(self, what: str, value: str, reason: str) -> None:
+        super().__init__(f"{what} {value!r}: {reason}" if value else f"{what}: {reason}")
+        self.what = what
+        self.value = value
 
 
 class ReplyTimeoutError(RhailambdaError, TimeoutError):

@@ -9,6 +9,7 @@ one URL never means two things to the shim (redis-py) and the function.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -62,7 +63,21 @@ def parse_url(url: str, *, setting: str = "REDIS_URL") -> Address:
     try:
         return _parse_url(url)
     except ValueError as exc:
-        raise SettingError(setting, f"{exc} in {redact_url(url)!r}") from None
+        raise SettingError(setting, f"{_scrubbed(str(exc), url)} in {redact_url(url)!r}") from None
+
+
+def _scrubbed(message: str, url: str) -> str:
+    """``message`` unless it quotes a piece of the URL's user-info (a password)."""
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    if not at:
+        return message
+    pieces = [p for p in re.split(r"[:/?#@&=]", userinfo) if len(p) >= 2]
+    if not any(piece in message for piece in pieces) and userinfo not in message:
+        return message
+    return (
+        "the URL does not parse (a '#', '?', '/' or '@' in a user name or password "
+        "must be percent-encoded: %23, %3F, %2F, %40)"
+    )
 
 
 def _parse_url(url: str) -> Address:

@@ -9,10 +9,10 @@ start with the setting's name in the message (:class:`SettingError`).
 from __future__ import annotations
 
 import builtins
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
@@ -95,24 +95,29 @@ class Env:
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password (user-info or ``?password=``) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.query:
-        query = [
-            (k, "***" if k.lower() == "password" else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    if parts.password is not None:
-        user = parts.username or ""
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        parts = parts._replace(netloc=f"{user}:***@{host}{port}")
-    redacted = urlunsplit(parts)
-    if url.startswith(f"{parts.scheme}://") and not redacted.startswith(f"{parts.scheme}://"):
-        redacted = f"{parts.scheme}://{redacted[len(parts.scheme) + 1 :]}"  # unix:///path
-    return redacted
+    """The URL with its secrets replaced by ``***``, even when it does not parse.
+
+    Everything between ``://`` and the LAST ``@`` is user-info: when it holds a
+    ``/``, ``?`` or ``#`` (a password nobody percent-encoded) all of it is hidden,
+    else only what follows the first ``:`` (the user name stays). A ``password=``
+    query value is hidden too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, after = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if colon and not any(c in user for c in "/?#"):
+            rest = f"{user}:***@{after}"
+        else:
+            rest = f"***@{after}"
+    rest = _QUERY_PASSWORD.sub(r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,23 +127,26 @@ class RedisSettings:
     url: str = DEFAULT_REDIS_URL
     #: ``auto`` (ask the server at connect), ``yes`` or ``no``: RHAILAMBDA_REDIS_CLUSTER
     cluster: str = "auto"
+    #: the variable or flag the URL came from, named by a parse error
+    setting: str = field(default="REDIS_URL", compare=False)
 
     def __post_init__(self) -> None:
-        scheme = urlsplit(self.url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise SettingError("REDIS_URL", f"unsupported scheme {scheme!r} (redis, rediss, unix)")
+        from rhailambda.redis_url import parse_url  # it imports this module
+
+        parse_url(self.url, setting=self.setting)  # a bad URL fails here, redacted
         if self.cluster not in ("auto", "yes", "no"):
             raise SettingError(
                 "RHAILAMBDA_REDIS_CLUSTER", f"expected auto, yes or no, got {self.cluster!r}"
             )
 
-    def address(self, setting: str = "REDIS_URL") -> Address:
-        """The parsed URL with the cluster mode (SettingError naming ``setting`` if bad)."""
+    def address(self) -> Address:
+        """The parsed URL with the cluster mode (SettingError naming the setting if bad)."""
         import dataclasses
 
         from rhailambda.redis_url import parse_url
 
-        return dataclasses.replace(parse_url(self.url, setting=setting), cluster=self.cluster)
+        address = parse_url(self.url, setting=self.setting)
+        return dataclasses.replace(address, cluster=self.cluster)
 
     def redacted(self) -> str:
         return redact_url(self.url)

@@ -24,7 +24,7 @@ from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.event import InvocationEvent, TaskRef
-from rhailambda.functions.extension import Extension, Receipt, ScriptContext
+from rhailambda.functions.extension import Extension, Receipt, ScriptContext, task_fingerprint
 from rhailambda.functions.runner import BatchRunner, TaskResult
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.resp import RespClient, from_url
@@ -104,7 +104,9 @@ def tasks(resp_client: RespClient) -> TaskStore:
     return TaskStore(resp_client, SETTINGS.protocol)
 
 
-def _put(r: redis.Redis, task_id: str, script: str, context: str = "alice") -> None:
+def _put(
+    r: redis.Redis, task_id: str, script: str, context: str = "alice", status: str = "pending"
+) -> None:
     r.hset(
         LAYOUT.task(task_id),
         mapping={
@@ -112,7 +114,7 @@ def _put(r: redis.Redis, task_id: str, script: str, context: str = "alice") -> N
             "script": script,
             "callerId": context,
             "contextId": context,
-            "status": "pending",
+            "status": status,
             "createdAt": f"2026-01-01T00:00:00.{task_id}",
             "updatedAt": "2026-01-01T00:00:00Z",
         },
@@ -178,7 +180,8 @@ def test_only_deliveries_after_the_first_look_for_receipts_once_per_batch(
     runner = BatchRunner(SETTINGS, tasks, [CircleExtension(RedisCircleStore(circle_client))])
     for i in range(3):
         _put(redis_client, f"a{i}", "40 + 2", context=f"circle-{i}")
-        _put(redis_client, f"b{i}", "40 + 2", context=f"circle-{i}")
+        # claimed before by a delivery that died: only such a task may have a receipt
+        _put(redis_client, f"b{i}", "40 + 2", context=f"circle-{i}", status="processing")
     assert set(_run(runner, "a0", "a1", "a2", attempt=1).values()) == {"completed"}
     assert round_trips == [], "a first delivery pays nothing for receipts"
     assert set(_run(runner, "b0", "b1", "b2", attempt=2).values()) == {"completed"}
@@ -198,7 +201,7 @@ def test_a_failing_receipt_lookup_hands_the_tasks_back(
             raise ConnectionError("store down")
 
     down: Extension = Down()
-    _put(redis_client, "t1", INCREMENT)
+    _put(redis_client, "t1", INCREMENT, status="processing")  # claimed before
     assert _run(BatchRunner(SETTINGS, tasks, [down]), "t1", attempt=2) == {"t1": "failed"}
     assert _count(circle) is None and _replies(redis_client, "t1") == []
     assert _run(BatchRunner(SETTINGS, tasks, [circle]), "t1", attempt=3) == {"t1": "completed"}
@@ -257,5 +260,45 @@ def test_a_conflict_inside_one_invocation_still_runs_the_script_again(
     created = redis_client.hget(LAYOUT.task("x"), "createdAt")
     assert created is None  # finished: the hash is gone, the receipt stays
     assert circle.recall([ScriptContext("alice", "alice", "worker1", "x")]) == [
-        Receipt("x", "count 2", 1, "2026-01-01T00:00:00.x")
+        Receipt(
+            "x",
+            "count 2",
+            1,
+            task_fingerprint(HELD_INCREMENT, "alice", "alice", "2026-01-01T00:00:00.x"),
+        )
     ]
+
+
+def test_a_task_id_reused_with_the_same_created_at_runs_as_a_new_task(
+    circle: CircleExtension, tasks: TaskStore, redis_client: redis.Redis
+) -> None:
+    """The README's hand example: ``HSET rhailib:t1 ... createdAt <fixed>`` again and again."""
+    runner = BatchRunner(SETTINGS, tasks, [circle])
+    outputs = []
+    for _ in range(3):
+        _put(redis_client, "t1", INCREMENT)  # the same script, caller, context and createdAt
+        assert _run(runner, "t1", attempt=1) == {"t1": "completed"}
+        outputs.append(_replies(redis_client, "t1")[0]["output"])
+        redis_client.delete(LAYOUT.reply("t1"), LAYOUT.done("t1"))  # the client read it
+    assert outputs == ["count 1", "count 2", "count 3"]
+    assert _count(circle) == 3
+    other = 'db::save("notes", "a", #{ text: "saved" }); "other"'
+    _put(redis_client, "t1", other)  # a different script under the same id
+    assert _run(runner, "t1", attempt=1) == {"t1": "completed"}
+    assert _replies(redis_client, "t1")[0]["output"] == "other"
+    probe = CircleSession(circle.store, ScriptContext("alice", "alice", "w", "p"), circle.limits)
+    assert probe.get("notes", "a") == {"text": "saved"}
+
+
+def test_a_reused_id_redelivered_before_it_ran_still_runs(
+    circle: CircleExtension, tasks: TaskStore, redis_client: redis.Redis
+) -> None:
+    """Attempt 2 of a fresh task (the first delivery died before its claim): not a replay."""
+    runner = BatchRunner(SETTINGS, tasks, [circle])
+    _put(redis_client, "t1", INCREMENT)
+    assert _run(runner, "t1", attempt=1) == {"t1": "completed"}
+    redis_client.delete(LAYOUT.reply("t1"), LAYOUT.done("t1"))
+    _put(redis_client, "t1", INCREMENT)
+    assert _run(runner, "t1", attempt=2) == {"t1": "completed"}
+    assert _replies(redis_client, "t1")[0]["output"] == "count 2"
+    assert _count(circle) == 2

@@ -6,15 +6,22 @@
 -- KEYS[#KEYS], only when plan.receipt is set: the task's receipt (JSON string)
 -- ARGV[1] the plan (JSON): token, colls, stamps [[i, stamp]], records [[i, id, version]],
 --   check_members, members_stamp, writes [[i, id, json or ""]], member_writes [[id, 0|1]],
---   receipt (optional): {body = receipt JSON, createdAt = task's createdAt, ttl = seconds}
+--   receipt (optional): {body = receipt JSON, fingerprint, attempt, first (bool), ttl = seconds}
 -- Returns {"ok"}, {"conflict", what} or {"committed", stored receipt JSON} (another run
 -- of the same task committed first). All checks come before the first write.
 local plan = cjson.decode(ARGV[1])
 
 if plan.receipt then
+  -- the stored receipt is this task's (Receipt.covers): same fingerprint, another
+  -- attempt, and a later one when this run's claim was the task's first
   local stored = redis.call('GET', KEYS[#KEYS])
-  if stored and cjson.decode(stored).createdAt == plan.receipt.createdAt then
-    return {'committed', stored}
+  if stored then
+    local r, mine = cjson.decode(stored), plan.receipt
+    local m = tonumber(r.attempt)
+    if r.fingerprint == mine.fingerprint and m ~= mine.attempt
+       and (m > mine.attempt or not mine.first) then
+      return {'committed', stored}
+    end
   end
 end
 

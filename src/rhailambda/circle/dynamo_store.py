@@ -7,7 +7,7 @@ Key schema: partition key ``pk`` (S) = the encoded context id
     col#<collection>        the collection's stamp: stamp (S)
     member#<id>             a member
     meta                    the member set's stamp: stamp (S)
-    receipt#<task id>       a task's receipt: output (S), attempt (N), created (S),
+    receipt#<task id>       a task's receipt: output (S), attempt (N), fingerprint (S),
                             expires (N, epoch seconds: the table's TTL attribute)
 
 Collection names cannot contain ``#``, so ``begins_with(sk, "rec#<collection>#")``
@@ -26,7 +26,7 @@ anything is sent. A receipt past ``expires`` counts as absent (TTL deletion lags
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol
@@ -43,6 +43,7 @@ from rhailambda.circle.store import (
     Page,
     RecordWrite,
     Stored,
+    cap_page,
     commit_items,
 )
 from rhailambda.functions.extension import Receipt
@@ -86,7 +87,8 @@ def _receipt_of(item: Mapping[str, Any], now: int) -> Receipt | None:
         return None
     task_id = item["sk"]["S"][len("receipt#") :]
     output = item["output"]["S"] if "output" in item else None
-    return Receipt(task_id, output, int(item["attempt"]["N"]), item["created"]["S"])
+    fingerprint = item.get("fingerprint", {}).get("S", "")  # none: an older release's
+    return Receipt(task_id, output, int(item["attempt"]["N"]), fingerprint)
 
 
 class DynamoCircleStore:
@@ -173,17 +175,19 @@ class DynamoCircleStore:
         found = {(i["pk"]["S"], i["sk"]["S"]): _receipt_of(i, now) for i in self._batch_get(keys)}
         return [found.get((encode_context(c), _receipt_sk(t))) for c, t in tasks]
 
-    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+    def scan(
+        self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
         stamp = self._stamp(context, f"col#{collection}")
         if limit <= 0:
             return Page(records=(), stamp=stamp)
         prefix = f"rec#{collection}#"
         items = self._query(context, prefix, offset + limit)[offset:]
-        records = tuple(
+        records = [
             Stored(id=i["sk"]["S"][len(prefix) :], data=i["body"]["S"], version=i["ver"]["S"])
             for i in items
-        )
-        return Page(records=records, stamp=stamp)
+        ]
+        return cap_page(records, stamp, max_bytes)
 
     def members(self, context: str) -> Members:
         stamp = self._stamp(context, "meta")
@@ -204,7 +208,7 @@ class DynamoCircleStore:
         needed = commit_items(writes, member_writes, expected) + (0 if receipt is None else 1)
         if needed > MAX_TRANSACTION_ITEMS:
             raise CommitTooLarge(needed, MAX_TRANSACTION_ITEMS, "DynamoDB transaction items")
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
         ops: list[dict[str, Any]] = []
         what: list[str] = []
         written = {(w.collection, w.id) for w in writes}
@@ -265,7 +269,7 @@ class DynamoCircleStore:
             reasons = exc.response.get("CancellationReasons") or []
             if receipt is not None and reasons and reasons[0].get("Code") in _CONFLICT_CODES:
                 stored = self._stored_receipt(context, receipt.task_id)
-                if stored is not None and stored.created_at == receipt.created_at:
+                if stored is not None and stored.covers(receipt):
                     raise TaskCommitted(stored) from exc
             for index, reason in enumerate(reasons):
                 if reason.get("Code") in _CONFLICT_CODES:
@@ -280,7 +284,7 @@ class DynamoCircleStore:
         item = {
             **self._key(context, _receipt_sk(receipt.task_id)),
             "attempt": {"N": str(receipt.attempt)},
-            "created": _s(receipt.created_at),
+            "fingerprint": _s(receipt.fingerprint),
             "expires": {"N": str(now + self._receipt_ttl_s)},
         }
         output = receipt.output
@@ -290,13 +294,20 @@ class DynamoCircleStore:
             "Put": {
                 "TableName": self._table,
                 "Item": item,
+                # Replace it unless it is this task's (Receipt.covers, negated).
                 "ConditionExpression": (
-                    "attribute_not_exists(sk) OR #created <> :created OR #expires <= :now"
+                    "attribute_not_exists(sk) OR attribute_not_exists(#fp) OR #fp <> :fp "
+                    f"OR #expires <= :now OR #attempt {'<=' if receipt.first_claim else '='} :n"
                 ),
-                "ExpressionAttributeNames": {"#created": "created", "#expires": "expires"},
+                "ExpressionAttributeNames": {
+                    "#fp": "fingerprint",
+                    "#expires": "expires",
+                    "#attempt": "attempt",
+                },
                 "ExpressionAttributeValues": {
-                    ":created": _s(receipt.created_at),
+                    ":fp": _s(receipt.fingerprint),
                     ":now": {"N": str(now)},
+                    ":n": {"N": str(receipt.attempt)},
                 },
             }
         }

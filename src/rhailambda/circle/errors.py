@@ -8,6 +8,7 @@
     │                                                 for membership changes)
     ├── InvalidArgument (ValueError)    a collection name, id, record or limit a script
     │                                   passed is not acceptable
+    ├── ScriptTimeout (TimeoutError)    the script's time ran out in a ``db::`` call
     ├── CommitTooLarge                  the staged changes exceed what the backend can
     │                                   apply atomically (DynamoDB: 100 items,
     │                                   one of them the task's receipt)
@@ -30,6 +31,7 @@ __all__ = [
     "CommitTooLarge",
     "InsufficientAuthorization",
     "InvalidArgument",
+    "ScriptTimeout",
     "StoreConflict",
     "StoreError",
     "TaskCommitted",
@@ -55,6 +57,10 @@ class InsufficientAuthorization(CircleError, PermissionError):
 
 class InvalidArgument(CircleError, ValueError):
     """A script passed an argument the store does not accept."""
+
+
+class ScriptTimeout(CircleError, TimeoutError):
+    """The script's time ran out while (or before) a ``db::`` call reached the store."""
 
 
 class CommitTooLarge(CircleError):

@@ -7,7 +7,8 @@ against all three); one lock makes every commit atomic.
 from __future__ import annotations
 
 import bisect
-import secrets
+import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from rhailambda.circle.store import (
     Page,
     RecordWrite,
     Stored,
+    cap_page,
     commit_items,
 )
 from rhailambda.functions.extension import Receipt
@@ -64,15 +66,15 @@ class MemoryCircleStore:
             records = self._circle(context).records.get(collection, {})
             return {i: records[i] for i in ids if i in records}
 
-    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+    def scan(
+        self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
         with self._lock:
             circle = self._circle(context)
             ids = circle.order.get(collection, [])[offset : offset + max(limit, 0)]
             records = circle.records.get(collection, {})
-            return Page(
-                records=tuple(records[i] for i in ids),
-                stamp=circle.stamps.get(collection, ABSENT),
-            )
+            stamp = circle.stamps.get(collection, ABSENT)
+            return cap_page([records[i] for i in ids], stamp, max_bytes)
 
     def members(self, context: str) -> Members:
         with self._lock:
@@ -104,7 +106,7 @@ class MemoryCircleStore:
             circle = self._circle(context)
             if receipt is not None:
                 stored = self._receipt(circle, receipt.task_id)
-                if stored is not None and stored.created_at == receipt.created_at:
+                if stored is not None and stored.covers(receipt):
                     raise TaskCommitted(stored)
             for collection, stamp in expected.collections.items():
                 if circle.stamps.get(collection, ABSENT) != stamp:
@@ -115,7 +117,7 @@ class MemoryCircleStore:
                     raise StoreConflict(f"record {collection}/{id_}")
             if expected.members is not None and circle.members_stamp != expected.members:
                 raise StoreConflict("the member set")
-            token = secrets.token_hex(8)
+            token = os.urandom(8).hex()
             for w in writes:
                 records = circle.records.setdefault(w.collection, {})
                 order = circle.order.setdefault(w.collection, [])
@@ -133,5 +135,6 @@ class MemoryCircleStore:
                 circle.members_stamp = token
             if receipt is not None:
                 expiry = self._clock() + self._receipt_ttl_s
-                circle.receipts[receipt.task_id] = (receipt, expiry)
+                kept = dataclasses.replace(receipt, first_claim=False)  # as a store reads it
+                circle.receipts[receipt.task_id] = (kept, expiry)
             self.commits += 1

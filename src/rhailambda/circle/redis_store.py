@@ -18,7 +18,7 @@ receipt too); the receipts of a batch are one pipeline of GETs.
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -42,6 +42,9 @@ from rhailambda.resp import RespClient
 __all__ = ["RedisCircleStore"]
 
 _CHUNK = 1000
+#: bytes of records one scan call reads at most (plus one record): about 1 ms of Redis
+_SLICE_BYTES = 1024 * 1024
+_SCAN_TRIES = 3
 
 
 def _lua(name: str) -> str:
@@ -55,15 +58,20 @@ def _split(id_: str, value: str) -> Stored:
 
 
 def _encode_receipt(receipt: Receipt) -> str:
-    body = {"output": receipt.output, "attempt": receipt.attempt, "createdAt": receipt.created_at}
+    body = {
+        "output": receipt.output,
+        "attempt": receipt.attempt,
+        "fingerprint": receipt.fingerprint,
+    }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 def _decode_receipt(task_id: str, text: str) -> Receipt:
     body = json.loads(text)
     output = body.get("output")
+    fingerprint = str(body.get("fingerprint", ""))  # none: an older release's, never matches
     return Receipt(
-        task_id, None if output is None else str(output), int(body["attempt"]), body["createdAt"]
+        task_id, None if output is None else str(output), int(body["attempt"]), fingerprint
     )
 
 
@@ -113,21 +121,60 @@ class RedisCircleStore:
             raise StoreError(f"circle store (redis) read failed: {exc}") from exc
         return found
 
-    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
+    def scan(
+        self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
+        """Several short Lua calls of at most :data:`_SLICE_BYTES` each (one long call
+        would block every other Redis client); a stamp that moves between them means
+        a commit came in between: the page is read again."""
         keys = [
             self._key(context, "stamps"),
             self._records_key(context, collection),
             self._index_key(context, collection),
         ]
+        for _ in range(_SCAN_TRIES):
+            page = self._scan_once(keys, collection, offset, limit, max_bytes)
+            if page is not None:
+                return page
+        raise StoreError(f"circle store (redis): collection {collection!r} kept changing")
+
+    def _scan_once(
+        self, keys: list[str], collection: str, offset: int, limit: int, max_bytes: int | None
+    ) -> Page | None:
+        records: list[Stored] = []
+        stamp: str | None = None
+        pos, end, size = offset, offset + max(limit, 0), 0
+        while pos < end:
+            try:
+                reply = cast(
+                    list[Any],
+                    self._scan(keys=keys, args=[f"col:{collection}", pos, end - pos, _SLICE_BYTES]),
+                )
+            except RedisError as exc:
+                raise StoreError(f"circle store (redis) scan failed: {exc}") from exc
+            if stamp is None:
+                stamp = str(reply[0])
+            elif str(reply[0]) != stamp:
+                return None
+            for id_, value in zip(reply[1], reply[2], strict=True):
+                if value:
+                    records.append(_split(id_, value))
+                    size += len(value)
+            if max_bytes is not None and size > max_bytes:
+                return Page(records=tuple(records), stamp=stamp, truncated=True)
+            pos = int(reply[3])
+            if int(reply[4]) == 1:
+                break
+        if stamp is None:  # nothing asked for: the stamp alone
+            stamp = self._stamp(keys[0], collection)
+        return Page(records=tuple(records), stamp=stamp)
+
+    def _stamp(self, key: str, collection: str) -> str:
         try:
-            reply = cast(
-                list[Any], self._scan(keys=keys, args=[f"col:{collection}", offset, limit])
-            )
+            value = self._client.execute("HGET", key, f"col:{collection}", idempotent=True)
         except RedisError as exc:
             raise StoreError(f"circle store (redis) scan failed: {exc}") from exc
-        stamp, ids, values = str(reply[0]), reply[1], reply[2]
-        records = tuple(_split(id_, value) for id_, value in zip(ids, values, strict=True) if value)
-        return Page(records=records, stamp=stamp)
+        return "" if value is None else str(value)
 
     def members(self, context: str) -> Members:
         commands = [
@@ -182,7 +229,7 @@ class RedisCircleStore:
             return slot[collection]
 
         plan = {
-            "token": secrets.token_hex(8),
+            "token": os.urandom(8).hex(),  # not secrets: it loads OpenSSL
             "stamps": [[index(c), stamp] for c, stamp in expected.collections.items()],
             "records": [[index(c), id_, v] for (c, id_), v in expected.records.items()],
             "check_members": expected.members is not None,
@@ -197,7 +244,9 @@ class RedisCircleStore:
         if receipt is not None:
             plan["receipt"] = {
                 "body": _encode_receipt(receipt),
-                "createdAt": receipt.created_at,
+                "fingerprint": receipt.fingerprint,
+                "attempt": receipt.attempt,
+                "first": receipt.first_claim,
                 "ttl": self._receipt_ttl_s,
             }
             keys.append(self._layout.circle_receipt(encode_context(context), receipt.task_id))

@@ -18,6 +18,7 @@ script ran cannot slip a write in.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from rhailambda.circle.errors import (
     CommitTooLarge,
     InsufficientAuthorization,
     InvalidArgument,
+    ScriptTimeout,
 )
 from rhailambda.circle.names import check_collection, check_context, check_id
 from rhailambda.circle.settings import Limits
@@ -34,6 +36,7 @@ from rhailambda.circle.store import (
     Expectations,
     Members,
     MemberWrite,
+    Page,
     RecordWrite,
     Stored,
     commit_items,
@@ -113,7 +116,14 @@ class CircleSession:
             self._limits.max_list if limit is None else limit, "limit", self._limits.max_list
         )
         self._authorize("read")
-        return [decode_record(data) for _, data in self._page(coll, first, size)]
+        budget = self._limits.max_result_bytes
+        rows = self._page(coll, first, size, budget)
+        if rows is None:
+            raise InvalidArgument(
+                f"list: the page of {coll!r} holds more than {budget} bytes of records; "
+                "ask for fewer with db::list(collection, offset, limit)"
+            )
+        return [decode_record(data) for _, data in rows]
 
     def find(self, collection: object, field: object, value: object) -> list[dict[str, Any]]:
         """``db::find(collection, field, value)``: records whose ``field`` equals ``value``."""
@@ -122,18 +132,24 @@ class CircleSession:
             raise InvalidArgument(f"find: field must be a non-empty string, got {field!r}")
         wanted = _canonical(value)
         self._authorize("read")
-        scan = self._limits.max_scan
-        rows = self._page(coll, 0, scan + 1)
-        if len(rows) > scan:
+        scan, scan_bytes = self._limits.max_scan, self._limits.max_scan_bytes
+        rows = self._page(coll, 0, scan + 1, scan_bytes)
+        if rows is None or len(rows) > scan:
             raise InvalidArgument(
-                f"find: collection {coll!r} has more than {scan} records; "
-                "page through it with db::list instead"
+                f"find: collection {coll!r} has more than {scan} records or {scan_bytes} "
+                "bytes of them; page through it with db::list instead"
             )
-        found = []
+        found, size = [], 0
         for _, data in rows:
             record = decode_record(data)
             if field in record and _canonical(record[field]) == wanted:
                 found.append(record)
+                size += len(data)
+        if size > self._limits.max_result_bytes:
+            raise InvalidArgument(
+                f"find: the records found in {coll!r} hold more than "
+                f"{self._limits.max_result_bytes} bytes; page through them with db::list"
+            )
         return found
 
     # --- circle:: ------------------------------------------------------------
@@ -196,8 +212,23 @@ class CircleSession:
     def _load_members(self) -> Members:
         if self._members is None:
             assert self._context is not None
+            self._in_time("circle::")
             self._members = self._store.members(self._context)
         return self._members
+
+    def _scan(self, coll: str, offset: int, limit: int, max_bytes: int) -> Page:
+        assert self._context is not None
+        self._in_time("db::")
+        page = self._store.scan(self._context, coll, offset, limit, max_bytes)
+        self._in_time("db::")
+        return page
+
+    def _in_time(self, where: str) -> None:
+        """Time in ``db::`` calls counts against the script's timeout (the engine sees
+        only its own steps): past the deadline, the call fails."""
+        deadline = self._ctx.deadline
+        if deadline is not None and time.monotonic() > deadline:
+            raise ScriptTimeout(f"script timed out (its time ran out in a {where} call)")
 
     def _member_view(self) -> set[str]:
         view = set(self._load_members().ids)
@@ -256,25 +287,31 @@ class CircleSession:
             return self._staged[key]
         if key not in self._read:
             assert self._context is not None
+            self._in_time("db::")
             found = self._store.read(self._context, key[0], [key[1]])
             self._read[key] = found.get(key[1])
             self._within_budget(None)
         stored = self._read[key]
         return None if stored is None else stored.data
 
-    def _page(self, coll: str, offset: int, limit: int) -> list[tuple[str, str]]:
-        """Rows ``(id, json)`` at positions ``[offset, offset + limit)`` of the merged view."""
+    def _page(
+        self, coll: str, offset: int, limit: int, max_bytes: int
+    ) -> list[tuple[str, str]] | None:
+        """Rows ``(id, json)`` at positions ``[offset, offset + limit)`` of the merged view,
+        or None when the records read pass ``max_bytes``."""
         assert self._context is not None
         staged = {i: data for (c, i), data in self._staged.items() if c == coll}
         if not staged:
-            page = self._store.scan(self._context, coll, offset, limit)
+            page = self._scan(coll, offset, limit, max_bytes)
             self._stamps.setdefault(coll, page.stamp)
             self._within_budget(None)
-            return [(r.id, r.data) for r in page.records]
+            return None if page.truncated else [(r.id, r.data) for r in page.records]
         # Staged deletes can pull later stored records into the window: read enough.
         deletes = sum(1 for data in staged.values() if data is None)
-        page = self._store.scan(self._context, coll, 0, offset + limit + deletes)
+        page = self._scan(coll, 0, offset + limit + deletes, max_bytes)
         self._stamps.setdefault(coll, page.stamp)
+        if page.truncated:
+            return None
         merged: dict[str, str | None] = {r.id: r.data for r in page.records}
         merged.update(staged)
         rows = sorted((i, data) for i, data in merged.items() if data is not None)

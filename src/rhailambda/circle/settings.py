@@ -9,6 +9,9 @@
 ``RHAILAMBDA_CIRCLE_MAX_LIST``     most records one ``db::list`` returns (1000)
 ``RHAILAMBDA_CIRCLE_MAX_SCAN``     most records ``db::find`` searches (10000)
 ``RHAILAMBDA_CIRCLE_MAX_RECORD_BYTES``  largest record, as JSON (65536)
+``RHAILAMBDA_CIRCLE_MAX_RESULT_BYTES``  most JSON bytes one ``db::list`` page or
+                                   ``db::find`` result holds (8 MiB)
+``RHAILAMBDA_CIRCLE_MAX_SCAN_BYTES``  most JSON bytes ``db::find`` reads (32 MiB)
 ``RHAILAMBDA_CIRCLE_MAX_WRITES``   most records + members one script changes (1000;
                                    DynamoDB caps a commit at 100 items anyway)
 ``RHAILAMBDA_REPLY_TTL_S``         how long a task's commit receipt is kept (3600),
@@ -20,10 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
+from rhailambda.redis_url import parse_url
 from rhailambda.settings import DEFAULT_REDIS_URL, Env, ProtocolSettings, redact_url
 
 __all__ = ["Backend", "CircleSettings", "Limits"]
@@ -39,6 +42,11 @@ class Limits:
     max_scan: int = 10_000
     max_record_bytes: int = 65_536
     max_writes: int = 1000
+    #: JSON bytes one ``db::list`` page or ``db::find`` result may hold (under the
+    #: engine's 10 MB string limit, which a returned array counts as a whole)
+    max_result_bytes: int = 8 * 1024 * 1024
+    #: JSON bytes ``db::find`` may read
+    max_scan_bytes: int = 32 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Env) -> Limits:
@@ -47,6 +55,12 @@ class Limits:
             max_scan=env.int("RHAILAMBDA_CIRCLE_MAX_SCAN", 10_000, minimum=1),
             max_record_bytes=env.int("RHAILAMBDA_CIRCLE_MAX_RECORD_BYTES", 65_536, minimum=64),
             max_writes=env.int("RHAILAMBDA_CIRCLE_MAX_WRITES", 1000, minimum=1),
+            max_result_bytes=env.int(
+                "RHAILAMBDA_CIRCLE_MAX_RESULT_BYTES", 8 * 1024 * 1024, minimum=65_536
+            ),
+            max_scan_bytes=env.int(
+                "RHAILAMBDA_CIRCLE_MAX_SCAN_BYTES", 32 * 1024 * 1024, minimum=65_536
+            ),
         )
 
 
@@ -86,13 +100,11 @@ class CircleSettings:
             raise SettingError(
                 "RHAILAMBDA_CIRCLE_BACKEND", f"expected redis or dynamodb, got {backend!r}"
             )
-        redis_url = env.optional_str("RHAILAMBDA_CIRCLE_REDIS_URL") or env.str(
-            "REDIS_URL", DEFAULT_REDIS_URL
-        )
-        if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingError(
-                "RHAILAMBDA_CIRCLE_REDIS_URL",
-                f"unsupported URL {redact_url(redis_url)!r} (redis://, rediss://, unix://)",
+        circle_url = env.optional_str("RHAILAMBDA_CIRCLE_REDIS_URL")
+        redis_url = circle_url or env.str("REDIS_URL", DEFAULT_REDIS_URL)
+        if backend == "redis":  # a bad URL fails here, by its own name, redacted
+            parse_url(
+                redis_url, setting="RHAILAMBDA_CIRCLE_REDIS_URL" if circle_url else "REDIS_URL"
             )
         protocol = ProtocolSettings.from_env(env)
         return cls(

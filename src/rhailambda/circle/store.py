@@ -15,7 +15,7 @@ raises :class:`~rhailambda.circle.errors.StoreConflict` and changes nothing.
 Every commit writes a fresh random version token, so a record deleted and
 created again never looks unchanged to a reader (no ABA). A commit given a receipt
 stores it in the same atomic step, and first checks that no receipt of the same
-task (same ``created_at``) is there: if one is, it raises
+task (:meth:`Receipt.covers`: same fingerprint, another attempt) is there: if one is, it raises
 :class:`~rhailambda.functions.extension.AlreadyCommitted` and changes nothing.
 
 Two backends implement it: :mod:`rhailambda.circle.redis_store` and
@@ -42,6 +42,7 @@ __all__ = [
     "Page",
     "RecordWrite",
     "Stored",
+    "cap_page",
     "commit_items",
     "decode_record",
     "encode_record",
@@ -67,6 +68,8 @@ class Page:
 
     records: tuple[Stored, ...]
     stamp: str
+    #: the records passed the scan's ``max_bytes``: the page stops early
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +122,14 @@ class CircleStore(Protocol):
         """The stored records among ``ids`` (absent ids are left out)."""
         ...
 
-    def scan(self, context: str, collection: str, offset: int, limit: int) -> Page:
-        """Up to ``limit`` records from position ``offset`` in id order, and the stamp."""
+    def scan(
+        self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
+        """Up to ``limit`` records from position ``offset`` in id order, and the stamp.
+
+        Once the records read hold more than ``max_bytes`` of JSON, the page stops
+        there, ``truncated``.
+        """
         ...
 
     def members(self, context: str) -> Members:
@@ -163,6 +172,17 @@ def commit_items(
         + len(member_writes)
         + (1 if member_writes or expected.members is not None else 0)
     )
+
+
+def cap_page(records: Sequence[Stored], stamp: str, max_bytes: int | None) -> Page:
+    """A page of ``records``, stopped after the record that passes ``max_bytes``."""
+    if max_bytes is not None:
+        size = 0
+        for i, record in enumerate(records):
+            size += len(record.data)
+            if size > max_bytes:
+                return Page(records=tuple(records[: i + 1]), stamp=stamp, truncated=True)
+    return Page(records=tuple(records), stamp=stamp)
 
 
 def encode_record(record: object, max_bytes: int) -> str:

@@ -13,10 +13,12 @@ Receipts (optional, :class:`ReceiptKeeper`): an extension that also has
 ``recall(tasks)`` keeps a :class:`Receipt` of each task whose writes it committed,
 written in the same atomic commit as those writes: its sessions take
 ``commit(receipt)``. Before a task delivered again (attempt > 1) runs, the function
-asks every such extension for a receipt; if one exists, the earlier run's writes are
-in and the task is finished with the recorded output instead of running again. A
-commit that finds another run's receipt raises :class:`AlreadyCommitted` (two
-deliveries overlapped) and applies nothing.
+asks every such extension for a receipt; if one exists for the same task (see
+:meth:`Receipt.covers`), the earlier run's writes are in and the task is finished
+with the recorded output instead of running again. A commit that finds another run's
+receipt of the same task raises :class:`AlreadyCommitted` (two deliveries overlapped)
+and applies nothing; a receipt of a different task under the same id (a reused id)
+is replaced.
 
 Users add their own modules without editing the function: list factories in
 ``RHAILAMBDA_EXTENSIONS`` (``package.module:factory``, comma separated), each a
@@ -25,6 +27,7 @@ callable ``factory(settings) -> Extension``.
 
 from __future__ import annotations
 
+from _blake2 import blake2b  # hashlib would load OpenSSL (~4 ms of a cold start)
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +41,7 @@ __all__ = [
     "ReceiptSession",
     "ScriptContext",
     "Session",
+    "task_fingerprint",
 ]
 
 
@@ -49,6 +53,9 @@ class ScriptContext:
     context_id: str
     worker_id: str
     task_id: str
+    #: ``time.monotonic()`` past which the script's time is up: an extension's calls
+    #: (their time counts against the script's timeout) should fail once it passed
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +63,34 @@ class Receipt:
     """A run of a task whose writes were committed: the reply output to give again.
 
     ``output`` is None when the store could not keep one that large (the writes are
-    in; the task then gets an error reply saying so). ``created_at`` is the task
-    hash's ``createdAt``: a client may submit a new task under an old id, and a
-    receipt of the old task must not answer the new one.
+    in; the task then gets an error reply saying so). ``fingerprint`` is
+    :func:`task_fingerprint` of the task: a client may submit a new task under an old
+    id, and a receipt of the old task must not answer the new one. ``first_claim``
+    (not stored) says the committing run's claim was the first since the client wrote
+    the task hash: no earlier delivery of THIS task can have committed, so only a
+    later delivery's receipt (a higher attempt) is its own. Within one task each
+    attempt claims at most once, so a receipt of the same attempt is another task's.
     """
 
     task_id: str
     output: str | None
     attempt: int
-    created_at: str
+    fingerprint: str
+    first_claim: bool = False
+
+    def covers(self, new: Receipt) -> bool:
+        """Whether this stored receipt is of the same task as the run committing ``new``."""
+        if self.fingerprint != new.fingerprint or self.attempt == new.attempt:
+            return False
+        return self.attempt > new.attempt or not new.first_claim
+
+
+def task_fingerprint(script: str, caller_id: str, context_id: str, created_at: str) -> str:
+    """What a task is, in 32 hex digits (BLAKE2b: no OpenSSL load on the cold start)."""
+    fields = (script, caller_id, context_id, created_at)
+    parts = [field.encode("utf-8", "surrogatepass") for field in fields]
+    data = b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+    return blake2b(data, digest_size=16).hexdigest()
 
 
 class CommitConflict(Exception):

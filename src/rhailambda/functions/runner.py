@@ -15,6 +15,8 @@ with a receipt is finished with the recorded output instead of running again.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +37,7 @@ from rhailambda.functions.extension import (
     ReceiptSession,
     ScriptContext,
     Session,
+    task_fingerprint,
 )
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.taskstore import REPLIED, REPLY_KEY_UNUSABLE, Claim, Finish, TaskStore
@@ -49,6 +52,8 @@ DebugHook = Callable[[ScriptContext, str, str | None, int | None, int | None], N
 #: below this much budget left, a task is handed back instead of started
 _MIN_TASK_BUDGET_S = 0.05
 _MAX_CACHED_SCRIPT_CHARS = 16 * 1024
+#: outputs and errors a batch holds before it writes the finished tasks' replies
+_MAX_HELD_CHARS = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +130,26 @@ class BatchRunner:
             reasons[task_id] = why
         claims = self._store.claim(event.tasks)
         recalled = self._recall(claims, event.worker_id)
+        held_bytes = 0  # outputs and errors waiting in `finishes`
         for claim in claims:
             result, finish = self._run_one(claim, event.worker_id, deadline, recalled)
             outcomes.setdefault(claim.ref.task_id, result.outcome)  # an id twice: first wins
             results.append(result)
             if finish is not None:
                 finishes.append(finish)
+                held_bytes += len(finish.output or "") + len(finish.error or "")
+            if held_bytes > _MAX_HELD_CHARS:  # bound the batch's memory: write these now
+                self._finish(finishes, outcomes, reasons)
+                finishes, held_bytes = [], 0
+        self._finish(finishes, outcomes, reasons)
+        if observer is not None:
+            for result in results:
+                observer.task_done(result)
+        return BatchResponse(outcomes=outcomes, reasons=reasons)
+
+    def _finish(
+        self, finishes: list[Finish], outcomes: dict[str, Outcome], reasons: dict[str, str]
+    ) -> None:
         for finish, written in zip(finishes, self._store.finish(finishes), strict=True):
             task_id = finish.ref.task_id
             if written == REPLY_KEY_UNUSABLE:  # its result stays in its hash, final
@@ -139,10 +158,6 @@ class BatchRunner:
                 reasons[task_id] = f"the reply key {reply_key} is not a list: no reply possible"
             elif written != REPLIED and finish.mode != "finishing":
                 outcomes[task_id] = "skipped"  # a newer delivery took over: its reply counts
-        if observer is not None:
-            for result in results:
-                observer.task_done(result)
-        return BatchResponse(outcomes=outcomes, reasons=reasons)
 
     def _recall(self, claims: Sequence[Claim], worker_id: str) -> dict[str, Receipt] | str:
         """Receipts of the tasks delivered again that an earlier run committed, by task id.
@@ -155,22 +170,27 @@ class BatchRunner:
             for ext, keeps in zip(self._extensions, self._keeps_receipts, strict=True)
             if keeps
         ]
+        # Only a task claimed before (status processing) can have an earlier run's
+        # writes in: a fresh claim's task is new, whatever receipt its id has.
         again = [
-            (c.ref.task_id, c.fields)
+            (c.ref.task_id, c.fields, c.ref.attempt)
             for c in claims
             if c.state == "claimed"
             and c.fields is not None
             and c.ref.attempt > 1
+            and c.fields.status == p.STATUS_PROCESSING
             and _validate(c.fields, self._settings.max_script_bytes) is None
         ]
         found: dict[str, Receipt] = {}
         if not keepers or not again:
             return found
-        tasks = [_script_context(fields, worker_id) for _, fields in again]
+        tasks = [_script_context(fields, worker_id) for _, fields, _ in again]
         try:
             for keeper in keepers:
-                for (task_id, fields), receipt in zip(again, keeper.recall(tasks), strict=True):
-                    if receipt is not None and receipt.created_at == fields.created_at:
+                for (task_id, fields, attempt), receipt in zip(
+                    again, keeper.recall(tasks), strict=True
+                ):
+                    if receipt is not None and receipt.covers(_receipt(fields, None, attempt)):
                         found.setdefault(task_id, receipt)
         except Exception as exc:  # infrastructure: retry later, keep the claims
             return f"receipt recall failed: {type(exc).__name__}: {exc}"
@@ -260,7 +280,8 @@ class BatchRunner:
         runs = 0
         while True:
             runs += 1
-            sessions = [ext.open(ctx) for ext in self._extensions]
+            run_ctx = dataclasses.replace(ctx, deadline=time.monotonic() + timeout_s)
+            sessions = [ext.open(run_ctx) for ext in self._extensions]
             engine = rhai_py.Engine(**engine_kwargs)
             for session in sessions:
                 _register(engine, session.modules())
@@ -269,7 +290,11 @@ class BatchRunner:
             except rhai_py.RhaiError as exc:
                 _discard(sessions)
                 return None, _describe(exc), runs
-            receipt = Receipt(ctx.task_id, output, attempt, fields.created_at)
+            too_large = _output_too_large(output, self._settings.max_output_bytes)
+            if too_large is not None:  # fails as a whole: no writes, no receipt
+                _discard(sessions)
+                return None, too_large, runs
+            receipt = _receipt(fields, output, attempt)
             try:
                 for session, keeps in zip(sessions, self._keeps_receipts, strict=True):
                     if keeps:
@@ -284,6 +309,8 @@ class BatchRunner:
                 continue
             except AlreadyCommitted as done:  # an overlapping delivery committed first
                 _discard(sessions)
+                if receipt.first_claim:  # ... or an old task under this id, same fingerprint
+                    return None, _reused(done.receipt), runs
                 return *_replay(done.receipt), runs
             return output, None, runs
 
@@ -303,13 +330,46 @@ def _script_context(fields: p.TaskFields, worker_id: str) -> ScriptContext:
 
 def _staged_status(reply: str) -> str:
     """The status of a staged reply (JSON); error if it cannot be read."""
-    import json
-
     try:
         status = json.loads(reply).get("status")
     except (ValueError, AttributeError):
         return p.STATUS_ERROR
     return p.STATUS_COMPLETED if status == p.STATUS_COMPLETED else p.STATUS_ERROR
+
+
+def _output_too_large(output: str, max_bytes: int) -> str | None:
+    """Why ``output`` cannot be the reply's: over ``max_bytes`` as it is encoded there."""
+    if len(output) <= max_bytes // 6:  # JSON escapes a character into at most 6 bytes
+        return None
+    size = (
+        len(output)
+        if len(output) > max_bytes
+        else len(json.dumps(output, ensure_ascii=False).encode())
+    )
+    if size <= max_bytes:
+        return None
+    more = "more than " if len(output) > max_bytes else ""
+    return (
+        f"output too large: {more}{size} bytes as JSON, the limit is {max_bytes} "
+        "(RHAILAMBDA_MAX_OUTPUT_BYTES); the script's changes were not applied"
+    )
+
+
+def _receipt(fields: p.TaskFields, output: str | None, attempt: int) -> Receipt:
+    """The receipt a run of this task at ``attempt`` commits with its writes."""
+    fingerprint = task_fingerprint(
+        fields.script or "", fields.caller_id, fields.context_id, fields.created_at
+    )
+    first = fields.status != p.STATUS_PROCESSING  # claimed for the first time
+    return Receipt(fields.task_id, output, attempt, fingerprint, first)
+
+
+def _reused(receipt: Receipt) -> str:
+    """Why a freshly claimed task was not run (a newer delivery's reply wins if there is one)."""
+    return (
+        f"not run: attempt {receipt.attempt} of a task with this id, script, caller, context "
+        "and createdAt already applied its changes; submit a new task under a fresh id"
+    )
 
 
 def _replay(receipt: Receipt) -> tuple[str | None, str | None]:

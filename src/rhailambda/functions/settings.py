@@ -69,6 +69,8 @@ class FunctionSettings:
     compile_cache_size: int = 512
     #: scripts longer than this get an error reply instead of running
     max_script_bytes: int = 1024 * 1024
+    #: an output longer than this, as JSON in the reply, gets an error reply instead
+    max_output_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Env) -> FunctionSettings:
@@ -83,4 +85,5 @@ class FunctionSettings:
             max_conflict_retries=env.int("RHAILAMBDA_MAX_CONFLICT_RETRIES", 20, minimum=0),
             compile_cache_size=env.int("RHAILAMBDA_COMPILE_CACHE_SIZE", 512, minimum=0),
             max_script_bytes=env.int("RHAILAMBDA_MAX_SCRIPT_BYTES", 1024 * 1024, minimum=1),
+            max_output_bytes=env.int("RHAILAMBDA_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=64),
         )

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from rhailambda.errors import RedisError, RhailambdaError
+from rhailambda.errors import RedisError, RhailambdaError, SettingError
 from rhailambda.protocol import normalize_worker_id
 from rhailambda.resp import RespClient
 from rhailambda.settings import Env, ProtocolSettings, RedisSettings
@@ -52,7 +52,11 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
 def _redis_and_protocol(args: argparse.Namespace) -> tuple[RedisSettings, ProtocolSettings]:
     env = Env(os.environ)
     redis_settings = (
-        RedisSettings(url=args.redis_url, cluster=RedisSettings.from_env(env).cluster)
+        RedisSettings(
+            url=args.redis_url,
+            cluster=env.str("RHAILAMBDA_REDIS_CLUSTER", "auto").strip().lower() or "auto",
+            setting="--redis-url",
+        )
         if args.redis_url
         else RedisSettings.from_env(env)
     )
@@ -68,6 +72,17 @@ def _run_shim(args: argparse.Namespace) -> int:
     from rhailambda.shim.app import run
 
     settings = shim_settings.from_args(args, Env(os.environ))
+    if settings.function.backend == "local":
+        from rhailambda.shim.local_backend import check_handler
+
+        problem = check_handler(settings)
+        if problem is not None:
+            kind, _, rest = problem.partition(": ")
+            name, sep, message = rest.partition(": ")
+            if kind == "SettingError" and sep:  # a function setting: name that one
+                raise SettingError(name, f"{message} (local worker start-up)")
+            flag = "--handler" if args.rhailambda_handler else "RHAILAMBDA_HANDLER"
+            raise SettingError(flag, f"the local worker cannot start: {problem}")
     return run(settings)
 
 

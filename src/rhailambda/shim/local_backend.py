@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import struct
+import subprocess
 import sys
 import time
 import uuid
@@ -29,7 +30,7 @@ from rhailambda.event import BatchResponse, EventError, InvocationEvent
 from rhailambda.shim.local_worker import encode_frame
 from rhailambda.shim.settings import ShimSettings
 
-__all__ = ["LocalInvoker"]
+__all__ = ["LocalInvoker", "check_handler"]
 
 log = logging.getLogger("rhailambda.shim.local")
 _HEADER = struct.Struct(">I")
@@ -62,6 +63,32 @@ class _Worker:
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(self.proc.wait(), timeout=5)
         return None
+
+
+def check_handler(settings: ShimSettings, *, python: str = sys.executable) -> str | None:
+    """Start one local worker as the pool would and stop it: why it cannot start, or None.
+
+    The shim calls this at start, so a ``--handler`` that does not import (or a
+    function setting that fails its cold start) stops the shim with one line
+    instead of failing every task later.
+    """
+    argv = [python, "-m", "rhailambda.shim.local_worker", settings.local.handler,
+            settings.function.function_name, str(settings.local.memory_limit_mb)]  # fmt: skip
+    try:
+        done = subprocess.run(
+            argv, input=b"", capture_output=True, timeout=_INIT_TIMEOUT_S,
+            env={**os.environ, **settings.function_env}, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"a local worker did not start within {_INIT_TIMEOUT_S:g} s"
+    out = done.stdout
+    if len(out) >= _HEADER.size:
+        (size,) = _HEADER.unpack(out[: _HEADER.size])
+        with contextlib.suppress(ValueError):
+            ready = json.loads(out[_HEADER.size : _HEADER.size + size])
+            if isinstance(ready, dict):
+                return None if ready.get("ready") else str(ready.get("error"))
+    return f"a local worker exited with code {done.returncode} before it was ready"
 
 
 class LocalInvoker:

@@ -2,7 +2,9 @@
 
 Every option has a flag and an environment variable; a flag wins over the
 variable. A bad value raises :class:`~rhailambda.errors.SettingError` naming the
-flag (when it was given) or the variable. Options are grouped into small frozen
+flag (when it was given) or the variable. Numbers have bounds (shown in ``--help``):
+past them a value cannot work (a lease of 1 ms heartbeats 600 times a second, a
+block of 1e308 s fails every take), so it is refused at start. Options are grouped into small frozen
 dataclasses; :class:`ShimSettings` holds one of each.
 """
 
@@ -119,51 +121,71 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     (
         "--batch-size",
         "RHAILAMBDA_BATCH_SIZE",
-        "tasks per invocation (default: local 100, lambda 10)",
+        "tasks per invocation, 1 to 10000 (default: local 100, lambda 10)",
     ),
     (
         "--batch-window-ms",
         "RHAILAMBDA_BATCH_WINDOW_MS",
-        "wait up to this long to fill a batch on a busy queue (default 0)",
+        "wait up to this long to fill a batch on a busy queue, 0 to 300000 (default 0)",
     ),
     (
         "--max-concurrency",
         "RHAILAMBDA_MAX_CONCURRENCY",
-        "invocations at once, all queues (default: local workers)",
+        "invocations at once, all queues, 1 to 10000 (default: local workers)",
     ),
     (
         "--per-queue-concurrency",
         "RHAILAMBDA_PER_QUEUE_CONCURRENCY",
-        "invocations at once per queue (default: max concurrency)",
+        "invocations at once per queue, 1 to 10000 (default: max concurrency)",
     ),
-    ("--max-attempts", "RHAILAMBDA_MAX_ATTEMPTS", "deliveries before dead-lettering (default 3)"),
+    (
+        "--max-attempts",
+        "RHAILAMBDA_MAX_ATTEMPTS",
+        "deliveries before dead-lettering, 1 to 1000 (default 3)",
+    ),
     (
         "--max-task-age-s",
         "RHAILAMBDA_MAX_TASK_AGE_S",
-        "dead-letter tasks created longer ago than this (default: no limit)",
+        "dead-letter tasks created longer ago than this, up to 31536000 (default: no limit)",
     ),
-    ("--backoff-base-s", "RHAILAMBDA_BACKOFF_BASE_S", "retry backoff base (default 0.5)"),
-    ("--backoff-cap-s", "RHAILAMBDA_BACKOFF_CAP_S", "retry backoff cap (default 30)"),
+    (
+        "--backoff-base-s",
+        "RHAILAMBDA_BACKOFF_BASE_S",
+        "retry backoff base, 0.001 to 3600 (default 0.5)",
+    ),
+    (
+        "--backoff-cap-s",
+        "RHAILAMBDA_BACKOFF_CAP_S",
+        "retry backoff cap, base to 86400 (default 30)",
+    ),
     (
         "--function-timeout-s",
         "RHAILAMBDA_FUNCTION_TIMEOUT_S",
-        "the function's time budget per invocation (default 30)",
+        "the function's time budget per invocation, 0.1 to 900 (default 30)",
     ),
     ("--function-name", "RHAILAMBDA_FUNCTION_NAME", "Lambda function name or ARN"),
     ("--handler", "RHAILAMBDA_HANDLER", f"handler import path (default {DEFAULT_HANDLER})"),
-    ("--local-workers", "RHAILAMBDA_LOCAL_WORKERS", "local worker processes (default: CPUs)"),
+    (
+        "--local-workers",
+        "RHAILAMBDA_LOCAL_WORKERS",
+        "local worker processes, 1 to 1024 (default: CPUs)",
+    ),
     (
         "--idle-timeout-s",
         "RHAILAMBDA_IDLE_TIMEOUT_S",
-        "retire local workers idle this long (default 300)",
+        "retire local workers idle this long, 0.1 to 86400 (default 300)",
     ),
     (
         "--shutdown-timeout-s",
         "RHAILAMBDA_SHUTDOWN_TIMEOUT_S",
-        "on SIGTERM, wait this long for in-flight invocations (default 30)",
+        "on SIGTERM, wait this long for in-flight invocations, 0 to 3600 (default 30)",
     ),
-    ("--lease-s", "RHAILAMBDA_LEASE_S", "shim lease; renewed every third of it (default 30)"),
-    ("--block-s", "RHAILAMBDA_BLOCK_S", "BLMOVE block on an empty queue (default 20)"),
+    (
+        "--lease-s",
+        "RHAILAMBDA_LEASE_S",
+        "shim lease; renewed every third of it, 1 to 3600 (default 30)",
+    ),
+    ("--block-s", "RHAILAMBDA_BLOCK_S", "BLMOVE block on an empty queue, 0.1 to 300 (default 20)"),
     ("--log-level", "RHAILAMBDA_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
 )
 _FLAG_OF = {var: flag for flag, var, _ in _OPTIONS}
@@ -242,11 +264,31 @@ def from_args(args: argparse.Namespace, env: Env) -> ShimSettings:
         raise
 
 
-def _positive(env: Env, name: str, default: float) -> float:
+def _seconds(env: Env, name: str, default: float, low: float, high: float) -> float:
+    """A float setting within ``[low, high]`` (a 0 low bound excludes nothing)."""
     value = env.float(name, default)
-    if value <= 0:
-        raise SettingError(name, f"must be greater than 0, got {value:g}")
+    if value < low or value > high or (low > 0 and value <= 0):
+        raise SettingError(name, f"must be from {low:g} to {high:g}, got {value:g}")
     return value
+
+
+def _count(env: Env, name: str, default: int, low: int, high: int) -> int:
+    value = env.int(name, default)
+    if not low <= value <= high:
+        raise SettingError(name, f"must be from {low} to {high}, got {value}")
+    return value
+
+
+def _region(env: Env) -> None:
+    """The lambda backend needs an AWS region: found here, not at the first invoke."""
+    if env.optional_str("AWS_REGION") or env.optional_str("AWS_DEFAULT_REGION"):
+        return
+    import boto3  # the lambda backend imports it anyway
+
+    if not boto3.session.Session().region_name:
+        raise SettingError(
+            "AWS_REGION", "the lambda backend needs an AWS region (or AWS_DEFAULT_REGION)"
+        )
 
 
 def _build(env: Env) -> ShimSettings:
@@ -259,17 +301,19 @@ def _build(env: Env) -> ShimSettings:
     function_name = env.str("RHAILAMBDA_FUNCTION_NAME", "rhailambda")
     if backend == "lambda" and not function_name:
         raise SettingError("RHAILAMBDA_FUNCTION_NAME", "required with the lambda backend")
-    local_workers = env.int("RHAILAMBDA_LOCAL_WORKERS", os.cpu_count() or 2, minimum=1)
+    if backend == "lambda":
+        _region(env)
+    local_workers = _count(env, "RHAILAMBDA_LOCAL_WORKERS", os.cpu_count() or 2, 1, 1024)
     default_concurrency = local_workers if backend == "local" else 10
     # Local workers are cheap to feed and batches amortise the pipe and Redis round
     # trips (5.8k tasks/s at 10, 16k at 200); Lambda keeps SQS's 10 so one batch of
     # slow scripts stays within a function's time budget.
     default_batch = 100 if backend == "local" else 10
-    max_concurrency = env.int("RHAILAMBDA_MAX_CONCURRENCY", default_concurrency, minimum=1)
-    per_queue = env.int("RHAILAMBDA_PER_QUEUE_CONCURRENCY", max_concurrency, minimum=1)
-    max_age = env.float("RHAILAMBDA_MAX_TASK_AGE_S", 0.0, minimum=0.0)
-    base_s = _positive(env, "RHAILAMBDA_BACKOFF_BASE_S", 0.5)
-    cap_s = _positive(env, "RHAILAMBDA_BACKOFF_CAP_S", 30.0)
+    max_concurrency = _count(env, "RHAILAMBDA_MAX_CONCURRENCY", default_concurrency, 1, 10_000)
+    per_queue = _count(env, "RHAILAMBDA_PER_QUEUE_CONCURRENCY", max_concurrency, 1, 10_000)
+    max_age = _seconds(env, "RHAILAMBDA_MAX_TASK_AGE_S", 0.0, 0.0, 365 * 86400.0)
+    base_s = _seconds(env, "RHAILAMBDA_BACKOFF_BASE_S", 0.5, 0.001, 3600.0)
+    cap_s = _seconds(env, "RHAILAMBDA_BACKOFF_CAP_S", 30.0, 0.001, 86400.0)
     if cap_s < base_s:
         raise SettingError("RHAILAMBDA_BACKOFF_CAP_S", f"must be at least the base {base_s:g}")
     level = env.str("RHAILAMBDA_LOG_LEVEL", "INFO").upper()
@@ -284,20 +328,20 @@ def _build(env: Env) -> ShimSettings:
         queues=QueueSettings(
             worker_ids=workers,
             shim_id=env.optional_str("RHAILAMBDA_SHIM_ID") or _default_shim_id(),
-            lease_s=_positive(env, "RHAILAMBDA_LEASE_S", 30.0),
-            block_s=_positive(env, "RHAILAMBDA_BLOCK_S", 20.0),
+            lease_s=_seconds(env, "RHAILAMBDA_LEASE_S", 30.0, 1.0, 3600.0),
+            block_s=_seconds(env, "RHAILAMBDA_BLOCK_S", 20.0, 0.1, 300.0),
         ),
         batch=BatchSettings(
-            batch_size=env.int("RHAILAMBDA_BATCH_SIZE", default_batch, minimum=1),
-            window_ms=env.int("RHAILAMBDA_BATCH_WINDOW_MS", 0, minimum=0),
+            batch_size=_count(env, "RHAILAMBDA_BATCH_SIZE", default_batch, 1, 10_000),
+            window_ms=_count(env, "RHAILAMBDA_BATCH_WINDOW_MS", 0, 0, 300_000),
         ),
         flow=FlowSettings(
             max_concurrency=max_concurrency,
             per_queue_concurrency=per_queue,
-            shutdown_timeout_s=env.float("RHAILAMBDA_SHUTDOWN_TIMEOUT_S", 30.0, minimum=0.0),
+            shutdown_timeout_s=_seconds(env, "RHAILAMBDA_SHUTDOWN_TIMEOUT_S", 30.0, 0.0, 3600.0),
         ),
         retry=RetrySettings(
-            max_attempts=env.int("RHAILAMBDA_MAX_ATTEMPTS", 3, minimum=1),
+            max_attempts=_count(env, "RHAILAMBDA_MAX_ATTEMPTS", 3, 1, 1000),
             max_task_age_s=max_age or None,
             backoff_base_s=base_s,
             backoff_cap_s=cap_s,
@@ -305,12 +349,12 @@ def _build(env: Env) -> ShimSettings:
         function=FunctionSettings(
             backend="lambda" if backend == "lambda" else "local",
             function_name=function_name,
-            function_timeout_s=_positive(env, "RHAILAMBDA_FUNCTION_TIMEOUT_S", 30.0),
+            function_timeout_s=_seconds(env, "RHAILAMBDA_FUNCTION_TIMEOUT_S", 30.0, 0.1, 900.0),
         ),
         local=LocalBackendSettings(
             handler=env.str("RHAILAMBDA_HANDLER", DEFAULT_HANDLER),
             max_workers=local_workers,
-            idle_timeout_s=_positive(env, "RHAILAMBDA_IDLE_TIMEOUT_S", 300.0),
+            idle_timeout_s=_seconds(env, "RHAILAMBDA_IDLE_TIMEOUT_S", 300.0, 0.1, 86400.0),
         ),
         log_level=level,
         function_env=function_env,
