@@ -21,8 +21,10 @@ delivery completes it without running the script.
    or the task is not final yet (``force``: dead-lettering), write the final
    status, output or error, and the reply itself (field ``rhailambdaReply``).
    From here on the task is final: no delivery runs it again.
-2. *push* (reply slot): ``SET`` the sent marker ``NX``; only if it was not set,
-   ``LPUSH`` the staged reply (with the reply TTL).
+2. *push* (reply slot): unless the sent marker already names this run of the task
+   (the token its claim wrote in ``rhailambdaRun``), ``LPUSH`` the staged reply and
+   set the marker to the token (both with the reply TTL). A task id reused after its
+   task finished is a new run with a new token: it is answered again.
 3. *clean* (hash slot): delete the hash (or, preserving tasks, drop the staged
    reply) and leave the done marker.
 
@@ -119,6 +121,10 @@ for i = 1, n do
     elseif not final and (status ~= 'processing' or claim < attempt) then
       redis.call('HSET', key, 'status', 'processing', 'rhailambdaClaim', attempt,
                  'updatedAt', now)
+      if status ~= 'processing' then  -- a new run of this id (also a reused id): a new token
+        local t = redis.call('TIME')
+        redis.call('HSET', key, 'rhailambdaRun', t[1] .. '.' .. t[2] .. ':' .. attempt)
+      end
       out[i] = {'claimed', h}
     else
       out[i] = {'skip', status}
@@ -134,21 +140,25 @@ return out
 _STEPS_LUA = """
 local function is_final(s) return s == 'completed' or s == 'error' end
 
--- 1. stage: the reply to push, or false when this finish is not ours to make
+-- 1. stage: {reply, run token} to push, or false when this finish is not ours to make.
+-- The run token names this run of the id (set at claim), so a reused id is answered
+-- again while a finish sent twice is not; '' (no hash) pushes only if nothing was.
 local function stage(tkey, mode, attempt, status, field, value, now, reply)
   local t = redis.call('TYPE', tkey)['ok']
   if mode == 'missing' then
-    if t == 'none' then return reply end
+    if t == 'none' then return {reply, ''} end
     return false
   end
   if mode == 'poison' then
-    if t ~= 'none' and t ~= 'hash' then return reply end
+    if t ~= 'none' and t ~= 'hash' then return {reply, ''} end
     return false
   end
   if t ~= 'hash' then return false end
-  local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaClaim', 'rhailambdaReply')
+  local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaClaim', 'rhailambdaReply',
+                         'rhailambdaRun')
+  local run = cur[4] or ('claim:' .. tostring(cur[2]))
   if is_final(cur[1]) then
-    if cur[3] and (mode ~= 'claim' or cur[2] == attempt) then return cur[3] end
+    if cur[3] and (mode ~= 'claim' or cur[2] == attempt) then return {cur[3], run} end
     return false
   end
   if mode == 'finishing' then return false end
@@ -157,19 +167,19 @@ local function stage(tkey, mode, attempt, status, field, value, now, reply)
   end
   redis.call('HSET', tkey, 'status', status, field, value, 'updatedAt', now,
              'rhailambdaReply', reply)
-  return reply
+  return {reply, run}
 end
 
 -- 2. push: 1 pushed now, 0 pushed before, -1 the reply key is not a list
-local function push(rkey, mkey, ttl, reply)
+local function push(rkey, mkey, ttl, reply, run)
   local t = redis.call('TYPE', rkey)['ok']
   if t ~= 'none' and t ~= 'list' then return -1 end
-  if redis.call('SET', mkey, '1', 'NX', 'EX', ttl) then
-    redis.call('LPUSH', rkey, reply)
-    redis.call('EXPIRE', rkey, ttl)
-    return 1
-  end
-  return 0
+  local sent = redis.call('GET', mkey)
+  if sent and (run == '' or sent == run) then return 0 end
+  redis.call('SET', mkey, run == '' and '-' or run, 'EX', ttl)
+  redis.call('LPUSH', rkey, reply)
+  redis.call('EXPIRE', rkey, ttl)
+  return 1
 end
 
 -- 3. clean: drop the hash (or its staged reply), leave the done marker
@@ -200,13 +210,13 @@ return out
 """
 )
 
-# KEYS: reply1, sent1, reply2, sent2, ... ARGV: ttl, reply per pair.
+# KEYS: reply1, sent1, reply2, sent2, ... ARGV: ttl, then (reply, run token) per pair.
 PUSH_LUA = (
     _STEPS_LUA
     + """
 local out = {}
 for i = 1, #KEYS / 2 do
-  out[i] = push(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[i + 1])
+  out[i] = push(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[2 * i], ARGV[2 * i + 1])
 end
 return out
 """
@@ -233,11 +243,11 @@ local ttl, preserve = ARGV[1], ARGV[2] == '1'
 local out = {}
 for i = 1, #KEYS / 4 do
   local k, b = 4 * (i - 1), 2 + (i - 1) * 7
-  local reply = stage(KEYS[k + 1], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
-                      ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
+  local staged = stage(KEYS[k + 1], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
+                       ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
   out[i] = 0
-  if reply then
-    out[i] = push(KEYS[k + 2], KEYS[k + 4], ttl, reply)
+  if staged then
+    out[i] = push(KEYS[k + 2], KEYS[k + 4], ttl, staged[1], staged[2])
     if out[i] >= 0 then clean(KEYS[k + 1], KEYS[k + 3], ttl, preserve) end
   end
 end
@@ -346,11 +356,14 @@ class FinishPlan:
             calls.append((idx, [self.task_keys[i] for i in idx], args))
         return calls
 
-    def push(self, staged: dict[int, str]) -> list[tuple[list[int], list[str], list[str | int]]]:
+    def push(
+        self, staged: dict[int, tuple[str, str]]
+    ) -> list[tuple[list[int], list[str], list[str | int]]]:
         calls = []
         for idx in self._groups(sorted(staged), self.reply_keys):
             keys = [k for i in idx for k in (self.reply_keys[i], self.sent_keys[i])]
-            args: list[str | int] = [self.protocol.reply_ttl_s, *(staged[i] for i in idx)]
+            args: list[str | int] = [self.protocol.reply_ttl_s]
+            args += [part for i in idx for part in staged[i]]
             calls.append((idx, keys, args))
         return calls
 
@@ -372,11 +385,12 @@ def scatter(n: int, calls: Sequence[tuple[list[int], Any, Any]], replies: list[A
     return out
 
 
-def staged_replies(values: list[Any]) -> dict[int, str]:
-    return {i: v for i, v in enumerate(values) if isinstance(v, str)}
+def staged_replies(values: list[Any]) -> dict[int, tuple[str, str]]:
+    """Per finish index: (reply, run token) staged by step 1."""
+    return {i: (str(v[0]), str(v[1])) for i, v in enumerate(values) if isinstance(v, list)}
 
 
-def results(n: int, staged: dict[int, str], pushed: list[Any]) -> list[int]:
+def results(n: int, staged: dict[int, tuple[str, str]], pushed: list[Any]) -> list[int]:
     return [int(pushed[i]) if i in staged and pushed[i] is not None else NOT_OURS for i in range(n)]
 
 

@@ -18,6 +18,7 @@ ENV = {
     "RHAILAMBDA_FUNCTION_TIMEOUT_S": "60",
     "RHAILAMBDA_SHUTDOWN_TIMEOUT_S": "60",
     "REDIS_URL": "redis://127.0.0.1:1/0",
+    "AWS_REGION": "us-east-1",  # Lambda always sets it
 }
 
 

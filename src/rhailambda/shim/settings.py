@@ -279,9 +279,14 @@ def _count(env: Env, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _region(env: Env) -> None:
-    """The lambda backend needs an AWS region: found here, not at the first invoke."""
+def _region(env: Env, function_name: str = "") -> None:
+    """The lambda backend needs an AWS region: found here, not at the first invoke.
+
+    A function ARN names its own (``arn:aws:lambda:eu-west-1:...``)."""
     if env.optional_str("AWS_REGION") or env.optional_str("AWS_DEFAULT_REGION"):
+        return
+    parts = function_name.split(":")
+    if len(parts) > 3 and parts[0] == "arn" and parts[3]:
         return
     import boto3  # the lambda backend imports it anyway
 
@@ -302,7 +307,7 @@ def _build(env: Env) -> ShimSettings:
     if backend == "lambda" and not function_name:
         raise SettingError("RHAILAMBDA_FUNCTION_NAME", "required with the lambda backend")
     if backend == "lambda":
-        _region(env)
+        _region(env, function_name)
     local_workers = _count(env, "RHAILAMBDA_LOCAL_WORKERS", os.cpu_count() or 2, 1, 1024)
     default_concurrency = local_workers if backend == "local" else 10
     # Local workers are cheap to feed and batches amortise the pipe and Redis round
