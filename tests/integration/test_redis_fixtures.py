@@ -169,3 +169,19 @@ def test_private_cluster_follows_the_backend_kind(
     with redis.RedisCluster.from_url(cluster.url, decode_responses=True) as client:
         client.set("k", "v")
         assert client.get("k") == "v"
+
+
+def test_a_killed_master_is_replaced_and_rejoins_as_a_replica(cluster3: ClusterUnderTest) -> None:
+    key = "rhailib:before-crash"
+    master = cluster3.node_for_key(key)
+    (replica,) = cluster3.replicas_of(master)
+    cluster3.client(master).set(key, "kept")
+    assert cluster3.client(master).wait(1, 2000) == 1
+    master.kill()  # no CLUSTER FAILOVER: the replica is elected after cluster-node-timeout
+    cluster3.wait_ok()
+    assert cluster3.node_for_key(key).port == replica.port
+    assert cluster3.client(replica).get(key) == "kept"
+
+    cluster3.start()  # restarts the stopped node: same port and node id (nodes.conf)
+    assert cluster3.running
+    assert cluster3.master_of(master).port == replica.port
