@@ -336,8 +336,10 @@ class ClusterUnderTest:
         """Why the cluster is not settled yet, or None when it is.
 
         Settled: every running node says ``cluster_state:ok``, sees every other running
-        node healthy, and all agree on the slot map and on each running node's role and
-        master; every replica's link to a running master is up.
+        node healthy and every slot owned by a running master, and all agree on the slot
+        map and on each running node's role and master; every replica's link to a
+        running master is up. (So after a master is killed, settled means its replica
+        has taken over.)
         """
         running = [n for n in self.nodes if n.running]
         running_ids = {self.node_id(n) for n in running}
@@ -352,6 +354,9 @@ class ClusterUnderTest:
             if missing:
                 return f"{node} does not see {sorted(missing)} healthy"
             slot_map = tuple(sorted((r, line.node_id) for line in view for r in line.slots))
+            orphaned = [r for r, owner in slot_map if owner not in running_ids]
+            if orphaned:  # its owner is down and not yet replaced (a failover is due)
+                return f"{node}: slots {orphaned[0][0]}-{orphaned[0][1]} owned by a stopped node"
             roles = tuple(
                 sorted(
                     (

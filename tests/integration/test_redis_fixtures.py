@@ -169,3 +169,41 @@ def test_private_cluster_follows_the_backend_kind(
     with redis.RedisCluster.from_url(cluster.url, decode_responses=True) as client:
         client.set("k", "v")
         assert client.get("k") == "v"
+
+
+def test_a_killed_master_is_replaced_and_rejoins_as_a_replica(cluster3: ClusterUnderTest) -> None:
+    key = "rhailib:before-crash"
+    master = cluster3.node_for_key(key)
+    (replica,) = cluster3.replicas_of(master)
+    cluster3.client(master).set(key, "kept")
+    assert cluster3.client(master).wait(1, 2000) == 1
+    master.kill()  # no CLUSTER FAILOVER: the replica is elected after cluster-node-timeout
+    cluster3.wait_ok()
+    assert cluster3.node_for_key(key).port == replica.port
+    assert cluster3.client(replica).get(key) == "kept"
+
+    cluster3.start()  # restarts the stopped node: same port and node id (nodes.conf)
+    assert cluster3.running
+    assert cluster3.master_of(master).port == replica.port
+
+
+def test_redis_client_matches_the_backend(
+    redis_client: redis.Redis | redis.RedisCluster, redis_backend: str
+) -> None:
+    assert isinstance(redis_client, redis.RedisCluster) == ("cluster" in redis_backend)
+    redis_client.set("k", "v")
+    assert redis_client.get("k") == "v"
+
+
+@pytest.mark.standalone_only("checks the marker itself")
+def test_standalone_only_runs_on_standalone_backends(redis_backend: str) -> None:
+    assert "cluster" not in redis_backend
+
+
+@pytest.mark.cluster_only
+def test_cluster_only_runs_on_cluster_backends(
+    redis_backend: str, redis_cluster: ClusterUnderTest, redis_url: str
+) -> None:
+    assert "cluster" in redis_backend
+    assert redis_url == redis_cluster.url
+    assert all(m.running for m in redis_cluster.masters())
