@@ -8,6 +8,7 @@ from rhailambda.errors import SettingError
 from rhailambda.functions.extension import Extension
 from rhailambda.functions.runner import BatchRunner, DebugHook, PrintHook
 from rhailambda.functions.settings import FunctionSettings
+from rhailambda.functions.signatures import RespDoneMarkers
 from rhailambda.resp import from_url
 from rhailambda.settings import Env
 from rhailambda.taskstore import TaskStore
@@ -60,5 +61,10 @@ def build_runner(
     client = from_url(redis_url(settings))
     store = TaskStore(client, settings.protocol)
     return BatchRunner(
-        settings, store, load_extensions(settings, env), on_print=on_print, on_debug=on_debug
+        settings,
+        store,
+        load_extensions(settings, env),
+        on_print=on_print,
+        on_debug=on_debug,
+        done_markers=RespDoneMarkers(client, settings.protocol.layout),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rhailambda.settings import Env, ProtocolSettings, RedisSettings
+from rhailambda.settings import Env, ProtocolSettings, RedisSettings, SignatureSettings
 
 __all__ = ["EngineLimits", "FunctionSettings"]
 
@@ -69,6 +69,8 @@ class FunctionSettings:
     compile_cache_size: int = 512
     #: scripts longer than this get an error reply instead of running
     max_script_bytes: int = 1024 * 1024
+    #: which tasks must prove their callerId (RHAILAMBDA_SIGNATURES, ...)
+    signatures: SignatureSettings = field(default_factory=SignatureSettings)
 
     @classmethod
     def from_env(cls, env: Env) -> FunctionSettings:
@@ -83,4 +85,5 @@ class FunctionSettings:
             max_conflict_retries=env.int("RHAILAMBDA_MAX_CONFLICT_RETRIES", 20, minimum=0),
             compile_cache_size=env.int("RHAILAMBDA_COMPILE_CACHE_SIZE", 512, minimum=0),
             max_script_bytes=env.int("RHAILAMBDA_MAX_SCRIPT_BYTES", 1024 * 1024, minimum=1),
+            signatures=SignatureSettings.from_env(env),
         )
