@@ -59,7 +59,7 @@ def _meta(cfg: BenchConfig) -> dict[str, Any]:
 def _steps(cfg: BenchConfig) -> dict[str, int]:
     """Progress units per section."""
     return {
-        "throughput": cfg.runs + (sweep_size() if cfg.sweep else 0),
+        "throughput": 2 * cfg.runs + (sweep_size() if cfg.sweep else 0),
         "peers": cfg.runs * len(cfg.peers),
         "shim": 2 * cfg.runs,
         "latency": cfg.runs + 2,
@@ -163,6 +163,11 @@ def _run_section(
         results["throughput"] = throughput.ours(
             cfg, url, cfg.shim_args, logs / "shim.log", cfg.runs, tick, redis_pid
         )
+        _flush(url)
+        results["throughput_signed"] = throughput.ours(
+            cfg, url, cfg.shim_args, logs / "shim-signed.log", cfg.runs, tick, redis_pid,
+            signed=True,
+        )  # fmt: skip
     elif section == "peers":
         results["peers"] = {}
         for name in cfg.peers:

@@ -27,6 +27,7 @@ from bench.config import REPO, SCRIPT
 from bench.infra import PY, free_port, wait_for
 from rhailambda.protocol import KeyLayout
 from rhailambda.shim.testing import seed_tasks
+from rhailambda.signing import SigningKey
 
 __all__ = ["MIN_RUNS", "cold_start", "rie_binary"]
 
@@ -50,10 +51,16 @@ print(json.dumps({"import_ms": (t1 - t0) * 1e3, "first_task_ms": (t2 - t1) * 1e3
 """
 
 
-def _seed(client: redis.Redis, worker: str) -> dict[str, Any]:
+def _seed(client: redis.Redis, worker: str, *, signed: bool = False) -> dict[str, Any]:
     task_id = f"cold-{uuid.uuid4().hex}"
     seed_tasks(client, KeyLayout(), worker, [task_id])
     client.hset(KeyLayout().task(task_id), "script", SCRIPT)
+    if signed:  # the function loads coincurve for its first signature
+        key = SigningKey.generate()
+        created = client.hget(KeyLayout().task(task_id), "createdAt") or ""
+        signature = key.sign_task(task_id, key.public_key, key.public_key, SCRIPT, created)
+        fields = {"callerId": key.public_key, "contextId": key.public_key}
+        client.hset(KeyLayout().task(task_id), mapping={**fields, "signature": signature})
     client.lrem(KeyLayout().queue(worker), 1, task_id)  # only the event carries it
     return {"workerId": worker, "tasks": [{"taskId": task_id, "attempt": 1}]}
 
@@ -66,13 +73,17 @@ def _probe_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _direct_once(url: str, client: redis.Redis) -> dict[str, float]:
-    env = _probe_env(REDIS_URL=url, BENCH_EVENT=json.dumps(_seed(client, "cold")))
+def _direct_once(url: str, client: redis.Redis, *, signed: bool = False) -> dict[str, float]:
+    event = _seed(client, "cold", signed=signed)
+    env = _probe_env(REDIS_URL=url, BENCH_EVENT=json.dumps(event))
     started = time.perf_counter()
     proc = subprocess.run([PY, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=60)
     wall_ms = (time.perf_counter() - started) * 1e3
     if proc.returncode != 0:
         raise RuntimeError(f"cold start probe failed: {proc.stderr[-2000:]}")
+    reply = json.loads(client.lindex(KeyLayout().reply(event["tasks"][0]["taskId"]), 0) or "{}")
+    if reply.get("status") != "completed":  # a refused signature would be an error reply
+        raise RuntimeError(f"cold start probe: the task did not complete: {reply}")
     line = [x for x in proc.stdout.splitlines() if x.startswith('{"import_ms"')][-1]
     return {**json.loads(line), "process_wall_ms": wall_ms}
 
@@ -161,14 +172,17 @@ def cold_start(url: str, runs: int, tick: Any = None) -> dict[str, Any]:
     client = redis.Redis.from_url(url, decode_responses=True)
     _direct_once(url, client)  # .pyc written, page cache warm: later runs start alike
     runs = max(runs, MIN_RUNS)
-    direct = []
+    direct, signed = [], []
     for _ in range(runs):
         direct.append(_direct_once(url, client))
+        signed.append(_direct_once(url, client, signed=True))
         if tick:
             tick()
     out: dict[str, Any] = {
         "direct": _median_dict(direct),
         "direct_runs": direct,
+        "direct_signed": _median_dict(signed),
+        "direct_signed_runs": signed,
         "bare_python_ms": statistics.median(_bare_python_ms() for _ in range(max(3, runs))),
     }
     rie = rie_binary()

@@ -55,6 +55,12 @@ def floors(r: dict[str, Any]) -> list[dict[str, Any]]:
             "{:.0f} ms",
         ),
         (
+            "cold start with a signed first task ≤ 100 ms",
+            _get(r, "coldstart", "direct_signed", "in_process_ms"),
+            lambda v: v <= 100,
+            "{:.0f} ms",
+        ),
+        (
             "function round trips per batch ≤ 4, constant",
             max(trip_values) if trip_values else None,
             lambda v: v <= 4 and len(set(trip_values)) == 1,
@@ -67,6 +73,9 @@ def floors(r: dict[str, Any]) -> list[dict[str, Any]]:
         shown = "not run" if value is None else fmt.format(value)
         out.append({"floor": name, "value": value, "shown": shown, "met": met})
     return out
+
+
+SIGNED_ROW = "rhailambda, signed tasks (client signs, function verifies)"
 
 
 def _mark(met: bool | None) -> str:
@@ -85,6 +94,10 @@ def _throughput_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _get(r, "throughput", "settings") or "",
             )
         )
+    signed = r.get("throughput_signed")
+    if signed:
+        ratio = f"{signed['median'] / ours:.2f}" if ours else "-"
+        rows.append((SIGNED_ROW, f"{signed['median']:,.0f}", ratio, signed.get("settings") or ""))
     for name, p in (r.get("peers") or {}).items():
         ratio = f"{p['median'] / ours:.2f}" if ours else "-"
         rows.append((name, f"{p['median']:,.0f}", ratio, p["settings"]))
@@ -174,6 +187,7 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|---:|---|---|",
     ]
     runs = {"rhailambda (shim + local backend)": _get(r, "throughput", "runs")}
+    runs[SIGNED_ROW] = _get(r, "throughput_signed", "runs")
     runs |= {k: v["runs"] for k, v in (r.get("peers") or {}).items()}
     for name, rate, ratio, settings in _throughput_rows(r):
         shown = ", ".join(f"{x:,.0f}" for x in runs.get(name) or [])
@@ -226,6 +240,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"| import rhailambda.functions.handler | {_fmt(d.get('import_ms'), '{:.0f}')} |",
             f"| first task (handler call) | {_fmt(d.get('first_task_ms'), '{:.1f}')} |",
             f"| import + first task, in process | {_fmt(d.get('in_process_ms'), '{:.0f}')} |",
+            "| import + first task, in process, the task signed (coincurve loaded for it) | "
+            f"{_fmt(_get(cold, 'direct_signed', 'in_process_ms'), '{:.0f}')} |",
             f"| whole process, spawn to exit | {_fmt(d.get('process_wall_ms'), '{:.0f}')} |",
             f"| bare `python -c pass` | {_fmt(cold.get('bare_python_ms'), '{:.0f}')} |",
         ]

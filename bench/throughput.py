@@ -73,17 +73,24 @@ def ours(
     runs: int,
     tick: Tick = None,
     redis_pid: int | None = None,
+    *,
+    signed: bool = False,
 ) -> dict[str, Any]:
+    """Our throughput; ``signed``: the client signs every task, the function verifies it."""
     args = [*shim_args, "--local-workers", str(cfg.processes)]
     rates, cpu = [], []
+    extra = ["signed"] if signed else []
     with Shim(url, WORKER, args, log=log) as shim:
         warm = run_json(
-            [PY, "-m", "bench.load", url, WORKER, str(min(1000, cfg.n_tasks))], timeout_s=300
+            [PY, "-m", "bench.load", url, WORKER, str(min(1000, cfg.n_tasks)), *extra],
+            timeout_s=300,
         )
         _check(warm, "ours (warm-up)")
         for _ in range(runs):
             meter = CpuMeter(redis_pid, shim.pid)
-            res = run_json([PY, "-m", "bench.load", url, WORKER, str(cfg.n_tasks)], timeout_s=900)
+            res = run_json(
+                [PY, "-m", "bench.load", url, WORKER, str(cfg.n_tasks), *extra], timeout_s=900
+            )
             cpu.append(meter.per_1000(cfg.n_tasks, res["cpu_s"]))
             _check(res, "ours")
             shim.check()

@@ -39,7 +39,14 @@ def _add_submit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     from_env("--worker", "RHAILAMBDA_WORKER", "worker queue id (default: the first of "
              "RHAILAMBDA_WORKERS)", workers[0] if workers else None)  # fmt: skip
     from_env("--context", "RHAILAMBDA_CONTEXT_ID", "circle (context) id")
-    from_env("--caller", "RHAILAMBDA_CALLER_ID", "caller id")
+    sub.add_argument(
+        "--caller",
+        default=env.optional_str("RHAILAMBDA_CALLER_ID"),
+        help="caller id (with --key: the key's public key) [RHAILAMBDA_CALLER_ID]",
+    )
+    sub.add_argument("--key", type=Path, default=env.optional_str("RHAILAMBDA_KEY_FILE"),
+                     help="sign the task with this key file (rhailambda keygen) "
+                     "[RHAILAMBDA_KEY_FILE]")  # fmt: skip
     sub.add_argument("--task-id", default=None, help="task id (default: a new UUID)")
     src = sub.add_mutually_exclusive_group(required=True)
     src.add_argument("--script", help="the Rhai source")
@@ -64,12 +71,21 @@ def _submit(args: argparse.Namespace) -> int:
         redis = RedisSettings.from_env(env)
     protocol = ProtocolSettings.from_env(env)
     script = args.script if args.script is not None else _read_script(args.file)
-    with Client(redis.url, layout=protocol.layout) as client:
+    key = None
+    if args.key is not None:
+        from rhailambda.signing import SigningKey
+
+        key = SigningKey.read(Path(args.key))
+        if args.caller not in (None, key.public_key):
+            raise SettingError("--caller", f"the key signs as {key.public_key}, not {args.caller}")
+    elif args.caller is None:
+        raise SettingError("--caller", "give a caller id (or --key to sign as its public key)")
+    with Client(redis.url, layout=protocol.layout, signing_key=key) as client:
         task_id = client.submit(
             script,
             worker_id=args.worker,
             context_id=args.context,
-            caller_id=args.caller,
+            caller_id=args.caller or "",
             task_id=args.task_id,
         )
         if not args.wait:
@@ -110,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         "argparse._SubParsersAction[argparse.ArgumentParser]",
         parser.add_subparsers(dest="command", required=True),
     )
+    from rhailambda.keys_cli import configure as configure_keys
     from rhailambda.shim.cli import configure as configure_shim
 
     configure_shim(subparsers)
     _add_submit(subparsers)
+    configure_keys(subparsers)
     return parser
 
 

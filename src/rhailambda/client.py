@@ -9,6 +9,9 @@ redis-py's per-command cost, which is most of a light-load round trip::
     task_id = client.submit("let x = 10; x * 2", worker_id="worker1",
                             context_id="alice", caller_id="alice")
     reply = client.wait(task_id, timeout_s=5)   # Reply(status="completed", output="20")
+
+With ``signing_key`` (a :class:`rhailambda.signing.SigningKey`) every task is signed
+(PROTOCOL.md, "Signed tasks"): its caller id is the key's public key.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rhailambda import protocol as p
 from rhailambda.errors import InvalidIdError, ReplyTimeoutError
 from rhailambda.resp import Arg, RespClient, parse_url, raise_error
+
+if TYPE_CHECKING:
+    from rhailambda.signing import SigningKey
 
 __all__ = ["MAX_ID_BYTES", "Client", "Reply", "Submission", "check_ids"]
 
@@ -133,6 +139,7 @@ class Client:
         *,
         layout: p.KeyLayout | None = None,
         client: RespClient | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         if client is None:
             if redis_url is None:
@@ -147,6 +154,7 @@ class Client:
         self._redis = client
         self.layout = layout or p.KeyLayout()
         self._pop_many = client.script(_POP_MANY_LUA)
+        self._signing_key = signing_key
 
     def close(self) -> None:
         self._redis.close()
@@ -200,25 +208,27 @@ class Client:
         for sub in chunk:
             task_id = str(uuid.uuid4()) if sub.task_id is None else sub.task_id
             worker = p.normalize_worker_id(sub.worker_id)
-            check_ids(task_id, worker, sub.context_id, sub.caller_id, self.layout)
+            check_ids(task_id, worker, sub.context_id, sub.caller_id or "-", self.layout)
             if task_id in queues or worker in given:
                 raise InvalidIdError("task id", task_id, "equals a worker queue of this submit")
             try:
                 sub.script.encode()
             except UnicodeEncodeError as exc:
                 raise InvalidIdError("script", "", f"is not valid UTF-8 (at {exc.start})") from None
+            caller, signed = self._sign(task_id, sub, now)
             commands.append(
                 [
                     "HSET",
                     self.layout.task(task_id),
                     p.TASK_ID, task_id,
                     p.SCRIPT, sub.script,
-                    p.CALLER_ID, sub.caller_id,
+                    p.CALLER_ID, caller,
                     p.CONTEXT_ID, sub.context_id,
                     p.WORKER_ID, worker,
                     p.STATUS, p.STATUS_PENDING,
                     p.CREATED_AT, now,
                     p.UPDATED_AT, now,
+                    *signed,
                 ]
             )  # fmt: skip
             queues.setdefault(worker, []).append(task_id)
@@ -235,6 +245,18 @@ class Client:
                 if isinstance(reply, Exception):
                     raise reply
         return ids
+
+    def _sign(self, task_id: str, sub: Submission, now: str) -> tuple[str, list[Arg]]:
+        """(callerId, the signature field) of a task: none without a signing key."""
+        key = self._signing_key
+        if key is None:
+            return sub.caller_id, []
+        if sub.caller_id not in ("", key.public_key):
+            raise ValueError(
+                f"caller_id {sub.caller_id!r} is not the signing key's public key {key.public_key}"
+            )
+        signature = key.sign_task(task_id, sub.context_id, key.public_key, sub.script, now)
+        return key.public_key, [p.SIGNATURE, signature]
 
     # --- waiting --------------------------------------------------------------
     def wait(self, task_id: str, timeout_s: float) -> Reply:

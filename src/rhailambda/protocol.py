@@ -39,6 +39,7 @@ OUTPUT: Final = "output"
 ERROR: Final = "error"
 CREATED_AT: Final = "createdAt"
 UPDATED_AT: Final = "updatedAt"
+SIGNATURE: Final = "signature"  # optional: proves callerId (PROTOCOL.md, "Signed tasks")
 
 # Bookkeeping fields of ours. Extra hash fields do not break an HGETALL reader.
 ATTEMPT: Final = "rhailambdaAttempt"  # deliveries so far, counted by the shim

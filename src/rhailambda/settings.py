@@ -12,10 +12,10 @@ import builtins
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rhailambda.errors import SettingError
-from rhailambda.protocol import KeyLayout
+from rhailambda.protocol import KeyLayout, normalize_worker_id
 
 if TYPE_CHECKING:
     from rhailambda.redis_url import Address
@@ -25,6 +25,7 @@ __all__ = [
     "Env",
     "ProtocolSettings",
     "RedisSettings",
+    "SignatureSettings",
     "redact_url",
 ]
 
@@ -184,4 +185,43 @@ class ProtocolSettings:
             layout=layout,
             reply_ttl_s=env.int("RHAILAMBDA_REPLY_TTL_S", 3600, minimum=1),
             preserve_tasks=env.bool("RHAILAMBDA_PRESERVE_TASKS", False),
+        )
+
+
+SignaturePolicy = Literal["off", "verify", "require"]
+_POLICIES: tuple[SignaturePolicy, ...] = ("off", "verify", "require")
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureSettings:
+    """Which tasks must carry a valid signature (see :mod:`rhailambda.signing`).
+
+    ``policy``: ``off`` ignores signatures, ``verify`` refuses a bad one but runs
+    unsigned tasks, ``require`` refuses unsigned tasks too. ``require_workers`` are
+    queues under ``require`` whatever the policy. A signature is valid while its
+    ``createdAt`` is within ``max_age_s`` (plus ``clock_skew_s``) of now.
+    """
+
+    policy: SignaturePolicy = "verify"
+    require_workers: frozenset[str] = frozenset()
+    max_age_s: int = 3600
+    clock_skew_s: int = 60
+
+    def policy_for(self, worker_id: str) -> SignaturePolicy:
+        if self.require_workers and normalize_worker_id(worker_id) in self.require_workers:
+            return "require"
+        return self.policy
+
+    @classmethod
+    def from_env(cls, env: Env) -> SignatureSettings:
+        raw = env.str("RHAILAMBDA_SIGNATURES", "verify").strip().lower() or "verify"
+        if raw not in _POLICIES:
+            message = f"expected off, verify or require, got {raw!r}"
+            raise SettingError("RHAILAMBDA_SIGNATURES", message)
+        workers = env.list("RHAILAMBDA_SIGNATURES_REQUIRE_WORKERS")
+        return cls(
+            policy=raw,
+            require_workers=frozenset(normalize_worker_id(w) for w in workers),
+            max_age_s=env.int("RHAILAMBDA_SIGNATURE_MAX_AGE_S", 3600, minimum=1),
+            clock_skew_s=env.int("RHAILAMBDA_SIGNATURE_CLOCK_SKEW_S", 60, minimum=0),
         )

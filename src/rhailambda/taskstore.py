@@ -222,33 +222,34 @@ return out
 """
 )
 
-# KEYS: task1, done1, task2, done2, ... ARGV: ttl, preserve.
+# KEYS: task1, done1, task2, done2, ... ARGV: reply ttl, preserve, done-marker ttl.
 CLEAN_LUA = (
     _STEPS_LUA
     + """
 local out = {}
 for i = 1, #KEYS / 2 do
-  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[2] == '1')
+  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3], ARGV[2] == '1')
 end
 return out
 """
 )
 
 # Standalone: all three steps per task in one script.
-# KEYS: task, reply, done, sent per finish. ARGV: ttl, preserve, then 7 per finish.
+# KEYS: task, reply, done, sent per finish. ARGV: reply ttl, preserve, done-marker ttl,
+# then 7 per finish.
 FINISH_LUA = (
     _STEPS_LUA
     + """
-local ttl, preserve = ARGV[1], ARGV[2] == '1'
+local ttl, preserve, done_ttl = ARGV[1], ARGV[2] == '1', ARGV[3]
 local out = {}
 for i = 1, #KEYS / 4 do
-  local k, b = 4 * (i - 1), 2 + (i - 1) * 7
+  local k, b = 4 * (i - 1), 3 + (i - 1) * 7
   local staged = stage(KEYS[k + 1], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
                        ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
   out[i] = 0
   if staged then
     out[i] = push(KEYS[k + 2], KEYS[k + 4], ttl, staged[1], staged[2])
-    if out[i] >= 0 then clean(KEYS[k + 1], KEYS[k + 3], ttl, preserve) end
+    if out[i] >= 0 then clean(KEYS[k + 1], KEYS[k + 3], done_ttl, preserve) end
   end
 end
 return out
@@ -308,10 +309,15 @@ class FinishPlan:
     """The keys and arguments of one finish batch, per step, grouped by slot."""
 
     def __init__(
-        self, protocol: ProtocolSettings, finishes: Sequence[Finish], group: Callable[[str], int]
+        self,
+        protocol: ProtocolSettings,
+        finishes: Sequence[Finish],
+        group: Callable[[str], int],
+        done_ttl_s: int | None = None,
     ) -> None:
         layout = protocol.layout
         self.protocol = protocol
+        self.done_ttl_s = max(done_ttl_s or 0, protocol.reply_ttl_s)
         self.group = group
         self.task_keys = [layout.task(f.ref.task_id) for f in finishes]
         self.reply_keys = [layout.reply(f.ref.task_id) for f in finishes]
@@ -332,7 +338,8 @@ class FinishPlan:
 
     @property
     def head(self) -> list[str | int]:
-        return [self.protocol.reply_ttl_s, "1" if self.protocol.preserve_tasks else "0"]
+        preserve = "1" if self.protocol.preserve_tasks else "0"
+        return [self.protocol.reply_ttl_s, preserve, self.done_ttl_s]
 
     def _groups(self, indexes: Sequence[int], keys: list[str]) -> list[list[int]]:
         groups: dict[int, list[int]] = {}
@@ -413,8 +420,10 @@ class TaskStore:
         *,
         fault: FaultHook | None = None,
         steps: bool = False,
+        done_ttl_s: int | None = None,
     ) -> None:
         self._client = client
+        self._done_ttl_s = done_ttl_s  # done markers live at least the reply TTL
         self._protocol = protocol
         self._fault = fault
         self._steps = steps
@@ -451,7 +460,7 @@ class TaskStore:
         if not finishes:
             return []
         n = len(finishes)
-        plan = FinishPlan(self._protocol, finishes, self._client.slot_group)
+        plan = FinishPlan(self._protocol, finishes, self._client.slot_group, self._done_ttl_s)
         if not (self._client.cluster or self._steps):
             calls = plan.whole()
             return [int(x) for x in scatter(n, calls, self._finish.many(

@@ -8,6 +8,7 @@ from rhailambda.errors import SettingError
 from rhailambda.functions.extension import Extension
 from rhailambda.functions.runner import BatchRunner, DebugHook, PrintHook
 from rhailambda.functions.settings import FunctionSettings
+from rhailambda.functions.signatures import RespDoneMarkers
 from rhailambda.resp import from_url
 from rhailambda.settings import Env
 from rhailambda.taskstore import TaskStore
@@ -58,7 +59,15 @@ def build_runner(
     on_debug: DebugHook | None = None,
 ) -> BatchRunner:
     client = from_url(redis_url(settings), cluster=settings.redis.cluster)
-    store = TaskStore(client, settings.protocol)
+    from rhailambda.signing import done_marker_ttl_s
+
+    done_ttl_s = done_marker_ttl_s(settings.protocol, settings.signatures)
+    store = TaskStore(client, settings.protocol, done_ttl_s=done_ttl_s)
     return BatchRunner(
-        settings, store, load_extensions(settings, env), on_print=on_print, on_debug=on_debug
+        settings,
+        store,
+        load_extensions(settings, env),
+        on_print=on_print,
+        on_debug=on_debug,
+        done_markers=RespDoneMarkers(client, settings.protocol.layout),
     )

@@ -3,8 +3,14 @@
 Redis round trips per batch: one to claim, one to finish on a standalone server,
 three on a cluster (see :mod:`rhailambda.taskstore`), plus what the scripts' own
 data functions do. Each task gets a fresh engine with ``CALLER_ID``,
-``CONTEXT_ID``, ``WORKER_ID`` and ``TASK_ID`` as constants and the modules of every
+``CONTEXT_ID``, ``WORKER_ID`` and ``TASK_ID`` as constants, ``CALLER_VERIFIED``
+(a bool: the task's signature proved ``CALLER_ID``) and the modules of every
 extension; compiled scripts are cached per process.
+
+Signed tasks (:mod:`rhailambda.signing`): before any script runs, the signature
+policy judges each claimed task; a refused one gets an error reply and runs
+nothing. Batches holding signed tasks take one more round trip (their done markers:
+a finished task id coming back is a replay).
 
 Tasks delivered again (attempt > 1: an earlier invocation died or timed out) may
 have had their writes committed already. Before any script of the batch runs, each
@@ -40,6 +46,8 @@ from rhailambda.functions.extension import (
     task_fingerprint,
 )
 from rhailambda.functions.settings import FunctionSettings
+from rhailambda.functions.signatures import DoneMarkers, batch_verdicts
+from rhailambda.signing import Verdict
 from rhailambda.taskstore import REPLIED, REPLY_KEY_UNUSABLE, Claim, Finish, TaskStore
 
 __all__ = ["BatchRunner", "DebugHook", "PrintHook", "TaskObserver", "TaskResult"]
@@ -103,8 +111,10 @@ class BatchRunner:
         *,
         on_print: PrintHook | None = None,
         on_debug: DebugHook | None = None,
+        done_markers: DoneMarkers | None = None,
     ) -> None:
         self._settings = settings
+        self._done_markers = done_markers
         self._store = store
         self._extensions = tuple(extensions)
         self._keeps_receipts = tuple(callable(getattr(e, "recall", None)) for e in self._extensions)
@@ -129,10 +139,17 @@ class BatchRunner:
             outcomes[task_id] = "rejected"
             reasons[task_id] = why
         claims = self._store.claim(event.tasks)
+        verdicts = batch_verdicts(
+            self._settings.signatures,
+            self._done_markers,
+            [c for c in claims if self._runnable(c)],
+            event.worker_id,
+            time.time(),
+        )
         recalled = self._recall(claims, event.worker_id)
         held_bytes = 0  # outputs and errors waiting in `finishes`
         for claim in claims:
-            result, finish = self._run_one(claim, event.worker_id, deadline, recalled)
+            result, finish = self._run_one(claim, event.worker_id, deadline, recalled, verdicts)
             outcomes.setdefault(claim.ref.task_id, result.outcome)  # an id twice: first wins
             results.append(result)
             if finish is not None:
@@ -158,6 +175,13 @@ class BatchRunner:
                 reasons[task_id] = f"the reply key {reply_key} is not a list: no reply possible"
             elif written != REPLIED and finish.mode != "finishing":
                 outcomes[task_id] = "skipped"  # a newer delivery took over: its reply counts
+
+    def _runnable(self, claim: Claim) -> bool:
+        return (
+            claim.state == "claimed"
+            and claim.fields is not None
+            and _validate(claim.fields, self._settings.max_script_bytes) is None
+        )
 
     def _recall(self, claims: Sequence[Claim], worker_id: str) -> dict[str, Receipt] | str:
         """Receipts of the tasks delivered again that an earlier run committed, by task id.
@@ -197,7 +221,12 @@ class BatchRunner:
         return found
 
     def _run_one(
-        self, claim: Claim, worker_id: str, deadline: float, recalled: dict[str, Receipt] | str
+        self,
+        claim: Claim,
+        worker_id: str,
+        deadline: float,
+        recalled: dict[str, Receipt] | str,
+        verdicts: Mapping[str, Verdict | str],
     ) -> tuple[TaskResult, Finish | None]:
         task_id = claim.ref.task_id
         if claim.state == "skip":
@@ -227,6 +256,12 @@ class BatchRunner:
         if left < _MIN_TASK_BUDGET_S:  # hand it back: the claim lets the next attempt in
             return TaskResult(task_id, fields, "failed", "no time left in batch", 0.0), None
         error = _validate(fields, self._settings.max_script_bytes)
+        verdict = verdicts.get(task_id)
+        if error is None and isinstance(verdict, str):  # no say on a replay: a later delivery
+            return TaskResult(task_id, fields, "failed", verdict, 0.0), None
+        verified = isinstance(verdict, Verdict) and verdict.verified
+        if error is None and isinstance(verdict, Verdict):
+            error = verdict.error
         output: str | None = None
         runs = 0
         if error is None and claim.ref.attempt > 1:
@@ -240,7 +275,7 @@ class BatchRunner:
         if error is None:
             try:
                 output, error, runs = self._execute(
-                    fields, claim.ref.attempt, min(left, self._settings.limits.timeout_s)
+                    fields, claim.ref.attempt, min(left, self._settings.limits.timeout_s), verified
                 )
             except Exception as exc:  # infrastructure (a store down): retry, keep the claim
                 reason = f"{type(exc).__name__}: {exc}"
@@ -251,7 +286,7 @@ class BatchRunner:
         return TaskResult(task_id, fields, outcome, error, duration, runs), finish
 
     def _execute(
-        self, fields: p.TaskFields, attempt: int, timeout_s: float
+        self, fields: p.TaskFields, attempt: int, timeout_s: float, verified: bool = False
     ) -> tuple[str | None, str | None, int]:
         """Run the script (again when its writes lost a race); (output, error, runs)."""
         assert fields.script is not None
@@ -269,6 +304,7 @@ class BatchRunner:
             "CONTEXT_ID": ctx.context_id,
             "WORKER_ID": ctx.worker_id,
             "TASK_ID": ctx.task_id,
+            "CALLER_VERIFIED": verified,
         }
         engine_kwargs = self._engine_kwargs
         if self._on_print is not None or self._on_debug is not None:

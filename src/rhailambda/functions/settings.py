@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rhailambda.settings import Env, ProtocolSettings, RedisSettings
+from rhailambda.settings import Env, ProtocolSettings, RedisSettings, SignatureSettings
 
 __all__ = ["EngineLimits", "FunctionSettings"]
 
@@ -71,6 +71,8 @@ class FunctionSettings:
     max_script_bytes: int = 1024 * 1024
     #: an output longer than this, as JSON in the reply, gets an error reply instead
     max_output_bytes: int = 1024 * 1024
+    #: which tasks must prove their callerId (RHAILAMBDA_SIGNATURES, ...)
+    signatures: SignatureSettings = field(default_factory=SignatureSettings)
 
     @classmethod
     def from_env(cls, env: Env) -> FunctionSettings:
@@ -86,4 +88,5 @@ class FunctionSettings:
             compile_cache_size=env.int("RHAILAMBDA_COMPILE_CACHE_SIZE", 512, minimum=0),
             max_script_bytes=env.int("RHAILAMBDA_MAX_SCRIPT_BYTES", 1024 * 1024, minimum=1),
             max_output_bytes=env.int("RHAILAMBDA_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=64),
+            signatures=SignatureSettings.from_env(env),
         )
