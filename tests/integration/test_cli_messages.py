@@ -160,6 +160,7 @@ def test_submit_mistakes_are_one_line(tmp_path: Path, redis_url: str) -> None:
         assert needle in err, (argv, err)
 
 
+@pytest.mark.standalone_only("counts keys with DBSIZE / KEYS, which read one node of a cluster")
 def test_the_client_refuses_ids_that_collide_with_protocol_keys(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

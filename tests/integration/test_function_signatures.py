@@ -105,6 +105,7 @@ def _flip_last_bit(text: str) -> str:
     return text[:-1] + chr(ord(text[-1]) ^ 1)
 
 
+@pytest.mark.standalone_only("counts keys with DBSIZE / KEYS, which read one node of a cluster")
 def test_a_signed_task_runs_with_caller_verified(
     runner: BatchRunner, client: Client, redis_client: redis.Redis
 ) -> None:
