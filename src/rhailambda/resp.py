@@ -47,14 +47,21 @@ from rhailambda.redis_url import Address, parse_url
 from rhailambda.resp_wire import (
     Arg,
     Connection,
+    ScriptRun,
     check_handshake,
     encode,
     handshake,
     raise_error,
     tls_context,
 )
-from rhailambda.slots import Node, Redirect, key_slot
-from rhailambda.topology import MAX_REDIRECTS, Topology
+from rhailambda.slots import Node, key_slot
+from rhailambda.topology import (
+    MAX_REDIRECTS,
+    Exchange,
+    Topology,
+    transaction_redirected,
+    transaction_slot,
+)
 
 __all__ = [
     "Address",
@@ -244,53 +251,22 @@ class RespClient:
         return self._cluster_round_trip(commands, idempotent)
 
     def _cluster_round_trip(self, commands: Sequence[Sequence[Arg]], idempotent: bool) -> list[Any]:
-        topology = self._topology
-        replies: list[Any] = [None] * len(commands)
-        todo = list(range(len(commands)))
-        asking: dict[int, Node] = {}
-        for _ in range(MAX_REDIRECTS):
+        exchange = Exchange(self._topology, commands)
+        while exchange.rounds_left():
             self._ensure_topology()
-            sub = [commands[i] for i in todo]
-            targets = {j: asking[i] for j, i in enumerate(todo) if i in asking}
-            redo: list[int] = []
-            pause = False
-            for node, indexes in topology.plan(sub, targets).items():
-                send: list[Sequence[Arg]] = []
-                for j in indexes:
-                    if j in targets:
-                        send.append(["ASKING"])
-                    send.append(sub[j])
+            for node, indexes, send in exchange.sends():
                 try:
                     got = self._pool(node).round_trip(send, idempotent=idempotent)
                 except RedisConnectionError:
-                    topology.stale = True  # a failover or a node gone: ask the others
+                    self._topology.stale = True  # a failover or a node gone: ask the others
                     if not idempotent:
                         raise
-                    redo += [todo[j] for j in indexes]
-                    pause = True
+                    exchange.lost(indexes)
                     continue
-                it = iter(got)
-                for j in indexes:
-                    if j in targets:
-                        next(it)  # ASKING's OK
-                    reply = next(it)
-                    i = todo[j]
-                    replies[i] = reply
-                    asking.pop(i, None)
-                    what = topology.redirected(reply, node)
-                    if what is None:
-                        continue
-                    redo.append(i)
-                    if isinstance(what, Redirect) and what.kind == "ASK":
-                        asking[i] = what.node
-                    elif what == "retry":
-                        pause = True
-            if not redo:
-                return replies
-            todo = sorted(redo)
-            if pause:
+                exchange.absorb(node, indexes, got)
+            if exchange.pause:
                 time.sleep(_RETRY_PAUSE_S)
-        return replies  # still redirected after many tries: the errors are the replies
+        return exchange.replies  # after many redirects, the last errors are the replies
 
     def execute(self, *command: Arg, idempotent: bool = False) -> Any:
         """One command; an error reply is raised as :class:`RedisResponseError`."""
@@ -312,16 +288,15 @@ class RespClient:
         """
         if not transaction:
             return self.round_trip(commands, idempotent=idempotent)
-        for _ in range(MAX_REDIRECTS):
-            replies = self.round_trip([["MULTI"], *commands, ["EXEC"]], idempotent=idempotent)
-            result = replies[-1]
-            moved = any(
-                isinstance(r, RedisResponseError) and r.code in ("MOVED", "ASK", "TRYAGAIN")
-                for r in replies[1:-1]
-            )
-            if not moved:
+        wrapped: list[Sequence[Arg]] = [["MULTI"], *commands, ["EXEC"]]
+        for _ in range(MAX_REDIRECTS):  # whole, to one node: never command by command
+            self._ensure_topology()
+            node = self._topology.owner(transaction_slot(commands))
+            replies = self._pool(node).round_trip(wrapped, idempotent=idempotent)
+            if not transaction_redirected(self._topology, replies, node):
                 break
             time.sleep(_RETRY_PAUSE_S)  # mid-migration: wait for the slot to settle
+        result = replies[-1]
         if isinstance(result, RedisResponseError):
             raise result
         if result is None:
@@ -349,29 +324,13 @@ class Script:
 
         Replies come back as values, error replies included (not raised).
         """
-        tails = [[len(keys), *keys, *args] for keys, args in calls]
-        run = self._client.round_trip
-        replies: list[Any] = [None] * len(tails)
-        todo = list(range(len(tails)))
-        if self.sha is not None:
-            got = run([["EVALSHA", self.sha, *t] for t in tails], idempotent=self.idempotent)
-            todo = []
-            for i, reply in enumerate(got):
-                replies[i] = reply
-                if isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT":
-                    todo.append(i)
-        if todo:
-            # EVAL runs the text (and caches it); SCRIPT LOAD in the same write names its
-            # SHA. Each SCRIPT LOAD travels with the EVAL after it, to the same node.
-            commands: list[list[Arg]] = []
-            for i in todo:
-                commands += [["SCRIPT", "LOAD", self.text], ["EVAL", self.text, *tails[i]]]
-            got = run(commands, idempotent=self.idempotent)
-            for k, i in enumerate(todo):
-                loaded, replies[i] = got[2 * k], got[2 * k + 1]
-                if isinstance(loaded, str):  # an ACL may refuse SCRIPT: EVAL every time then
-                    self.sha = loaded
-        return replies
+        run = ScriptRun(self.text, self.sha, calls)
+        if run.first:
+            run.took_first(self._client.round_trip(run.first, idempotent=self.idempotent))
+        if run.second:
+            run.took_second(self._client.round_trip(run.second, idempotent=self.idempotent))
+        self.sha = run.sha
+        return run.replies
 
 
 def from_url(url: str, *, cluster: str = "auto", **options: Any) -> RespClient:

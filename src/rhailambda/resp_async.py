@@ -27,14 +27,15 @@ from rhailambda.errors import RedisConnectionError, RedisResponseError
 from rhailambda.redis_url import Address
 from rhailambda.resp_wire import (
     Arg,
+    ScriptRun,
     check_handshake,
     encode,
     handshake,
     raise_error,
     tls_context,
 )
-from rhailambda.slots import Node, Redirect
-from rhailambda.topology import MAX_REDIRECTS, Topology
+from rhailambda.slots import Node
+from rhailambda.topology import Exchange, Topology
 
 __all__ = ["AsyncChannel", "AsyncConnection", "AsyncRespClient", "AsyncScript"]
 
@@ -167,26 +168,13 @@ class AsyncScript:
         self, target: RoundTripper, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
     ) -> list[Any]:
         """One run per (keys, args), in one round trip per node; error replies as values."""
-        tails = [[len(keys), *keys, *args] for keys, args in calls]
-        replies: list[Any] = [None] * len(tails)
-        todo = list(range(len(tails)))
-        if self.sha is not None:
-            got = await target.round_trip([["EVALSHA", self.sha, *t] for t in tails])
-            todo = []
-            for i, reply in enumerate(got):
-                replies[i] = reply
-                if isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT":
-                    todo.append(i)
-        if todo:
-            commands: list[list[Arg]] = []
-            for i in todo:
-                commands += [["SCRIPT", "LOAD", self.text], ["EVAL", self.text, *tails[i]]]
-            got = await target.round_trip(commands)
-            for k, i in enumerate(todo):
-                loaded, replies[i] = got[2 * k], got[2 * k + 1]
-                if isinstance(loaded, str):
-                    self.sha = loaded
-        return replies
+        run = ScriptRun(self.text, self.sha, calls)
+        if run.first:
+            run.took_first(await target.round_trip(run.first))
+        if run.second:
+            run.took_second(await target.round_trip(run.second))
+        self.sha = run.sha
+        return run.replies
 
 
 _RETRY_PAUSE_S = 0.05
@@ -208,57 +196,20 @@ async def _routed(
     if not topology.cluster:
         conn = await conn_for(topology.seed_node)
         return await conn.round_trip(commands, timeout_s=timeout_s)
-    replies: list[Any] = [None] * len(commands)
-    todo = list(range(len(commands)))
-    asking: dict[int, Node] = {}
-    for _ in range(MAX_REDIRECTS):
+    exchange = Exchange(topology, commands)
+    while exchange.rounds_left():
         await refresh()
-        sub = [commands[i] for i in todo]
-        targets = {j: asking[i] for j, i in enumerate(todo) if i in asking}
-        plan = topology.plan(sub, targets)
-        sends: list[tuple[Node, list[int], Awaitable[list[Any]]]] = []
-        for node, indexes in plan.items():
-            send: list[Sequence[Arg]] = []
-            for j in indexes:
-                if j in targets:
-                    send.append(["ASKING"])
-                send.append(sub[j])
+        for node, indexes, send in exchange.sends():
             try:
                 conn = await conn_for(node)
-            except RedisConnectionError:
-                topology.stale = True
-                raise
-            sends.append((node, indexes, conn.round_trip(send, timeout_s=timeout_s)))
-        redo: list[int] = []
-        pause = False
-        for node, indexes, pending in sends:
-            try:
-                got = await pending
+                got = await conn.round_trip(send, timeout_s=timeout_s)
             except RedisConnectionError:
                 topology.stale = True  # failover or a node gone: ask the others next time
                 raise
-            it = iter(got)
-            for j in indexes:
-                if j in targets:
-                    next(it)
-                reply = next(it)
-                i = todo[j]
-                replies[i] = reply
-                asking.pop(i, None)
-                what = topology.redirected(reply, node)
-                if what is None:
-                    continue
-                redo.append(i)
-                if isinstance(what, Redirect) and what.kind == "ASK":
-                    asking[i] = what.node
-                elif what == "retry":
-                    pause = True
-        if not redo:
-            return replies
-        todo = sorted(redo)
-        if pause:
+            exchange.absorb(node, indexes, got)
+        if exchange.pause:
             await asyncio.sleep(_RETRY_PAUSE_S)
-    return replies
+    return exchange.replies
 
 
 class AsyncRespClient:

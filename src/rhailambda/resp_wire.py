@@ -22,8 +22,8 @@ from rhailambda.redis_url import Address
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Arg", "Connection", "check_handshake", "encode", "handshake", "raise_error",
-           "tls_context"]  # fmt: skip
+__all__ = ["Arg", "Connection", "ScriptRun", "check_handshake", "encode", "handshake",
+           "raise_error", "tls_context"]  # fmt: skip
 
 Arg = str | bytes | int | float
 
@@ -188,3 +188,45 @@ def raise_error(reply: Any) -> Any:
     if isinstance(reply, RedisResponseError):
         raise reply
     return reply
+
+
+class ScriptRun:
+    """One batch of calls of a Lua script, sans I/O (for the sync and asyncio clients).
+
+    With the SHA known, :attr:`first` holds an EVALSHA per call; the calls that came
+    back NOSCRIPT (or all, with no SHA yet) go in :attr:`second` as SCRIPT LOAD + EVAL
+    pairs: EVAL runs the text (and caches it), SCRIPT LOAD in the same write names its
+    SHA (no hashlib, whose OpenSSL load is 6-8 ms of a cold start), and each SCRIPT
+    LOAD travels with the EVAL after it, to the same cluster node.
+    """
+
+    def __init__(
+        self, text: str, sha: str | None, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+    ) -> None:
+        self._text = text
+        self._tails = [[len(keys), *keys, *args] for keys, args in calls]
+        self.replies: list[Any] = [None] * len(self._tails)
+        self._todo = [] if sha is not None else list(range(len(self._tails)))
+        self.first: list[list[Arg]] = (
+            [["EVALSHA", sha, *t] for t in self._tails] if sha is not None else []
+        )
+        self.sha = sha
+
+    def took_first(self, got: Sequence[Any]) -> None:
+        for i, reply in enumerate(got):
+            self.replies[i] = reply
+            if isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT":
+                self._todo.append(i)
+
+    @property
+    def second(self) -> list[list[Arg]]:
+        commands: list[list[Arg]] = []
+        for i in self._todo:
+            commands += [["SCRIPT", "LOAD", self._text], ["EVAL", self._text, *self._tails[i]]]
+        return commands
+
+    def took_second(self, got: Sequence[Any]) -> None:
+        for k, i in enumerate(self._todo):
+            loaded, self.replies[i] = got[2 * k], got[2 * k + 1]
+            if isinstance(loaded, str):  # an ACL may refuse SCRIPT: EVAL every time then
+                self.sha = loaded

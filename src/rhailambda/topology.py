@@ -30,7 +30,7 @@ from rhailambda.errors import RedisResponseError
 from rhailambda.redis_url import Address
 from rhailambda.slots import Node, Redirect, SlotMap, command_slot, parse_redirect
 
-__all__ = ["RETRY_CODES", "Topology"]
+__all__ = ["RETRY_CODES", "Exchange", "Topology", "transaction_redirected", "transaction_slot"]
 
 MAX_REDIRECTS = 16
 #: error codes after which the command is sent again (it did not run)
@@ -123,3 +123,94 @@ class Topology:
                 self.map.moved(redirect.slot, redirect.node)
             self.stale = True  # one slot moved: others may have too (failover, resharding)
         return redirect
+
+
+class Exchange:
+    """One routed round trip, sans I/O: what to send to which node, and what came back.
+
+    The sync and asyncio clients run the same loop around it::
+
+        exchange = Exchange(topology, commands)
+        while exchange.rounds_left():      # refresh the slot map first when stale
+            for node, indexes, send in exchange.sends():
+                exchange.absorb(node, indexes, <send's replies from node>)
+            # pause a little when exchange.pause
+        return exchange.replies
+
+    Commands redirected (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) did not run, and go
+    again in the next round; the rest keep their replies.
+    """
+
+    def __init__(self, topology: Topology, commands: Sequence[Sequence[Any]]) -> None:
+        self._topology = topology
+        self._commands = commands
+        self.replies: list[Any] = [None] * len(commands)
+        self._todo = list(range(len(commands)))
+        self._redo: list[int] = []
+        self._asking: dict[int, Node] = {}
+        self._rounds = 0
+        self.pause = False
+
+    def rounds_left(self) -> bool:
+        """True while some commands still wait for a (non-redirect) reply."""
+        if self._rounds:
+            if not self._redo:
+                return False
+            self._todo, self._redo = sorted(self._redo), []
+        self._rounds += 1
+        self.pause = False
+        return self._rounds <= MAX_REDIRECTS
+
+    def sends(self) -> list[tuple[Node, list[int], list[Sequence[Any]]]]:
+        """(node, command indexes, what to write) per node, ASKING before an ASK's command."""
+        targets = {j: self._asking[i] for j, i in enumerate(self._todo) if i in self._asking}
+        sub = [self._commands[i] for i in self._todo]
+        out = []
+        for node, positions in self._topology.plan(sub, targets).items():
+            send: list[Sequence[Any]] = []
+            indexes = []
+            for j in positions:
+                i = self._todo[j]
+                if i in self._asking:
+                    send.append(["ASKING"])
+                send.append(self._commands[i])
+                indexes.append(i)
+            out.append((node, indexes, send))
+        return out
+
+    def absorb(self, node: Node, indexes: Sequence[int], got: Sequence[Any]) -> None:
+        """Take ``node``'s replies to the commands ``indexes`` (sent by :meth:`sends`)."""
+        it = iter(got)
+        for i in indexes:
+            if self._asking.pop(i, None) is not None:
+                next(it)  # ASKING's OK
+            reply = next(it)
+            self.replies[i] = reply
+            what = self._topology.redirected(reply, node)
+            if what is None:
+                continue
+            self._redo.append(i)
+            if isinstance(what, Redirect) and what.kind == "ASK":
+                self._asking[i] = what.node
+            elif what == "retry":
+                self.pause = True
+
+    def lost(self, indexes: Sequence[int]) -> None:
+        """The node's connection broke (idempotent commands only): send them again."""
+        self._topology.stale = True
+        self._redo += indexes
+        self.pause = True
+
+
+def transaction_slot(commands: Sequence[Sequence[Any]]) -> int | None:
+    """The slot of a transaction: its first keyed command's (all must share it)."""
+    for command in commands:
+        slot = command_slot(command)
+        if slot is not None:
+            return slot
+    return None
+
+
+def transaction_redirected(topology: Topology, replies: Sequence[Any], node: Node) -> bool:
+    """True if a MULTI ... EXEC sent to ``node`` was refused for a slot elsewhere."""
+    return any(topology.redirected(r, node) is not None for r in replies[1:-1])
