@@ -208,14 +208,14 @@ class Client:
         for sub in chunk:
             task_id = str(uuid.uuid4()) if sub.task_id is None else sub.task_id
             worker = p.normalize_worker_id(sub.worker_id)
-            check_ids(task_id, worker, sub.context_id, sub.caller_id or "-", self.layout)
-            if task_id in queues or worker in given:
-                raise InvalidIdError("task id", task_id, "equals a worker queue of this submit")
             try:
                 sub.script.encode()
             except UnicodeEncodeError as exc:
                 raise InvalidIdError("script", "", f"is not valid UTF-8 (at {exc.start})") from None
-            caller, signed = self._sign(task_id, sub, now)
+            caller, signed = self._sign(task_id, sub, now)  # the key's caller id, if signing
+            check_ids(task_id, worker, sub.context_id, caller, self.layout)
+            if task_id in queues or worker in given:
+                raise InvalidIdError("task id", task_id, "equals a worker queue of this submit")
             commands.append(
                 [
                     "HSET",
@@ -269,7 +269,8 @@ class Client:
         Replies come roughly in submission order, so the client looks at a sliding
         window of the oldest pending keys: one pipelined LPOP round over the window,
         and when nothing is there, one BLPOP on the whole window (it wakes on
-        whichever reply comes first). Cost stays linear in the number of tasks. A
+        whichever reply comes first; on a cluster, whose BLPOP keys must share a
+        slot, on the oldest key alone). Cost stays linear in the number of tasks. A
         single pending reply is a BLPOP alone: one round trip when it is there.
         """
         deadline = time.monotonic() + timeout_s

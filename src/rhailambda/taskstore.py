@@ -125,7 +125,7 @@ for i = 1, n do
         local t = redis.call('TIME')
         redis.call('HSET', key, 'rhailambdaRun', t[1] .. '.' .. t[2] .. ':' .. attempt)
       end
-      out[i] = {'claimed', h}
+      out[i] = {'claimed', h, redis.call('EXISTS', KEYS[n + i])}
     else
       out[i] = {'skip', status}
     end
@@ -268,6 +268,8 @@ class Claim:
     fields: p.TaskFields | None = None
     current_status: str = ""  # skip: the status; poison: the key's type
     staged_reply: str = ""  # finishing: the reply an earlier finish staged
+    #: claimed: the id's done marker lives (this id finished before: a reuse, or a replay)
+    finished_before: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +296,8 @@ def _parse_claims(tasks: Sequence[TaskRef], raw: list[Any]) -> list[Claim]:
         if state == "claimed":
             flat = item[1]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            claims.append(Claim(ref, "claimed", p.TaskFields.from_hash(ref.task_id, fields)))
+            fields_ = p.TaskFields.from_hash(ref.task_id, fields)
+            claims.append(Claim(ref, "claimed", fields_, finished_before=item[2] == 1))
         elif state in ("missing", "finishing"):
             staged = str(item[1]) if state == "finishing" else ""
             claims.append(Claim(ref, state, staged_reply=staged))

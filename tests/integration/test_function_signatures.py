@@ -13,7 +13,7 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ from rhailambda.client import Client
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.functions.runner import BatchRunner
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.functions.signatures import RespDoneMarkers
 from rhailambda.resp import RespClient
 from rhailambda.settings import SignatureSettings
 from rhailambda.signing import SigningKey, check_task, done_marker_ttl_s
@@ -58,7 +57,6 @@ def _runner(client: RespClient, signatures: SignatureSettings) -> BatchRunner:
             done_ttl_s=done_marker_ttl_s(settings.protocol, settings.signatures),
         ),
         [CircleExtension(RedisCircleStore(client))],
-        done_markers=RespDoneMarkers(client, LAYOUT),
     )
 
 
@@ -239,22 +237,6 @@ def test_off_runs_everything_unverified(
     redis_client.hset(LAYOUT.task(task_id), "signature", "00" * 64)
     assert _run(runner, task_id) == {task_id: "completed"}
     assert _reply(redis_client, task_id)["output"] == "1 false"
-
-
-def test_signed_tasks_go_back_when_done_markers_cannot_be_read(
-    resp_client: RespClient, client: Client, redis_url: str, redis_client: redis.Redis
-) -> None:
-    class Down:
-        def finished(self, task_ids: Sequence[str]) -> list[bool]:
-            raise ConnectionError("redis down")
-
-    settings = FunctionSettings(circle_enabled=False)
-    runner = BatchRunner(settings, TaskStore(resp_client, settings.protocol), done_markers=Down())
-    signed = _submit(client, "1")
-    with Client(redis_url) as plain:
-        unsigned = plain.submit("2", worker_id=WORKER, context_id="c", caller_id="c")
-    assert _run(runner, signed, unsigned) == {signed: "failed", unsigned: "completed"}
-    assert redis_client.llen(LAYOUT.reply(signed)) == 0, "no reply: a later delivery decides"
 
 
 def test_the_client_refuses_a_caller_id_its_key_cannot_prove(client: Client) -> None:

@@ -8,9 +8,9 @@ from rhailambda.errors import SettingError
 from rhailambda.functions.extension import Extension
 from rhailambda.functions.runner import BatchRunner, DebugHook, PrintHook
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.functions.signatures import RespDoneMarkers
 from rhailambda.resp import from_url
 from rhailambda.settings import Env
+from rhailambda.signing import done_marker_ttl_s
 from rhailambda.taskstore import TaskStore
 
 __all__ = ["build_runner", "load_extensions", "redis_url"]
@@ -59,8 +59,6 @@ def build_runner(
     on_debug: DebugHook | None = None,
 ) -> BatchRunner:
     client = from_url(redis_url(settings), cluster=settings.redis.cluster)
-    from rhailambda.signing import done_marker_ttl_s
-
     done_ttl_s = done_marker_ttl_s(settings.protocol, settings.signatures)
     store = TaskStore(client, settings.protocol, done_ttl_s=done_ttl_s)
     return BatchRunner(
@@ -69,5 +67,4 @@ def build_runner(
         load_extensions(settings, env),
         on_print=on_print,
         on_debug=on_debug,
-        done_markers=RespDoneMarkers(client, settings.protocol.layout),
     )

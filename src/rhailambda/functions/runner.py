@@ -46,7 +46,7 @@ from rhailambda.functions.extension import (
     task_fingerprint,
 )
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.functions.signatures import DoneMarkers, batch_verdicts
+from rhailambda.functions.signatures import batch_verdicts
 from rhailambda.signing import Verdict
 from rhailambda.taskstore import REPLIED, REPLY_KEY_UNUSABLE, Claim, Finish, TaskStore
 
@@ -111,10 +111,8 @@ class BatchRunner:
         *,
         on_print: PrintHook | None = None,
         on_debug: DebugHook | None = None,
-        done_markers: DoneMarkers | None = None,
     ) -> None:
         self._settings = settings
-        self._done_markers = done_markers
         self._store = store
         self._extensions = tuple(extensions)
         self._keeps_receipts = tuple(callable(getattr(e, "recall", None)) for e in self._extensions)
@@ -141,7 +139,6 @@ class BatchRunner:
         claims = self._store.claim(event.tasks)
         verdicts = batch_verdicts(
             self._settings.signatures,
-            self._done_markers,
             [c for c in claims if self._runnable(c)],
             event.worker_id,
             time.time(),
@@ -226,7 +223,7 @@ class BatchRunner:
         worker_id: str,
         deadline: float,
         recalled: dict[str, Receipt] | str,
-        verdicts: Mapping[str, Verdict | str],
+        verdicts: Mapping[str, Verdict],
     ) -> tuple[TaskResult, Finish | None]:
         task_id = claim.ref.task_id
         if claim.state == "skip":
@@ -257,10 +254,8 @@ class BatchRunner:
             return TaskResult(task_id, fields, "failed", "no time left in batch", 0.0), None
         error = _validate(fields, self._settings.max_script_bytes)
         verdict = verdicts.get(task_id)
-        if error is None and isinstance(verdict, str):  # no say on a replay: a later delivery
-            return TaskResult(task_id, fields, "failed", verdict, 0.0), None
-        verified = isinstance(verdict, Verdict) and verdict.verified
-        if error is None and isinstance(verdict, Verdict):
+        verified = verdict is not None and verdict.verified
+        if error is None and verdict is not None:
             error = verdict.error
         output: str | None = None
         runs = 0
