@@ -163,31 +163,6 @@ class RedisSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolSettings:
-    """The key layout plus the reply and cleanup policy of the protocol."""
-
-    layout: KeyLayout = field(default_factory=KeyLayout)
-    reply_ttl_s: int = 3600
-    preserve_tasks: bool = False
-
-    @classmethod
-    def from_env(cls, env: Env) -> ProtocolSettings:
-        try:
-            layout = KeyLayout(
-                prefix=env.str("RHAILAMBDA_KEY_PREFIX", "rhailib:"),
-                reply_template=env.str("RHAILAMBDA_REPLY_KEY_TEMPLATE", "{prefix}reply:{task_id}"),
-                internal_prefix=env.str("RHAILAMBDA_INTERNAL_PREFIX", "rhailambda:"),
-            )
-        except ValueError as exc:
-            raise SettingError("RHAILAMBDA_REPLY_KEY_TEMPLATE", str(exc)) from exc
-        return cls(
-            layout=layout,
-            reply_ttl_s=env.int("RHAILAMBDA_REPLY_TTL_S", 3600, minimum=1),
-            preserve_tasks=env.bool("RHAILAMBDA_PRESERVE_TASKS", False),
-        )
-
-
 SignaturePolicy = Literal["off", "verify", "require"]
 _POLICIES: tuple[SignaturePolicy, ...] = ("off", "verify", "require")
 
@@ -207,6 +182,18 @@ class SignatureSettings:
     max_age_s: int = 3600
     clock_skew_s: int = 60
 
+    @property
+    def replay_window_s(self) -> int:
+        """How long after a task finished a copy of it could still pass its signature.
+
+        A task finishes no earlier than ``createdAt - skew`` and its signature is
+        valid until ``createdAt + max_age + skew``: ``max_age + 2 * skew`` (0 when no
+        signature is ever checked).
+        """
+        if self.policy == "off" and not self.require_workers:
+            return 0
+        return self.max_age_s + 2 * self.clock_skew_s
+
     def policy_for(self, worker_id: str) -> SignaturePolicy:
         if self.require_workers and normalize_worker_id(worker_id) in self.require_workers:
             return "require"
@@ -224,4 +211,38 @@ class SignatureSettings:
             require_workers=frozenset(normalize_worker_id(w) for w in workers),
             max_age_s=env.int("RHAILAMBDA_SIGNATURE_MAX_AGE_S", 3600, minimum=1),
             clock_skew_s=env.int("RHAILAMBDA_SIGNATURE_CLOCK_SKEW_S", 60, minimum=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    """The key layout plus the reply and cleanup policy of the protocol."""
+
+    layout: KeyLayout = field(default_factory=KeyLayout)
+    reply_ttl_s: int = 3600
+    preserve_tasks: bool = False
+    #: finished ids are remembered at least this long (SignatureSettings.replay_window_s)
+    replay_window_s: int = 0
+
+    @property
+    def done_ttl_s(self) -> int:
+        """How long a finished task's done marker lives: a late redelivery is dropped (the
+        reply's TTL) and a replayed signed task refused (the signature's window)."""
+        return max(self.reply_ttl_s, self.replay_window_s)
+
+    @classmethod
+    def from_env(cls, env: Env) -> ProtocolSettings:
+        try:
+            layout = KeyLayout(
+                prefix=env.str("RHAILAMBDA_KEY_PREFIX", "rhailib:"),
+                reply_template=env.str("RHAILAMBDA_REPLY_KEY_TEMPLATE", "{prefix}reply:{task_id}"),
+                internal_prefix=env.str("RHAILAMBDA_INTERNAL_PREFIX", "rhailambda:"),
+            )
+        except ValueError as exc:
+            raise SettingError("RHAILAMBDA_REPLY_KEY_TEMPLATE", str(exc)) from exc
+        return cls(
+            layout=layout,
+            reply_ttl_s=env.int("RHAILAMBDA_REPLY_TTL_S", 3600, minimum=1),
+            preserve_tasks=env.bool("RHAILAMBDA_PRESERVE_TASKS", False),
+            replay_window_s=SignatureSettings.from_env(env).replay_window_s,
         )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 from rhailambda.errors import RhailambdaError
 from rhailambda.protocol import SIGNATURE, TaskFields
-from rhailambda.settings import ProtocolSettings, SignatureSettings
+from rhailambda.settings import SignatureSettings
 
 if TYPE_CHECKING:
     import coincurve
@@ -42,7 +42,6 @@ __all__ = [
     "Verdict",
     "canonical_message",
     "check_task",
-    "done_marker_ttl_s",
     "public_key_from_hex",
     "replay_error",
     "task_digest",
@@ -283,16 +282,3 @@ def check_task(
 def replay_error(task_id: str) -> str:
     """The error reply of a signed task whose id was finished before."""
     return f"{INVALID_SIGNATURE}: task {task_id} was finished already (a replay)"
-
-
-def done_marker_ttl_s(protocol: ProtocolSettings, signatures: SignatureSettings) -> int:
-    """How long a finished task's done marker must live.
-
-    At least the reply's TTL (a late redelivery is dropped, not answered twice) and,
-    unless signatures are off, the whole time a signature stays valid after the task
-    finished: a task finishes no earlier than ``createdAt - skew`` and is valid until
-    ``createdAt + max_age + skew``, so ``max_age + 2 * skew``.
-    """
-    if signatures.policy == "off" and not signatures.require_workers:
-        return protocol.reply_ttl_s
-    return max(protocol.reply_ttl_s, signatures.max_age_s + 2 * signatures.clock_skew_s)

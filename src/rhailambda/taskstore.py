@@ -316,11 +316,9 @@ class FinishPlan:
         protocol: ProtocolSettings,
         finishes: Sequence[Finish],
         group: Callable[[str], int],
-        done_ttl_s: int | None = None,
     ) -> None:
         layout = protocol.layout
         self.protocol = protocol
-        self.done_ttl_s = max(done_ttl_s or 0, protocol.reply_ttl_s)
         self.group = group
         self.task_keys = [layout.task(f.ref.task_id) for f in finishes]
         self.reply_keys = [layout.reply(f.ref.task_id) for f in finishes]
@@ -342,7 +340,7 @@ class FinishPlan:
     @property
     def head(self) -> list[str | int]:
         preserve = "1" if self.protocol.preserve_tasks else "0"
-        return [self.protocol.reply_ttl_s, preserve, self.done_ttl_s]
+        return [self.protocol.reply_ttl_s, preserve, self.protocol.done_ttl_s]
 
     def _groups(self, indexes: Sequence[int], keys: list[str]) -> list[list[int]]:
         groups: dict[int, list[int]] = {}
@@ -423,10 +421,8 @@ class TaskStore:
         *,
         fault: FaultHook | None = None,
         steps: bool = False,
-        done_ttl_s: int | None = None,
     ) -> None:
         self._client = client
-        self._done_ttl_s = done_ttl_s  # done markers live at least the reply TTL
         self._protocol = protocol
         self._fault = fault
         self._steps = steps
@@ -463,7 +459,7 @@ class TaskStore:
         if not finishes:
             return []
         n = len(finishes)
-        plan = FinishPlan(self._protocol, finishes, self._client.slot_group, self._done_ttl_s)
+        plan = FinishPlan(self._protocol, finishes, self._client.slot_group)
         if not (self._client.cluster or self._steps):
             calls = plan.whole()
             return [int(x) for x in scatter(n, calls, self._finish.many(

@@ -29,8 +29,8 @@ from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.functions.runner import BatchRunner
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.resp import RespClient
-from rhailambda.settings import SignatureSettings
-from rhailambda.signing import SigningKey, check_task, done_marker_ttl_s
+from rhailambda.settings import ProtocolSettings, SignatureSettings
+from rhailambda.signing import SigningKey, check_task
 from rhailambda.taskstore import TaskStore
 
 pytest.importorskip("rhai_py")
@@ -48,14 +48,11 @@ WRITE = """
 
 
 def _runner(client: RespClient, signatures: SignatureSettings) -> BatchRunner:
-    settings = FunctionSettings(circle_enabled=False, signatures=signatures)
+    protocol = ProtocolSettings(replay_window_s=signatures.replay_window_s)
+    settings = FunctionSettings(circle_enabled=False, signatures=signatures, protocol=protocol)
     return BatchRunner(
         settings,
-        TaskStore(
-            client,
-            settings.protocol,
-            done_ttl_s=done_marker_ttl_s(settings.protocol, settings.signatures),
-        ),
+        TaskStore(client, settings.protocol),
         [CircleExtension(RedisCircleStore(client))],
     )
 
@@ -204,8 +201,7 @@ def test_the_done_marker_outlives_the_signature_window(
 ) -> None:
     task_id = _submit(client)
     _run(runner, task_id)
-    settings = FunctionSettings()
-    wanted = done_marker_ttl_s(settings.protocol, settings.signatures)
+    wanted = 3600 + 2 * 60  # the signature's default window, past the reply's hour
     assert redis_client.ttl(LAYOUT.done(task_id)) >= wanted - 5
 
 

@@ -99,6 +99,7 @@ def test_fail_tasks_replies_once_and_spares_final_tasks(
             client.close()
 
     assert asyncio.run(fail(["t1", "t2", "ghost"], "dead-lettered")) == ["t1", "ghost"]
+    assert redis_client.ttl(LAYOUT.done("t1")) > 3600 - 5
     assert asyncio.run(fail(["t1", "ghost"], "again")) == []
     reply = json.loads(redis_client.lpop(LAYOUT.reply("t1")) or "{}")
     assert (reply["status"], reply["error"]) == ("error", "dead-lettered")
@@ -161,3 +162,21 @@ def test_a_reply_key_of_the_wrong_type_is_reported_not_raised(
     assert store.finish(finishes) == [-1, 1], "t2 is answered; t1 is reported, not raised"
     assert redis_client.hget(LAYOUT.task("t1"), "status") == "completed", "t1's result is kept"
     assert redis_client.llen(LAYOUT.reply("t2")) == 1
+
+
+def test_the_shims_dead_letters_remember_ids_as_long_as_the_function(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A dead-lettered signed task must not be replayable sooner than a finished one."""
+    protocol = ProtocolSettings(replay_window_s=7200)
+    _task(redis_client, "t1")
+
+    async def fail() -> list[str]:
+        client = AsyncRespClient(parse_url(redis_url))
+        try:
+            return await fail_tasks_async(client, protocol, ["t1"], "dead-lettered")
+        finally:
+            client.close()
+
+    assert asyncio.run(fail()) == ["t1"]
+    assert redis_client.ttl(LAYOUT.done("t1")) > 7200 - 5

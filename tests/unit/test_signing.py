@@ -18,7 +18,6 @@ from rhailambda.signing import (
     SigningKey,
     canonical_message,
     check_task,
-    done_marker_ttl_s,
     public_key_from_hex,
     task_digest,
     verify_digest,
@@ -247,10 +246,13 @@ def test_settings_from_env() -> None:
 
 
 def test_done_markers_outlive_the_signature_window() -> None:
-    protocol = ProtocolSettings(reply_ttl_s=3600)
-    assert done_marker_ttl_s(protocol, SignatureSettings()) == 3600 + 2 * 60
-    assert done_marker_ttl_s(ProtocolSettings(reply_ttl_s=86400), SignatureSettings()) == 86400
-    assert done_marker_ttl_s(protocol, SignatureSettings(policy="off")) == 3600
+    """Function and shim both read it from their environment: every finish agrees."""
+    assert ProtocolSettings.from_env(Env({})).done_ttl_s == 3600 + 2 * 60
+    long_replies = Env({"RHAILAMBDA_REPLY_TTL_S": "86400"})
+    assert ProtocolSettings.from_env(long_replies).done_ttl_s == 86400
+    assert ProtocolSettings.from_env(Env({"RHAILAMBDA_SIGNATURES": "off"})).done_ttl_s == 3600
+    required = Env({"RHAILAMBDA_SIGNATURES": "off", "RHAILAMBDA_SIGNATURES_REQUIRE_WORKERS": "w1"})
+    assert ProtocolSettings.from_env(required).done_ttl_s == 3600 + 2 * 60
 
 
 # --- keys ----------------------------------------------------------------------------

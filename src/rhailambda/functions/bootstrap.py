@@ -10,7 +10,6 @@ from rhailambda.functions.runner import BatchRunner, DebugHook, PrintHook
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.resp import from_url
 from rhailambda.settings import Env
-from rhailambda.signing import done_marker_ttl_s
 from rhailambda.taskstore import TaskStore
 
 __all__ = ["build_runner", "load_extensions", "redis_url"]
@@ -59,8 +58,7 @@ def build_runner(
     on_debug: DebugHook | None = None,
 ) -> BatchRunner:
     client = from_url(redis_url(settings), cluster=settings.redis.cluster)
-    done_ttl_s = done_marker_ttl_s(settings.protocol, settings.signatures)
-    store = TaskStore(client, settings.protocol, done_ttl_s=done_ttl_s)
+    store = TaskStore(client, settings.protocol)
     return BatchRunner(
         settings,
         store,

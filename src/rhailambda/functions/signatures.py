@@ -4,7 +4,7 @@
 passes must also not be a finished task id coming back: its hash re-written under
 the same id, which the signature (over taskId and createdAt) cannot tell from the
 original. The finish step leaves a done marker for every finished task, kept for
-at least the signature's validity (:func:`rhailambda.signing.done_marker_ttl_s`),
+at least the signature's validity (:attr:`~rhailambda.settings.ProtocolSettings.done_ttl_s`),
 and the claim reports it (:attr:`~rhailambda.taskstore.Claim.finished_before`):
 no look-up of its own.
 """
