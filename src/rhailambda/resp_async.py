@@ -34,7 +34,7 @@ from rhailambda.resp_wire import (
     raise_error,
     tls_context,
 )
-from rhailambda.slots import Node
+from rhailambda.slots import Node, key_slot
 from rhailambda.topology import Exchange, Topology
 
 __all__ = ["AsyncChannel", "AsyncConnection", "AsyncRespClient", "AsyncScript"]
@@ -269,6 +269,12 @@ class AsyncRespClient:
     @property
     def cluster(self) -> bool:
         return bool(self.topology.cluster)
+
+    def slot_group(self, key: str) -> int:
+        """Keys of one group may share a script: their slot on a cluster, else 0.
+
+        Known after the first round trip (:meth:`refresh`)."""
+        return key_slot(key) if self.topology.cluster else 0
 
     async def nodes(self) -> list[Node]:
         await self.refresh()

@@ -15,7 +15,7 @@ lookup table; :func:`parse_redirect` reads ``MOVED`` and ``ASK`` errors.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = [
     "Node",
     "Redirect",
     "SlotMap",
+    "by_group",
     "command_keys",
     "hashed_part",
     "key_slot",
@@ -151,6 +152,19 @@ def command_slot(command: Sequence[Any]) -> int | None:
         if key_slot(key) != slot:
             raise ValueError(f"{command[0]} spans several cluster slots")
     return slot
+
+
+def by_group(
+    indexes: Iterable[int], keys: Sequence[str], group: Callable[[str], int]
+) -> list[list[int]]:
+    """``indexes`` split by the group of ``keys[i]`` (a client's ``slot_group``), in order.
+
+    One script call per group: on a cluster a group is a slot, on a standalone server
+    everything is one group."""
+    groups: dict[int, list[int]] = {}
+    for i in indexes:
+        groups.setdefault(group(keys[i]), []).append(i)
+    return list(groups.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,7 @@ itself, whose TTL the protocol requires.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,6 +69,7 @@ from rhailambda import protocol as p
 from rhailambda.event import TaskRef
 from rhailambda.resp import RespClient
 from rhailambda.settings import ProtocolSettings
+from rhailambda.slots import by_group
 
 __all__ = [
     "CLAIM_LUA",
@@ -342,11 +343,8 @@ class FinishPlan:
         preserve = "1" if self.protocol.preserve_tasks else "0"
         return [self.protocol.reply_ttl_s, preserve, self.protocol.done_ttl_s]
 
-    def _groups(self, indexes: Sequence[int], keys: list[str]) -> list[list[int]]:
-        groups: dict[int, list[int]] = {}
-        for i in indexes:
-            groups.setdefault(self.group(keys[i]), []).append(i)
-        return list(groups.values())
+    def _groups(self, indexes: Iterable[int], keys: list[str]) -> list[list[int]]:
+        return by_group(indexes, keys, self.group)
 
     def whole(self) -> list[tuple[list[int], list[str], list[str | int]]]:
         """FINISH_LUA calls (standalone: one group)."""
@@ -440,11 +438,9 @@ class TaskStore:
         if not tasks:
             return []
         layout = self._protocol.layout
-        groups: dict[int, list[int]] = {}
-        for i, t in enumerate(tasks):
-            groups.setdefault(self._client.slot_group(layout.task(t.task_id)), []).append(i)
+        task_keys = [layout.task(t.task_id) for t in tasks]
         calls: list[tuple[list[int], list[str], list[str | int]]] = []
-        for idx in groups.values():
+        for idx in by_group(range(len(tasks)), task_keys, self._client.slot_group):
             keys = [layout.task(tasks[i].task_id) for i in idx]
             keys += [layout.done(tasks[i].task_id) for i in idx]
             args: list[str | int] = [p.now_rfc3339(), *(tasks[i].attempt for i in idx)]

@@ -14,7 +14,6 @@ from rhailambda import protocol as p
 from rhailambda.event import TaskRef
 from rhailambda.resp_async import AsyncRespClient, AsyncScript
 from rhailambda.settings import ProtocolSettings
-from rhailambda.slots import key_slot
 from rhailambda.taskstore import (
     CLEAN_LUA,
     FINISH_LUA,
@@ -50,8 +49,7 @@ async def finish_async(
         return []
     n = len(finishes)
     await client.refresh()
-    cluster = client.cluster
-    plan = FinishPlan(protocol, finishes, key_slot if cluster else (lambda _key: 0))
+    plan = FinishPlan(protocol, finishes, client.slot_group)
 
     async def run(
         text: str, calls: list[tuple[list[int], list[str], list[str | int]]]
@@ -59,7 +57,7 @@ async def finish_async(
         replies = await _async_script(text).many(client, [(k, a) for _, k, a in calls])
         return scatter(n, calls, replies)
 
-    if not cluster:
+    if not client.cluster:
         return [int(x) for x in await run(FINISH_LUA, plan.whole())]
     staged = staged_replies(await run(STAGE_LUA, plan.stage()))
     pushed = await run(PUSH_LUA, plan.push(staged))

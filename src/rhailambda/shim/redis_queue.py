@@ -35,7 +35,7 @@ from rhailambda.settings import ProtocolSettings
 from rhailambda.shim import finishing
 from rhailambda.shim.health import Health
 from rhailambda.shim.source import Taken, TakeResult
-from rhailambda.slots import key_slot
+from rhailambda.slots import by_group
 
 __all__ = ["HAND_BACK_LUA", "RedisQueueSource"]
 
@@ -258,25 +258,19 @@ class RedisQueueSource:
         self,
         worker_id: str,
         task_ids: Sequence[str],
-        step: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+        step: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
     ) -> tuple[Taken, ...]:
         """Count an attempt for each id now in flight; settle the ones not to run."""
         if not task_ids:
             return ()
-        verdicts: list[Any] = [None] * len(task_ids)
-        empty = [i for i, t in enumerate(task_ids) if not t]
-        for i in empty:
-            verdicts[i] = ["poison", "is empty"]
-        groups: dict[int, list[int]] = {}
-        cluster = self._client.cluster
-        for i, task_id in enumerate(task_ids):
-            if task_id:
-                key = self._layout.task(task_id)
-                groups.setdefault(key_slot(key) if cluster else 0, []).append(i)
+        step = step or self._health.call
+        # an empty id has no task key of its own: poison, without asking Redis
+        verdicts: list[Any] = [None if t else ["poison", "is empty"] for t in task_ids]
+        task_keys = [self._layout.task(t) for t in task_ids]
+        usable = [i for i, t in enumerate(task_ids) if t]
         calls = []
-        for idx in groups.values():
-            keys = [k for i in idx for k in (self._layout.task(task_ids[i]),
-                                             self._layout.done(task_ids[i]))]  # fmt: skip
+        for idx in by_group(usable, task_keys, self._client.slot_group):
+            keys = [k for i in idx for k in (task_keys[i], self._layout.done(task_ids[i]))]
             calls.append((idx, keys))
         if calls:
             replies = await step("deliver", lambda: self._deliver.many(
@@ -327,14 +321,8 @@ class RedisQueueSource:
         for chunk in _chunks(task_ids):
             got = await self._script("held", self._held_script, [inflight], chunk)
             still += [str(t) for t in got]
-        kept = set(still)
-        self._release(worker_id, [t for t in task_ids if t not in kept])
-        self._release(worker_id, still)  # _delivered holds them again
-
-        async def step(what: str, op: Callable[[], Awaitable[Any]]) -> Any:
-            return await self._health.call(what, op)
-
-        return await self._delivered(worker_id, still, step)
+        self._release(worker_id, task_ids)  # _delivered holds those still in flight again
+        return await self._delivered(worker_id, still)
 
     async def ack(self, worker_id: str, items: Sequence[Taken]) -> None:
         if not items:
