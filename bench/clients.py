@@ -46,13 +46,10 @@ import contextlib
 import importlib.util
 import json
 import os
-import random
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -74,13 +71,16 @@ FRESH_KEY = "{s}:fresh"
 # name -> label per mode, module imported, package top level, sync or async
 CANDIDATES: dict[str, dict[str, Any]] = {
     "ours-sync": {
-        "labels": {"standalone": "ours `resp.RespClient`"},
+        "labels": {"standalone": "ours `resp.RespClient`", "cluster": "ours `resp.RespClient`"},
         "module": "rhailambda.resp",
         "top": "hiredis",
         "kind": "sync",
     },
     "ours-async": {
-        "labels": {"standalone": "ours `resp_async.AsyncConnection`"},
+        "labels": {
+            "standalone": "ours `resp_async.AsyncRespClient`",
+            "cluster": "ours `resp_async.AsyncRespClient`",
+        },
         "module": "rhailambda.resp_async",
         "top": "hiredis",
         "kind": "async",
@@ -123,6 +123,7 @@ ROW_ORDER = [
     ("ours-sync", "standalone"),
     ("ours-sync", "cluster"),
     ("ours-async", "standalone"),
+    ("ours-async", "cluster"),
     ("redis-sync", "standalone"),
     ("redis-sync", "cluster"),
     ("redis-async", "standalone"),
@@ -136,26 +137,28 @@ ROW_ORDER = [
 
 # --- the candidates: cold-start snippets and warm adapters ----------------------------
 COLD: dict[str, dict[str, str]] = {
-    "ours-sync": {
-        "standalone": """
+    "ours-sync": dict.fromkeys(
+        ("standalone", "cluster"),  # the same code: cluster mode is found at connect
+        """
 from rhailambda.resp import from_url
 c = from_url("redis://127.0.0.1:{port}")
 r = c.execute("EVAL", S, 1, "cold")
 """,
-    },
-    "ours-async": {
-        "standalone": """
+    ),
+    "ours-async": dict.fromkeys(
+        ("standalone", "cluster"),
+        """
 import asyncio
 from rhailambda.redis_url import parse_url
-from rhailambda.resp_async import AsyncConnection
+from rhailambda.resp_async import AsyncRespClient
 async def main():
-    c = await AsyncConnection.open(parse_url("redis://127.0.0.1:{port}"))
+    c = AsyncRespClient(parse_url("redis://127.0.0.1:{port}"))
     r = await c.execute("EVAL", S, 1, "cold")
     c.close()
     return r
 r = asyncio.run(main())
 """,
-    },
+    ),
     "redis-sync": {
         "standalone": """
 import redis
@@ -312,44 +315,27 @@ async def async_adapter(
     """call / pipe coroutines, ``task_call()`` -> a call for one of the 8 tasks, close."""
     script = opts.get("script", SCRIPT)
     keys = opts.get("keys", KEYS)
-    if name == "ours-async":
+    if name == "ours-async":  # as the shim uses it: shared connections, a channel per taker
         from rhailambda.redis_url import parse_url
-        from rhailambda.resp_async import AsyncConnection, AsyncScript
+        from rhailambda.resp_async import AsyncRespClient, AsyncScript
 
-        address = parse_url(f"redis://127.0.0.1:{port}")
-        conn = await AsyncConnection.open(address)
+        client = AsyncRespClient(parse_url(f"redis://127.0.0.1:{port}"))
         scr = AsyncScript(script)
-        conns = [conn]
-        probe: list[Any] = [await AsyncConnection.open(address)]
-
-        async def _reopen() -> Any:  # a cancelled request closes it: the shim reopens
-            if probe[0].closed:
-                probe[0] = await AsyncConnection.open(address)
-            return probe[0]
-
-        class _Reopened:
-            async def execute(self, *cmd: Any) -> Any:
-                return await (await _reopen()).execute(*cmd)
-
-        def _reopened() -> Any:
-            return _Reopened()
+        blocking = client.channel()  # BLPOP on its own connection, as the takers' BLMOVE
 
         async def task_call() -> Callable[[], Any]:
-            own = await AsyncConnection.open(address)
-            conns.append(own)
-            return lambda: scr(own, keys, ["v"])
+            return lambda: scr(client, keys, ["v"])
 
         async def oclose() -> None:
-            for c in [*conns, *probe]:
-                c.close()
+            client.close()
 
         return {
-            "call": lambda: scr(conn, keys, ["v"]),
-            "pipe": lambda: conn.round_trip(_pipeline_commands(1)),
+            "call": lambda: scr(client, keys, ["v"]),
+            "pipe": lambda: client.round_trip(_pipeline_commands(1)),
             "task_call": task_call,
             "close": oclose,
-            "blpop": lambda: _reopened().execute("BLPOP", LIST_KEY, 1),
-            "get": lambda: _reopened().execute("GET", FRESH_KEY),
+            "blpop": lambda: blocking.execute("BLPOP", LIST_KEY, 1),
+            "get": lambda: client.execute("GET", FRESH_KEY),
         }
     if name == "redis-async":
         import redis.asyncio as ra
@@ -645,65 +631,20 @@ async def safety_cancel(name: str, mode: str, port: int, rounds: int = 5) -> dic
 
 
 # --- the harness ----------------------------------------------------------------------
-def _free_port() -> int:
-    while True:  # the cluster bus uses port + 10000: stay <= 55535
-        port = random.randint(20000, 45000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-                return port
-            except OSError:
-                continue
+def _servers() -> dict[str, Any]:
+    """A standalone redis-server and a one-node cluster (the tests' fixtures, ports <= 55535)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from redis_cluster import ClusterUnderTest
+    from redis_server import RedisServer
+
+    return {
+        "standalone": RedisServer().start(),
+        "cluster": ClusterUnderTest("redis", masters=1, replicas_per_master=0).start(),
+    }
 
 
-class Server:
-    def __init__(self, cluster: bool) -> None:
-        self.dir = tempfile.mkdtemp(prefix="bench-clients-")
-        self.port = _free_port()
-        args = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.dir,
-        ]
-        if cluster:
-            args += ["--cluster-enabled", "yes", "--cluster-config-file", f"{self.dir}/nodes.conf"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        admin = _admin(self.port)
-        self._wait(lambda: admin.execute("PING", idempotent=True) == "PONG")
-        if cluster:
-            admin.execute("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-            self._wait(lambda: "cluster_state:ok" in admin.execute("CLUSTER", "INFO"))
-        admin.close()
-
-    @staticmethod
-    def _wait(ok: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if ok():
-                    return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def _port(server: Any) -> int:
+    return int(server.seed.port if hasattr(server, "seed") else server.port)
 
 
 def _env() -> dict[str, str]:
@@ -865,7 +806,7 @@ def main() -> None:
         return
     runs, n, seconds = (3, 500, 0.5) if ns.quick else (7, 2000, 2.0)
     compile_bytecode()
-    servers = {"standalone": Server(cluster=False), "cluster": Server(cluster=True)}
+    servers = _servers()
     rows: list[dict[str, Any]] = []
     safety: list[dict[str, Any]] = []
     imports: dict[str, float] = {}
@@ -873,13 +814,10 @@ def main() -> None:
         for name, mode in ROW_ORDER:
             cand = CANDIDATES[name]
             label = cand["labels"].get(mode, cand["labels"]["standalone"])
-            if name.startswith("ours") and mode == "cluster":
-                rows.append({"label": "ours", "mode": "cluster", "note": "pending"})
-                continue
             if not installed(name):
                 rows.append({"label": label, "mode": mode, "note": "not installed"})
                 continue
-            port = servers[mode].port
+            port = _port(servers[mode])
             print(f"# {label}, {mode}", file=sys.stderr, flush=True)
             row: dict[str, Any] = {"label": label, "mode": mode}
             try:
@@ -905,7 +843,7 @@ def main() -> None:
         package_ms = measure_import("rhailambda", runs)
     finally:
         for server in servers.values():
-            server.stop()
+            server.close()
     import platform
 
     versions = []

@@ -206,6 +206,9 @@ class SlotMap:
 
     def __init__(self, owners: list[Node | None]) -> None:
         self._owners = owners
+        first = owners[0]
+        #: the one master serving every slot (ElastiCache Serverless's shape), if so
+        self.single: Node | None = first if all(n == first for n in owners) else None
 
     @classmethod
     def parse(cls, reply: Sequence[Any], default_host: str) -> SlotMap:
@@ -224,6 +227,8 @@ class SlotMap:
 
     def moved(self, slot: int, node: Node) -> None:
         self._owners[slot] = node
+        if node != self.single:
+            self.single = None
 
     def nodes(self) -> list[Node]:
         return list(dict.fromkeys(n for n in self._owners if n is not None))

@@ -86,7 +86,13 @@ class Topology:
     def plan(
         self, commands: Sequence[Sequence[Any]], targets: dict[int, Node] | None = None
     ) -> dict[Node, list[int]]:
-        """Command indexes grouped by node, in order; ``targets`` overrides (ASK)."""
+        """Command indexes grouped by node, in order; ``targets`` overrides (ASK).
+
+        When one master serves every slot, everything goes there without hashing a key
+        (a redirect, should a slot move, still reaches the right node).
+        """
+        if not targets and self.map is not None and self.map.single is not None:
+            return {self.map.single: list(range(len(commands)))}
         slots = [command_slot(c) for c in commands]
         nodes: list[Node | None] = [
             (targets or {}).get(i) or (self.owner(s) if s is not None else None)

@@ -24,6 +24,13 @@ def test_known_slots_and_tags() -> None:
         assert key_slot(f"ours:{tag_for(key)}:x") == key_slot(key), key
 
 
+def test_one_master_of_every_slot_takes_everything_until_a_slot_moves() -> None:
+    topology = _cluster()
+    assert topology.plan([["GET", "a"], ["GET", "b"]]) == {A: [0, 1]}
+    topology.map.moved(key_slot("b"), B)  # type: ignore[union-attr]
+    assert topology.plan([["GET", "a"], ["GET", "b"]]) == {A: [0], B: [1]}
+
+
 def test_a_keyless_command_travels_with_the_next_keyed_one() -> None:
     topology = _cluster()
     topology.map.moved(key_slot("b"), B)  # type: ignore[union-attr]
