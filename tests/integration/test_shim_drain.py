@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from rhailambda.errors import InvocationError, PayloadTooLargeError, ThrottledError
-from rhailambda.event import BatchResponse, InvocationEvent
+from rhailambda.event import BatchResponse, InvocationEvent, Outcome
 from rhailambda.protocol import ATTEMPT, KeyLayout
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
@@ -345,3 +345,27 @@ def test_live_shims_are_not_reaped(redis_client: redis.Redis, redis_url: str) ->
     invoker = FakeInvoker()
     asyncio.run(run_shim(make_settings(redis_url), invoker, lambda: invoker.task_ids == ["fresh"]))
     assert redis_client.lrange(L.inflight("w1", "other"), 0, -1) == ["mine"]
+
+
+def test_a_task_the_function_rejects_is_dead_lettered_with_its_reason(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """E.g. its reply key holds a hash: no retry can answer it; its neighbours are done."""
+    seed_tasks(redis_client, L, "w1", ["ok1", "bad", "ok2"])
+
+    async def reject_bad(event: InvocationEvent) -> BatchResponse:
+        outcomes: dict[str, Outcome] = {t.task_id: "completed" for t in event.tasks}
+        outcomes["bad"] = "rejected"
+        return BatchResponse(outcomes, {"bad": "the reply key is not a list"})
+
+    invoker = FakeInvoker(reject_bad)
+
+    def settled() -> bool:
+        return redis_client.llen(L.dead_letter("w1")) == 1 and not redis_client.llen(
+            L.inflight("w1", "s1")
+        )
+
+    asyncio.run(run_shim(make_settings(redis_url), invoker, settled))
+    assert redis_client.lrange(L.dead_letter("w1"), 0, -1) == ["bad"]
+    assert invoker.task_ids.count("bad") == 1, "not retried"
+    assert redis_client.llen(L.queue("w1")) == 0, "ok1 and ok2 acknowledged, not handed back"

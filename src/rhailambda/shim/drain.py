@@ -327,7 +327,12 @@ class Drainer:
             bad = response.failed_ids
             failed = [t for t in items if t.task_id in bad]
             reason = "the function reported the task as failed"
-            await self._source.ack(worker_id, [t for t in items if t.task_id not in bad])
+            rejected = response.rejected  # no retry can help: dead letters, with the reason
+            for why in dict.fromkeys(rejected.values()):
+                group = [t for t in items if rejected.get(t.task_id) == why]
+                await self._dead_letter(worker_id, group, f"dead-lettered (rejected): {why}")
+            done = [t for t in items if t.task_id not in bad and t.task_id not in rejected]
+            await self._source.ack(worker_id, done)
         self.stats.batches += 1
         self.stats.completed += len(items) - len(failed) if outcome == "ok" else 0
         self.stats.failed += len(failed)
