@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -369,3 +370,24 @@ def test_a_task_the_function_rejects_is_dead_lettered_with_its_reason(
     assert redis_client.lrange(L.dead_letter("w1"), 0, -1) == ["bad"]
     assert invoker.task_ids.count("bad") == 1, "not retried"
     assert redis_client.llen(L.queue("w1")) == 0, "ok1 and ok2 acknowledged, not handed back"
+
+
+def test_a_queue_key_of_the_wrong_type_is_logged_once_and_spares_other_queues(
+    redis_client: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.hset(L.queue("w1"), "someone", "wrote a hash here")
+    seed_tasks(redis_client, L, "w2", ids("b", 3))
+    invoker = FakeInvoker()
+    settings = make_settings(redis_url, workers=("w1", "w2"))
+
+    start = time.monotonic()
+
+    def done() -> bool:  # w1's taker retries meanwhile (0.05 s, doubling): 4 refusals
+        return len(invoker.task_ids) == 3 and time.monotonic() - start > 0.8
+
+    with caplog.at_level(logging.ERROR, logger="rhailambda.shim"):
+        asyncio.run(run_shim(settings, invoker, done))
+    refusals = [r for r in caplog.records if "w1" in r.getMessage()]
+    assert len(refusals) == 1 and "WRONGTYPE" in refusals[0].getMessage()
+    assert refusals[0].exc_info is None, "one line, no traceback"
+    assert sorted(invoker.task_ids) == ids("b", 3), "the other queue drained"

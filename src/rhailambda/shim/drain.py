@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
-from rhailambda.errors import InvocationError, ThrottledError
+from rhailambda.errors import InvocationError, RedisResponseError, ThrottledError
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.invoker import Invoker
@@ -43,6 +43,7 @@ _STOP_INVOKING_S = 2.0  # after its cancel, for an invocation to end
 _LOGGED_IDS = 20
 _TAKE_RETRY_MIN_S = 0.05
 _TAKE_RETRY_MAX_S = 5.0
+_TAKE_ERROR_LOG_S = 60.0
 
 
 @dataclass(slots=True)
@@ -99,6 +100,7 @@ class Drainer:
         # Pending retries and the ids each holds (until it starts their invocation).
         self._retries: dict[asyncio.Task[None], tuple[str, list[str]]] = {}
         self._stopping = False
+        self._take_error_logged: dict[str, float] = {}  # queue -> when its refusal was logged
         self.stats = DrainStats()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -191,9 +193,9 @@ class Drainer:
                 items, paused = await self._take_batch(worker_id, slots)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis said no (OOM, READONLY after a failover, a bug):
+            except Exception as exc:  # Redis said no (a queue key of the wrong type, a bug):
                 # the queue must not stop for good. The source hands back any orphans.
-                log.exception("take from %s failed; retrying in %.2f s", worker_id, delay_s)
+                self._log_take_failure(worker_id, exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(_TAKE_RETRY_MAX_S, delay_s * 2)
                 continue
@@ -208,6 +210,18 @@ class Drainer:
                 return
             self._last_dispatch[worker_id] = time.monotonic()
             self._start_invocation(worker_id, items, slots)
+
+    def _log_take_failure(self, worker_id: str, exc: Exception, delay_s: float) -> None:
+        """A Redis refusal (WRONGTYPE: someone's hash on the queue key) is one line per
+        queue a minute, not a traceback per retry; anything else is a bug: traceback."""
+        if not isinstance(exc, RedisResponseError):
+            log.error("take from %s failed; retrying in %.2f s", worker_id, delay_s, exc_info=exc)
+            return
+        now = time.monotonic()
+        if now - self._take_error_logged.get(worker_id, -_TAKE_ERROR_LOG_S) >= _TAKE_ERROR_LOG_S:
+            self._take_error_logged[worker_id] = now
+            log.error("queue %s cannot be taken from: %s (retrying; logged once a minute)",
+                      worker_id, exc)  # fmt: skip
 
     async def _acquire(self, slots: asyncio.Semaphore) -> None:
         """The queue's slot, then a global one (FIFO-fair across queues)."""
