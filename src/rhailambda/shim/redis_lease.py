@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient, AsyncScript
+from rhailambda.resp_wire import raise_error
 from rhailambda.shim.health import Health
 
 __all__ = ["WORKERS_FIELD", "RedisLeaseStore"]
@@ -91,27 +92,24 @@ class RedisLeaseStore:
 
     async def _reap_one(self, shim_id: str, worker_ids: Sequence[str], *, force: bool) -> int:
         info_key = self._layout.shim_info(shim_id)
-        listed = await self._health.call(
-            "hget", lambda: self._client.execute("HGET", info_key, WORKERS_FIELD)
-        )
-        workers = [w for w in dict.fromkeys([*(listed or "").split(","), *worker_ids]) if w]
-        if not force:  # still expired? (it may have renewed since we listed it)
-            score = await self._health.call(
-                "zscore", lambda: self._client.execute("ZSCORE", self._layout.shims(), shim_id)
-            )
-            if score is not None and float(score) > now_ms():
-                return -1
-        moved = 0
-        for worker_id in workers:
-            keys = [self._layout.inflight(worker_id, shim_id), self._layout.queue(worker_id)]
-            moved += int(await self._return_ids(keys))
+        reads: list[list[str | int]] = [
+            ["HGET", info_key, WORKERS_FIELD],
+            ["ZSCORE", self._layout.shims(), shim_id],
+        ]  # one slot: one round trip
+        got = await self._health.call("lease", lambda: self._client.round_trip(reads))
+        listed, score = (raise_error(r) for r in got)
+        workers = [w for w in dict.fromkeys([*str(listed or "").split(","), *worker_ids]) if w]
+        if not force and score is not None and float(score) > now_ms():
+            return -1  # it renewed since we listed it as expired
+        calls: list[tuple[list[str], list[str]]] = [
+            ([self._layout.inflight(w, shim_id), self._layout.queue(w)], []) for w in workers
+        ]  # every queue's list in one round trip (one write per node)
+        replies = await self._health.call("reap", lambda: self._return.many(self._client, calls))
+        moved = sum(int(raise_error(r)) for r in replies)
         keys = [self._layout.shims(), info_key]
         args: list[str | int] = [shim_id, now_ms(), "1" if force else "0"]
         await self._health.call("unregister", lambda: self._remove(self._client, keys, args))
         return moved
-
-    async def _return_ids(self, keys: list[str]) -> int:
-        return int(await self._health.call("reap", lambda: self._return(self._client, keys)))
 
     async def recover_own(self, worker_ids: Sequence[str]) -> int:
         moved = await self._reap_one(self._shim_id, worker_ids, force=True)
