@@ -12,6 +12,7 @@ from rhailambda.resp import RespClient, parse_url
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import ProtocolSettings
 from rhailambda.shim.finishing import fail_tasks_async
+from rhailambda.shim.source import Taken
 from rhailambda.taskstore import FINISH_STEPS, Finish, TaskStore
 
 LAYOUT = p.KeyLayout()
@@ -180,3 +181,40 @@ def test_the_shims_dead_letters_remember_ids_as_long_as_the_function(
 
     assert asyncio.run(fail()) == ["t1"]
     assert redis_client.ttl(LAYOUT.done("t1")) > 7200 - 5
+
+
+@pytest.mark.parametrize("preserve", [False, True])
+def test_a_task_whose_finish_died_after_staging_is_taken_again_and_answered(
+    preserve: bool, redis_client: redis.Redis, redis_url: str, resp_client: RespClient
+) -> None:
+    """The shim must not drop a final task that holds an unsent reply (a chaos find)."""
+    from rhailambda.shim.testing import queue_source
+
+    def die(at: str) -> None:
+        if at == "staged":
+            raise _Crash(at)
+
+    protocol = ProtocolSettings(preserve_tasks=preserve)
+    _task(redis_client, "t1")
+    redis_client.lpush(LAYOUT.queue("w1"), "t1")
+    dying = TaskStore(resp_client, protocol, fault=die, steps=True)
+
+    async def scenario() -> list[Taken]:
+        source = queue_source(redis_client, redis_url, protocol=protocol)
+        (taken,) = (await source.take("w1", 10, block_s=0)).items
+        claim = dying.claim([TaskRef("t1", taken.attempt)])[0]
+        assert claim.fields is not None
+        with pytest.raises(_Crash):
+            dying.finish([_finish(claim.ref, claim.fields)])
+        await source.hand_back("w1")  # the shim died too: its ids go back on the queue
+        other = queue_source(redis_client, redis_url, "s2", protocol=protocol)
+        return list((await other.take("w1", 10, block_s=0)).items)
+
+    again = asyncio.run(scenario())
+    assert [t.task_id for t in again] == ["t1"], "delivered, not dropped as final"
+    runner_store = TaskStore(resp_client, protocol, steps=True)
+    (finishing,) = runner_store.claim([TaskRef("t1", again[0].attempt)])
+    assert finishing.state == "finishing"
+    fields = p.TaskFields.from_hash("t1", {})
+    runner_store.finish([Finish(finishing.ref, fields, "completed", mode="finishing")])
+    assert len(redis_client.lrange(LAYOUT.reply("t1"), 0, -1)) == 1

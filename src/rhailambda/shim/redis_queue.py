@@ -62,15 +62,17 @@ return ids
 """
 
 # KEYS: task1, done1, task2, done2, ... (one slot). Per task: {'go', attempt, createdAt},
-# {'drop'} (final, or finished and cleaned up), or {'poison', why}.
+# {'drop'} (final and answered, or finished and cleaned up), or {'poison', why}. A final
+# task that still holds its staged reply is not answered yet (its finish died after
+# step 1, see rhailambda.taskstore): it goes, and the function completes the finish.
 _DELIVER_LUA = """
 local out = {}
 for i = 1, #KEYS / 2 do
   local key, done = KEYS[2 * i - 1], KEYS[2 * i]
-  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at')
+  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at', 'rhailambdaReply')
   if h['err'] then
     out[i] = {'poison', 'holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a task hash'}
-  elseif h[1] == 'completed' or h[1] == 'error' then
+  elseif (h[1] == 'completed' or h[1] == 'error') and not h[4] then
     out[i] = {'drop'}
   elseif h[1] or redis.call('EXISTS', key) == 1 then
     local attempt = redis.pcall('HINCRBY', key, 'rhailambdaAttempt', 1)
