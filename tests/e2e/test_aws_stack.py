@@ -46,6 +46,7 @@ from aws_support import (
 from redis_server import RedisServer
 
 from rhailambda.client import Client
+from rhailambda.protocol import KeyLayout
 
 pytestmark = [
     pytest.mark.aws,
@@ -58,6 +59,7 @@ POLLER_TIMEOUT_S = 60  # drains for 60 - (3 + 15) s, then hands back
 SECOND_POLLER_TIMEOUT_S = 25  # the next run: drains for 7 s
 WORKERS = ("w-ok", "w-crash", "w-hang")
 TASKS = 200
+LAYOUT = KeyLayout()
 
 # A test-only wrapper around the real handler: it crashes the runtime or hangs past
 # the timeout on marked task ids, and delegates everything else. The product code
@@ -348,8 +350,8 @@ def _first_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
             assert reply.status == "error", (symptom, reply)
             assert "dead-lettered after 3 attempts" in (reply.error or ""), (symptom, reply)
             assert symptom in (reply.error or ""), (symptom, reply)
-        assert r.lrange("rhailambda:dlq:w-crash", 0, -1) == [crash]
-        assert r.lrange("rhailambda:dlq:w-hang", 0, -1) == [hang]
+        assert r.lrange(LAYOUT.dead_letter("w-crash"), 0, -1) == [crash]
+        assert r.lrange(LAYOUT.dead_letter("w-hang"), 0, -1) == [hang]
         assert r.hget(f"rhailib:{hang}", "rhailambdaAttempt") in (None, "3")
 
         # The run ends by itself before its timeout: stop taking, hand back, deregister.
@@ -357,8 +359,8 @@ def _first_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
         assert result["deadLetterDepth"] == 2
         assert result["shimId"] == f"{stack.name}-poller"
         assert run.seconds < POLLER_TIMEOUT_S
-        assert r.zcard("rhailambda:shims") == 0
-        assert [k for k in r.scan_iter("rhailambda:inflight:*")] == []
+        assert r.zcard(LAYOUT.shims()) == 0
+        assert [k for k in r.scan_iter(f"{LAYOUT.internal_prefix}inflight:*")] == []
 
     r.close()
 
@@ -375,5 +377,5 @@ def _next_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
         reply = c.wait(late, timeout_s=30)
         assert (reply.status, reply.output) == ("completed", "42")
         assert run.join()["shimId"] == f"{stack.name}-poller"
-        assert r.zcard("rhailambda:shims") == 0
+        assert r.zcard(LAYOUT.shims()) == 0
     r.close()

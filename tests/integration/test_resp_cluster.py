@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from redis_cluster import ClusterUnderTest
 
@@ -13,7 +14,10 @@ def _stale_map(client: RespClient, cluster: ClusterUnderTest, key: str) -> None:
     """Make ``client`` believe ``key``'s slot lives on another master (a missed move)."""
     assert client.cluster
     owner = cluster.node_for_key(key).port
-    other = next(m for m in cluster.masters() if m.port != owner)
+    others = [m for m in cluster.masters() if m.port != owner]
+    if not others:
+        pytest.skip("needs a second master")
+    other = others[0]
     client._topology.map.moved(key_slot(key), Node("127.0.0.1", other.port))  # type: ignore[union-attr]
 
 
