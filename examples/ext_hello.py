@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rhailambda.functions.extension import ScriptContext
+from rhailambda.extension import ScriptContext
 from rhailambda.settings import Env
 
 

@@ -6,7 +6,6 @@
     ├── SettingError            a setting is missing or malformed (carries its name)
     ├── InvalidIdError          a task or worker id the client refuses (carries which)
     ├── ReplyTimeoutError       the client waited for a reply that did not come in time
-    ├── TaskFailedError         a reply came back with status ``error``
     ├── RedisError              the function's Redis client (:mod:`rhailambda.resp`) failed
     │   ├── RedisConnectionError  Redis unreachable, the connection broke, or no reply
     │   │                       within the socket timeout (the command may have run)
@@ -29,7 +28,6 @@ __all__ = [
     "ReplyTimeoutError",
     "RhailambdaError",
     "SettingError",
-    "TaskFailedError",
     "ThrottledError",
 ]
 
@@ -62,15 +60,6 @@ class ReplyTimeoutError(RhailambdaError, TimeoutError):
         super().__init__(f"no reply for task {task_id} within {timeout_s:g} s")
         self.task_id = task_id
         self.timeout_s = timeout_s
-
-
-class TaskFailedError(RhailambdaError):
-    """The task ran (or was dead-lettered) and its reply says ``error``."""
-
-    def __init__(self, task_id: str, error: str) -> None:
-        super().__init__(f"task {task_id} failed: {error}")
-        self.task_id = task_id
-        self.error = error
 
 
 class RedisError(RhailambdaError):

@@ -23,7 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["BatchResponse", "InvocationEvent", "Outcome", "TaskRef"]
+from rhailambda.errors import RhailambdaError
+
+__all__ = ["BatchResponse", "EventError", "InvocationEvent", "Outcome", "TaskRef"]
 
 #: ``rejected``: the id cannot be run or answered as it is (an empty id, a reply key
 #: that is not a list): the shim dead-letters it at once, with ``reasons[id]``.
@@ -31,7 +33,7 @@ Outcome = Literal["completed", "error", "skipped", "failed", "rejected"]
 OUTCOMES: frozenset[str] = frozenset({"completed", "error", "skipped", "failed", "rejected"})
 
 
-class EventError(ValueError):
+class EventError(RhailambdaError, ValueError):
     """The event does not have the documented shape."""
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from rhailambda.errors import SettingError
-from rhailambda.settings import redact_url
+from rhailambda.redaction import redact_url
 
 __all__ = ["Address", "parse_url"]
 

@@ -1,21 +1,22 @@
 """Settings: parsed once, at the edge, from the environment (and flags, in the CLI).
 
 Each process builds ONE frozen settings object (``FunctionSettings`` in the Lambda
-function, ``ShimSettings`` in the shim, ``ClientSettings`` in the client) from the
-pieces here. Nothing else in the project reads ``os.environ``. A bad value fails at
-start with the setting's name in the message (:class:`SettingError`).
+function, ``ShimSettings`` in the shim; the CLI reads ``RedisSettings`` and
+``ProtocolSettings``) from the pieces here. Nothing else in the project reads
+``os.environ``. A bad value fails at start with the setting's name in the message
+(:class:`SettingError`).
 """
 
 from __future__ import annotations
 
 import builtins
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout, normalize_worker_id
+from rhailambda.redaction import redact_url
 
 if TYPE_CHECKING:
     from rhailambda.redis_url import Address
@@ -94,31 +95,6 @@ class Env:
     def list(self, name: builtins.str) -> tuple[builtins.str, ...]:
         raw = self._environ.get(name, "")
         return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """The URL with its secrets replaced by ``***``, even when it does not parse.
-
-    Everything between ``://`` and the LAST ``@`` is user-info: when it holds a
-    ``/``, ``?`` or ``#`` (a password nobody percent-encoded) all of it is hidden,
-    else only what follows the first ``:`` (the user name stays). A ``password=``
-    query value is hidden too.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, after = rest.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        if colon and not any(c in user for c in "/?#"):
-            rest = f"{user}:***@{after}"
-        else:
-            rest = f"***@{after}"
-    rest = _QUERY_PASSWORD.sub(r"\1***", rest)
-    return f"{scheme}{sep}{rest}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,6 @@ from rhailambda.settings import ProtocolSettings
 from rhailambda.slots import by_group
 
 __all__ = [
-    "CLAIM_LUA",
     "CLEAN_LUA",
     "FINISH_LUA",
     "FINISH_STEPS",

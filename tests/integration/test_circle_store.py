@@ -32,7 +32,7 @@ from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.store import Expectations, RecordWrite
 from rhailambda.circle.testing import create_table, dynamodb_client
-from rhailambda.functions.extension import Receipt, ScriptContext
+from rhailambda.extension import Receipt, ScriptContext
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import from_url
 

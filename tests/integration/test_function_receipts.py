@@ -24,7 +24,7 @@ from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.event import InvocationEvent, TaskRef
-from rhailambda.functions.extension import Extension, Receipt, ScriptContext, task_fingerprint
+from rhailambda.extension import Extension, Receipt, ScriptContext, task_fingerprint
 from rhailambda.functions.runner import BatchRunner, TaskResult
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.resp import RespClient, from_url

@@ -16,7 +16,7 @@ from rhailambda.circle import (
     Limits,
 )
 from rhailambda.circle.memory_store import MemoryCircleStore
-from rhailambda.functions.extension import ScriptContext
+from rhailambda.extension import ScriptContext
 
 
 def open_session(

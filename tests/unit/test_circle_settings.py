@@ -10,7 +10,7 @@ from rhailambda.circle.dynamo_store import DynamoCircleStore
 from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.errors import SettingError
-from rhailambda.functions.extension import ScriptContext
+from rhailambda.extension import ScriptContext
 from rhailambda.settings import Env, ProtocolSettings
 
 

@@ -46,7 +46,7 @@ from rhailambda.circle.store import (
     cap_page,
     commit_items,
 )
-from rhailambda.functions.extension import Receipt
+from rhailambda.extension import Receipt
 
 __all__ = ["MAX_TRANSACTION_ITEMS", "DynamoCircleStore", "DynamoClient"]
 

@@ -24,7 +24,7 @@ name another circle's data.
 from __future__ import annotations
 
 from rhailambda.errors import RhailambdaError
-from rhailambda.functions.extension import AlreadyCommitted, CommitConflict
+from rhailambda.extension import AlreadyCommitted, CommitConflict
 
 __all__ = [
     "CircleError",

@@ -21,7 +21,7 @@ from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.session import CircleSession
 from rhailambda.circle.settings import CircleSettings, Limits
 from rhailambda.circle.store import CircleStore
-from rhailambda.functions.extension import Receipt, ScriptContext
+from rhailambda.extension import Receipt, ScriptContext
 from rhailambda.resp import from_url
 from rhailambda.settings import Env
 

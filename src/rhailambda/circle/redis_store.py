@@ -35,7 +35,7 @@ from rhailambda.circle.store import (
     Stored,
 )
 from rhailambda.errors import RedisError, RedisResponseError
-from rhailambda.functions.extension import Receipt
+from rhailambda.extension import Receipt
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import RespClient
 

@@ -43,7 +43,7 @@ from rhailambda.circle.store import (
     decode_record,
     encode_record,
 )
-from rhailambda.functions.extension import Receipt, ScriptContext
+from rhailambda.extension import Receipt, ScriptContext
 
 __all__ = ["CircleSession"]
 
@@ -52,7 +52,7 @@ _UNSET = object()
 
 
 class CircleSession:
-    """The :class:`~rhailambda.functions.extension.Session` of the circle extension."""
+    """The :class:`~rhailambda.extension.Session` of the circle extension."""
 
     def __init__(self, store: CircleStore, ctx: ScriptContext, limits: Limits) -> None:
         self._store = store

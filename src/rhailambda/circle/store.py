@@ -6,7 +6,7 @@ A :class:`CircleStore` holds, per circle (context id):
 - a *stamp* per collection, changed by every commit that writes to it (so a
   script that listed or searched a collection notices any later change to it);
 - the member set, with its own stamp;
-- receipts: per task id, the :class:`~rhailambda.functions.extension.Receipt` of
+- receipts: per task id, the :class:`~rhailambda.extension.Receipt` of
   the run whose writes were committed, kept for ``receipt_ttl_s`` seconds.
 
 Reads are plain. :meth:`CircleStore.commit` applies staged writes atomically, and
@@ -16,7 +16,7 @@ Every commit writes a fresh random version token, so a record deleted and
 created again never looks unchanged to a reader (no ABA). A commit given a receipt
 stores it in the same atomic step, and first checks that no receipt of the same
 task (:meth:`Receipt.covers`: same fingerprint, another attempt) is there: if one is, it raises
-:class:`~rhailambda.functions.extension.AlreadyCommitted` and changes nothing.
+:class:`~rhailambda.extension.AlreadyCommitted` and changes nothing.
 
 Two backends implement it: :mod:`rhailambda.circle.redis_store` and
 :mod:`rhailambda.circle.dynamo_store`. Context ids reach a store already
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from rhailambda.circle.errors import InvalidArgument
-from rhailambda.functions.extension import Receipt
+from rhailambda.extension import Receipt
 
 __all__ = [
     "ABSENT",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from rhailambda.errors import SettingError
-from rhailambda.functions.extension import Extension
+from rhailambda.extension import Extension
 from rhailambda.functions.runner import BatchRunner, DebugHook, PrintHook
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.resp import from_url
@@ -28,17 +28,13 @@ def redis_url(settings: FunctionSettings) -> str:
 
 
 def load_extensions(settings: FunctionSettings, env: Env) -> list[Extension]:
-    """The circle extension (unless disabled) plus every factory named in RHAILAMBDA_EXTENSIONS.
+    """An extension per factory of ``settings.extension_specs`` (the circle's first).
 
     A factory is called with the environment reader (``factory(env) -> Extension``)
     so an extension parses its own settings once, like the function does.
     """
     extensions: list[Extension] = []
-    if settings.circle_enabled:
-        from rhailambda.circle import extension_from_env
-
-        extensions.append(extension_from_env(env))
-    for spec in settings.extensions:
+    for spec in settings.extension_specs:
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
             raise SettingError("RHAILAMBDA_EXTENSIONS", f"expected module:factory, got {spec!r}")

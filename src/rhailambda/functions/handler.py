@@ -16,8 +16,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rhailambda.event import InvocationEvent
+from rhailambda.extension import ScriptContext
 from rhailambda.functions.bootstrap import build_runner
-from rhailambda.functions.extension import ScriptContext
 from rhailambda.functions.runner import TaskResult
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.settings import Env

@@ -34,7 +34,7 @@ import rhai_py
 
 from rhailambda import protocol as p
 from rhailambda.event import BatchResponse, InvocationEvent, Outcome
-from rhailambda.functions.extension import (
+from rhailambda.extension import (
     AlreadyCommitted,
     CommitConflict,
     Extension,

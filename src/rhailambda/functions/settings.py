@@ -7,7 +7,10 @@ from typing import Any
 
 from rhailambda.settings import Env, ProtocolSettings, RedisSettings, SignatureSettings
 
-__all__ = ["EngineLimits", "FunctionSettings"]
+__all__ = ["CIRCLE_EXTENSION", "EngineLimits", "FunctionSettings"]
+
+#: the default first entry of the extensions list: the circle store's db:: and circle::
+CIRCLE_EXTENSION = "rhailambda.circle:extension_from_env"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,11 @@ class FunctionSettings:
     max_output_bytes: int = 1024 * 1024
     #: which tasks must prove their callerId (RHAILAMBDA_SIGNATURES, ...)
     signatures: SignatureSettings = field(default_factory=SignatureSettings)
+
+    @property
+    def extension_specs(self) -> tuple[str, ...]:
+        """Every extension factory to load, the circle extension first unless disabled."""
+        return ((CIRCLE_EXTENSION,) if self.circle_enabled else ()) + self.extensions
 
     @classmethod
     def from_env(cls, env: Env) -> FunctionSettings:

@@ -1,8 +1,8 @@
 """The shim's subcommands: ``shim`` (run it), ``status``, ``pause`` and ``resume``.
 
 :func:`configure` adds them to the top-level ``rhailambda`` parser; each handler
-takes the parsed args and returns the exit code. ``python -m rhailambda.shim``
-runs the same commands without the top-level CLI.
+takes the parsed args and returns the exit code (``python -m rhailambda`` runs the
+same top-level command).
 """
 
 from __future__ import annotations

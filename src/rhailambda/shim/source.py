@@ -12,13 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rhailambda.errors import RhailambdaError
-
-__all__ = ["LeaseStore", "QueueSource", "SourceUnavailableError", "TakeResult", "Taken"]
-
-
-class SourceUnavailableError(RhailambdaError):
-    """The queue store cannot be reached right now (the caller retries)."""
+__all__ = ["LeaseStore", "QueueSource", "TakeResult", "Taken"]
 
 
 @dataclass(frozen=True, slots=True)

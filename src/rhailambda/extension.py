@@ -1,5 +1,8 @@
 """How DSL modules reach the engine the function builds for every task.
 
+The contract between the function (:mod:`rhailambda.functions`) and every extension,
+the circle store (:mod:`rhailambda.circle`) among them: both import it, neither the other.
+
 An :class:`Extension` is built once per cold start (it may hold clients). For each
 task the function calls ``open(ctx)`` and gets a :class:`Session`: its ``modules()``
 are registered in that task's engine (``{"db": {"save": fn, ...}}`` makes
@@ -22,7 +25,10 @@ is replaced.
 
 Users add their own modules without editing the function: list factories in
 ``RHAILAMBDA_EXTENSIONS`` (``package.module:factory``, comma separated), each a
-callable ``factory(settings) -> Extension``.
+callable ``factory(env) -> Extension`` that reads its own settings from the
+environment reader (:class:`rhailambda.settings.Env`) it is given. The circle
+extension is the list's default first entry (``RHAILAMBDA_CIRCLE_ENABLED=false``
+leaves it out).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from _blake2 import blake2b  # hashlib would load OpenSSL (~4 ms of a cold start
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from rhailambda.errors import RhailambdaError
 
 __all__ = [
     "AlreadyCommitted",
@@ -93,11 +101,11 @@ def task_fingerprint(script: str, caller_id: str, context_id: str, created_at: s
     return blake2b(data, digest_size=16).hexdigest()
 
 
-class CommitConflict(Exception):
+class CommitConflict(RhailambdaError):
     """Staged writes could not be applied because the data changed meanwhile."""
 
 
-class AlreadyCommitted(Exception):
+class AlreadyCommitted(RhailambdaError):
     """Another run of the same task committed first; nothing was applied."""
 
     def __init__(self, receipt: Receipt) -> None:

@@ -1,0 +1,7 @@
+"""``python -m rhailambda ...``: the ``rhailambda`` command."""
+
+import sys
+
+from rhailambda.cli import main
+
+sys.exit(main())
