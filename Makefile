@@ -54,6 +54,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not aws"
 
 lint: setup
+	$(PY) mk/requirements.py --check
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
