@@ -1,7 +1,7 @@
 """LambdaInvoker: every answer Lambda can give, mapped onto the Invoker contract.
 
-boto3 calls are answered by botocore's Stubber (no network); connection errors by a
-client aimed at a closed loopback port.
+boto3 calls are answered by botocore's Stubber (no network). The answers that need a
+real HTTP peer are in tests/integration/test_lambda_backend_http.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ import argparse
 import asyncio
 import io
 import json
-import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import boto3
@@ -235,24 +232,6 @@ def test_a_payload_that_is_no_batch_response_is_retryable(
     assert caught.value.retryable
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_connection_errors_are_retryable() -> None:
-    client = _client(endpoint_url=f"http://127.0.0.1:{_closed_port()}")
-    invoker = LambdaInvoker(FUNCTION, client=client)
-    try:
-        with pytest.raises(InvocationError) as caught:
-            _invoke(invoker)
-    finally:
-        asyncio.run(invoker.aclose())
-    assert caught.value.retryable and not isinstance(caught.value, ThrottledError)
-    assert "EndpointConnectionError" in str(caught.value)
-
-
 def test_the_sdk_does_not_retry() -> None:
     config = lambda_client_config(max_concurrency=32, read_timeout_s=65)
     assert config.retries == {"mode": "standard", "total_max_attempts": 1}
@@ -282,35 +261,3 @@ def test_from_settings_uses_the_function_name_and_timeouts() -> None:
         assert client.meta.config.max_pool_connections == 16
     finally:
         asyncio.run(invoker.aclose())
-
-
-def test_an_emulator_crash_keeps_the_runtime_message() -> None:
-    # The RIE answers a crashed runtime with 502 and the runtime's error as the body.
-    body = json.dumps(
-        {"errorType": "Runtime.ExitError", "errorMessage": "Runtime exited with error: exit 70"}
-    ).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(502)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    invoker = LambdaInvoker(FUNCTION, client=_client(f"http://127.0.0.1:{server.server_port}"))
-    try:
-        with pytest.raises(InvocationError) as caught:
-            _invoke(invoker)
-    finally:
-        asyncio.run(invoker.aclose())
-        server.shutdown()
-        server.server_close()
-    assert caught.value.retryable and not isinstance(caught.value, ThrottledError)
-    assert "Runtime.ExitError: Runtime exited with error: exit 70" in str(caught.value)

@@ -8,7 +8,7 @@ with optimistic concurrency (a conflict makes the function run the script again)
 
 The function builds the extension once per cold start::
 
-    circle = rhailambda.circle.CircleExtension.from_env(env)   # or extension(env)
+    circle = rhailambda.circle.CircleExtension.from_env(env)   # or extension_from_env(env)
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from rhailambda.circle.errors import (
 from rhailambda.circle.extension import (
     CircleExtension,
     build_store,
-    extension,
     extension_from_env,
 )
 from rhailambda.circle.session import CircleSession
@@ -46,6 +45,5 @@ __all__ = [
     "StoreError",
     "TaskCommitted",
     "build_store",
-    "extension",
     "extension_from_env",
 ]

@@ -6,8 +6,9 @@ Wiring (in the function, once per cold start)::
     circle = CircleExtension.from_env(Env(os.environ))   # builds the store client
     session = circle.open(ScriptContext(caller_id, context_id, worker_id, task_id))
 
-``rhailambda.circle:extension`` is the same factory in the
-``RHAILAMBDA_EXTENSIONS`` spelling (``factory(env) -> Extension``).
+``rhailambda.circle:extension_from_env`` is the same factory in the
+``RHAILAMBDA_EXTENSIONS`` spelling (``factory(env) -> Extension``): the default first
+entry of the function's extension list.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rhailambda.extension import Receipt, ScriptContext
 from rhailambda.resp import from_url
 from rhailambda.settings import Env
 
-__all__ = ["CircleExtension", "build_store", "extension", "extension_from_env"]
+__all__ = ["CircleExtension", "build_store", "extension_from_env"]
 
 
 class CircleExtension:
@@ -86,10 +87,7 @@ def _has_circle(ctx: ScriptContext) -> bool:
     return True
 
 
-def extension(env: Env) -> CircleExtension:
+def extension_from_env(env: Env) -> CircleExtension:
     """``RHAILAMBDA_EXTENSIONS`` factory: the circle extension configured from ``env``."""
     return CircleExtension.from_env(env)
 
-
-#: The name the function's bootstrap imports.
-extension_from_env = extension
