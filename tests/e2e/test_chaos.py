@@ -50,7 +50,7 @@ def start_shim(redis_url: str, shim_id: str) -> subprocess.Popen[bytes]:
         "RHAILAMBDA_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "rhailambda.shim", "shim", "--workers", "chaos",
+        [sys.executable, "-m", "rhailambda", "shim", "--workers", "chaos",
          "--shim-id", shim_id, "--lease-s", "3", "--local-workers", "2", "--max-attempts", "20",
          "--batch-size", "5", "--block-s", "1", "--function-timeout-s", "10",
          "--backoff-cap-s", "1"],

@@ -27,7 +27,7 @@ L = KeyLayout()
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rhailambda.shim", *args],
+        [sys.executable, "-m", "rhailambda", *args],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )  # fmt: skip
 
@@ -50,7 +50,7 @@ def test_shim_process_status_pause_and_sigterm(redis_client: redis.Redis, redis_
         "RHAILAMBDA_BLOCK_S": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rhailambda.shim", "shim", "--shim-id", "proc1"],
+        [sys.executable, "-m", "rhailambda", "shim", "--shim-id", "proc1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
