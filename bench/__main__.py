@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ceiling, coldstart, commands, latency, report, throughput
+from bench import ceiling, coldstart, commands, deployments, latency, report, throughput
 from bench.config import REPO, SECTIONS, BenchConfig
 from bench.infra import PY, run_json, server_pid, start_redis
 from bench.throughput import sweep_size
@@ -63,6 +63,7 @@ def _steps(cfg: BenchConfig) -> dict[str, int]:
         "peers": cfg.runs * len(cfg.peers),
         "shim": 2 * cfg.runs,
         "latency": cfg.runs + 2,
+        "deployments": cfg.runs * (1 + len(deployments.CLUSTERS)),
         "coldstart": max(cfg.runs, coldstart.MIN_RUNS),
         "commands": 2,
         "idle": 1,
@@ -193,6 +194,8 @@ def _run_section(
         results["latency"] = latency.latency(
             cfg, url, cfg.latency_shim_args, logs / "latency-shim.log", tick
         )
+    elif section == "deployments":
+        results["deployments"] = deployments.deployments(cfg, url, logs, tick)
     elif section == "coldstart":
         results["coldstart"] = coldstart.cold_start(url, cfg.runs, tick)
     elif section == "commands":

@@ -16,6 +16,7 @@ SECTIONS = (
     "peers",  # dramatiq, celery, arq, rq on the same workload
     "shim",  # shim overhead into a no-op invoker
     "latency",  # light-load p50/p99, first task after an idle pause
+    "deployments",  # throughput + warm latency: standalone, one-node and 3-master clusters
     "coldstart",  # function import + first task in a fresh process (and under RIE)
     "commands",  # Redis commands per task, round trips per batch
     "idle",  # a shim watching empty queues: commands/min, CPU

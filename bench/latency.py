@@ -18,7 +18,7 @@ from bench.config import SCRIPT, BenchConfig
 from bench.infra import Shim
 from rhailambda.client import Client
 
-__all__ = ["IDLE_TIMEOUT_S", "latency"]
+__all__ = ["IDLE_TIMEOUT_S", "WORKER", "latency", "warm"]
 
 WORKER = "bench-lat"
 IDLE_TIMEOUT_S = 3.0  # the pool's idle timeout for this section (default 300 s)
@@ -48,6 +48,30 @@ def _pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def warm(
+    client: Client, runs: int, samples: int, tick: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Warm p50 / p99 / mean of ``samples`` one-at-a-time tasks, the median of ``runs``.
+
+    A shim serving ``WORKER`` must be running against the client's Redis.
+    """
+    for _ in range(50):  # warm: both workers started, scripts compiled, connections open
+        _one(client)
+    rows = []
+    for _ in range(runs):
+        got = [_one(client) for _ in range(samples)]
+        rows.append(
+            {
+                "p50_ms": _pct(got, 0.5),
+                "p99_ms": _pct(got, 0.99),
+                "mean_ms": statistics.fmean(got),
+            }
+        )
+        if tick:
+            tick()
+    return {"warm": {k: statistics.median(r[k] for r in rows) for k in rows[0]}, "warm_runs": rows}
+
+
 def latency(
     cfg: BenchConfig,
     url: str,
@@ -65,22 +89,7 @@ def latency(
     reps = 2 if cfg.quick else 5
     out: dict[str, Any] = {"shim_args": " ".join(args)}
     with Shim(url, WORKER, args, log=log) as shim, Client(url) as client:
-        for _ in range(50):  # warm: both workers started, scripts compiled, connections open
-            _one(client)
-        runs = []
-        for _ in range(cfg.runs):
-            samples = [_one(client) for _ in range(cfg.latency_samples)]
-            runs.append(
-                {
-                    "p50_ms": _pct(samples, 0.5),
-                    "p99_ms": _pct(samples, 0.99),
-                    "mean_ms": statistics.fmean(samples),
-                }
-            )
-            if tick:
-                tick()
-        out["warm"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        out["warm_runs"] = runs
+        out |= warm(client, cfg.runs, cfg.latency_samples, tick)
         for name, pause in (
             ("after_short_pause", SHORT_PAUSE_S),
             ("after_long_pause", LONG_PAUSE_S),

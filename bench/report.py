@@ -8,7 +8,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["floors", "markdown", "plot", "print_tables"]
+from bench.deployments import CLUSTERS, STANDALONE
+
+__all__ = ["deployment_rows", "deployments_markdown", "floors", "markdown", "plot", "print_tables"]
+
+ONE_NODE = next(name for name, (_, masters) in CLUSTERS.items() if masters == 1)
 
 
 def _get(results: dict[str, Any], *path: str) -> Any:
@@ -49,9 +53,27 @@ def floors(r: dict[str, Any]) -> list[dict[str, Any]]:
             "{:.1f} ms",
         ),
         (
-            "cold start ≤ 150 ms (import + first task)",
+            "standalone ≥ 13,000 tasks/s (deployments)",
+            _get(r, "deployments", STANDALONE, "rate"),
+            lambda v: v >= 13000,
+            "{:,.0f}/s",
+        ),
+        (
+            "standalone warm p50 ≤ 1.2 ms (deployments)",
+            _get(r, "deployments", STANDALONE, "p50_ms"),
+            lambda v: v <= 1.2,
+            "{:.2f} ms",
+        ),
+        (
+            "one-node cluster ≥ 80 % of standalone",
+            _get(r, "deployments", ONE_NODE, "ratio"),
+            lambda v: v >= 0.8,
+            "{:.0%}",
+        ),
+        (
+            "cold start ≤ 100 ms (import + first task)",
             _get(r, "coldstart", "direct", "in_process_ms"),
-            lambda v: v <= 150,
+            lambda v: v <= 100,
             "{:.0f} ms",
         ),
         (
@@ -104,7 +126,58 @@ def _throughput_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def deployment_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """name, tasks/s, ratio, p50, p99, p50 ratio, runs: the deployments section's table."""
+    rows = []
+    for name, d in (r.get("deployments") or {}).items():
+        runs = ", ".join(f"{x:,.0f}" for x in d["runs"])
+        rows.append(
+            (
+                name,
+                f"{d['rate']:,.0f}",
+                f"{d['ratio']:.2f}",
+                f"{d['p50_ms']:.2f}",
+                f"{d['p99_ms']:.2f}",
+                f"{d['p50_ratio']:.2f}",
+                runs,
+            )
+        )
+    return rows
+
+
+DEPLOYMENT_COLS = (
+    "deployment",
+    "tasks/s",
+    "ratio",
+    "warm p50 ms",
+    "warm p99 ms",
+    "p50 ratio",
+    "runs (tasks/s)",
+)
+
+
+def deployments_markdown(r: dict[str, Any]) -> list[str]:
+    rows = deployment_rows(r)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Deployments side by side (the same run; ratios to standalone)",
+        "",
+        "| " + " | ".join(DEPLOYMENT_COLS) + " |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def print_tables(r: dict[str, Any], console: Console) -> None:
+    d = Table(title="Deployments (throughput and warm latency; ratios to standalone)")
+    for col in DEPLOYMENT_COLS:
+        d.add_column(col, overflow="fold")
+    for row in deployment_rows(r):
+        d.add_row(*row)
+    if d.rows:
+        console.print(d)
     t = Table(title="Throughput end to end (median tasks/s)")
     for col in ("system", "tasks/s", "ratio to ours", "settings"):
         t.add_column(col, overflow="fold")
@@ -192,6 +265,7 @@ def markdown(r: dict[str, Any]) -> str:
     for name, rate, ratio, settings in _throughput_rows(r):
         shown = ", ".join(f"{x:,.0f}" for x in runs.get(name) or [])
         lines.append(f"| {name} | {rate} | {ratio} | {shown} | {settings} |")
+    lines += deployments_markdown(r)
     lines += ["", "## Floors", "", "| floor | measured | verdict |", "|---|---|---|"]
     for row in r.get("floors", []):
         lines.append(f"| {row['floor']} | {row['shown']} | {_mark(row['met'])} |")
