@@ -12,7 +12,8 @@ So taking is two steps:
    standalone server): skip tasks already final or finished (their done marker),
    count the attempt (``HINCRBY`` on the hash: the fencing token), read createdAt.
    An id whose task key is not a hash, or whose attempt field is not an integer, is
-   poison: dead-lettered with an error reply, alone.
+   poison: dead-lettered with an error reply, alone. Any other refusal (OOM, READONLY)
+   is Redis's, not the task's: the script fails and the call is waited out.
 
 Ids dropped by *deliver* leave the in-flight list in one more queue-slot call; the
 rest are handed to the drain loop. If a step fails half-way (connection lost after
@@ -70,13 +71,16 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local key, done = KEYS[2 * i - 1], KEYS[2 * i]
   local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at', 'rhailambdaReply')
-  if h['err'] then
+  if h['err'] and not string.find(h['err'], '^WRONGTYPE') then return redis.error_reply(h['err'])
+  elseif h['err'] then
     out[i] = {'poison', 'holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a task hash'}
   elseif (h[1] == 'completed' or h[1] == 'error') and not h[4] then
     out[i] = {'drop'}
   elseif h[1] or redis.call('EXISTS', key) == 1 then
     local attempt = redis.pcall('HINCRBY', key, 'rhailambdaAttempt', 1)
-    if type(attempt) == 'table' then
+    if type(attempt) == 'table' and not string.find(attempt['err'], 'not an integer') then
+      return redis.error_reply(attempt['err'])  -- OOM, READONLY...: Redis's, not the task's
+    elseif type(attempt) == 'table' then
       out[i] = {'poison', 'its rhailambdaAttempt field is not an integer'}
     else
       out[i] = {'go', attempt, h[2] or h[3] or ''}
