@@ -103,7 +103,6 @@ def check_ids(
     non-empty UTF-8. Raises :class:`InvalidIdError` saying why.
     """
     worker = p.normalize_worker_id(worker_id)
-    head, _, tail = layout.reply("\0").partition("\0")
     for what, value, key in (
         ("task id", task_id, layout.task(task_id)),
         ("worker id", worker, layout.queue(worker)),
@@ -113,7 +112,7 @@ def check_ids(
             raise InvalidIdError(what, value[:40], f"longer than {MAX_ID_BYTES} bytes")
         if not value.isprintable() or any(c.isspace() for c in value):
             raise InvalidIdError(what, value, "holds whitespace or control characters")
-        if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+        if layout.is_reply_key(key):
             raise InvalidIdError(what, value, f"its key {key!r} would be a task's reply list")
     if layout.task(task_id) == layout.queue(worker):
         raise InvalidIdError("task id", task_id, "equals the worker queue it goes to")

@@ -111,6 +111,12 @@ class KeyLayout:
         """The per-task reply list the client BLPOPs."""
         return self.reply_template.format(prefix=self.prefix, task_id=task_id)
 
+    def is_reply_key(self, key: str) -> bool:
+        """Whether ``key`` is some task's reply list (a task id ``reply:x`` has its
+        hash there, a worker id ``reply:x`` its queue: both refused)."""
+        head, _, tail = self.reply("\0").partition("\0")
+        return key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail)
+
     # --- rhailambda's own keys ----------------------------------------------
     # Each borrows the slot of the protocol key it belongs to (a hash tag), so every
     # script touches one Redis Cluster slot: a queue's in-flight lists, dead letters

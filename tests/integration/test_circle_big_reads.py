@@ -1,6 +1,6 @@
 """The biggest reads a script may make, on a real redis-server: nobody else waits on them.
 
-A probe client PINGs Redis from a thread while a script runs ``db::find`` / ``db::list``
+A probe process PINGs Redis while a script runs ``db::find`` / ``db::list``
 over the largest data the limits allow; the slowest PING must stay short. Time inside
 ``db::`` calls counts against the script's timeout.
 """
@@ -8,7 +8,8 @@ over the largest data the limits allow; the slowest PING must stay short. Time i
 from __future__ import annotations
 
 import json
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -46,32 +47,47 @@ def _seed(r: redis.Redis, count: int) -> None:
     pipe.execute()
 
 
-class Probe:
-    """PINGs from its own connection until stopped; keeps the slowest round trip."""
+_PROBE = """
+import sys, time, redis
+r = redis.Redis.from_url(sys.argv[1], socket_timeout=30)
+r.ping()
+print("ready", flush=True)
+worst, pings = 0.0, 0
+while not sys.stdin.closed:
+    started = time.perf_counter()
+    r.ping()
+    worst, pings = max(worst, time.perf_counter() - started), pings + 1
+    if select.select([sys.stdin], [], [], 0.002)[0]:
+        break
+print(worst, pings, flush=True)
+""".replace("import sys", "import select, sys")
 
-    def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=30)
-        self._stop = threading.Event()
+
+class Probe:
+    """PINGs from its own process (the runner's Python cannot delay it: no shared GIL)
+    until stopped; reports the slowest round trip. Redis's own SLOWLOG is watched too:
+    it times each call on the server alone, so a loaded machine does not move it."""
+
+    def __init__(self, url: str, client: redis.Redis) -> None:
+        self._url, self._r = url, client
         self.worst_s = 0.0
         self.pings = 0
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            self._client.ping()
-            self.worst_s = max(self.worst_s, time.perf_counter() - started)
-            self.pings += 1
-            time.sleep(0.002)
+        self.slow: list[object] = []
 
     def __enter__(self) -> Probe:
-        self._thread.start()
+        self._r.config_set("slowlog-log-slower-than", 50_000)  # µs: the issue's 50 ms rule
+        self._r.slowlog_reset()
+        self._proc = subprocess.Popen([sys.executable, "-c", _PROBE, self._url], text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert self._proc.stdout is not None and self._proc.stdout.readline() == "ready\n"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self._client.close()
+        out, _ = self._proc.communicate("stop\n", timeout=60)
+        worst, pings = out.split()
+        self.worst_s, self.pings = float(worst), int(pings)
+        self.slow = list(self._r.slowlog_get(128))
+        self._r.config_set("slowlog-log-slower-than", 10_000)
 
 
 @pytest.fixture
@@ -99,13 +115,17 @@ def test_the_biggest_find_and_list_do_not_block_redis(
     # the most db::find may read: max_scan_bytes of records
     count = LIMITS.max_scan_bytes // (RECORD_BYTES + 20)
     _seed(redis_client, count)
-    with Probe(redis_url) as probe:
+    with Probe(redis_url, redis_client) as probe:
         found = _run(redis_client, runner, 'db::find("big", "k", 7).len()')
         page = LIMITS.max_result_bytes // (RECORD_BYTES + 20)
         listed = _run(redis_client, runner, f'db::list("big", 0, {page}).len()')
     assert (found["status"], found["output"]) == ("completed", str(len(range(7, count, 100))))
     assert (listed["status"], listed["output"]) == ("completed", str(page))
     assert probe.pings > 10
+    assert not probe.slow, f"Redis ran calls over 50 ms: {probe.slow}"
+    # The issue's words: a probe PING stays under 100 ms. The worst of hundreds of
+    # PINGs, from a process of its own; 2x the 50 ms per-call rule SLOWLOG checks
+    # above, which leaves room for one scheduling hiccup of this 2-core machine.
     assert probe.worst_s < 0.1, f"a PING waited {probe.worst_s * 1000:.0f} ms"
 
 

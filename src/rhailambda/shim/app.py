@@ -47,7 +47,9 @@ async def serve(
     own_client = client is None
     redis_client = client or AsyncRespClient(settings.redis.address())
     health = Health(redis_url=settings.redis.redacted())
-    source = RedisQueueSource(redis_client, settings.protocol, queues.shim_id, health)
+    source = RedisQueueSource(
+        redis_client, settings.protocol, queues.shim_id, health, queues.worker_ids
+    )
     store = RedisLeaseStore(redis_client, settings.protocol.layout, queues.shim_id, health)
     drainer = Drainer(settings, source, invoker)
     started_at = now_rfc3339()

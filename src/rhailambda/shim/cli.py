@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from rhailambda.errors import RedisError, RhailambdaError, SettingError
 from rhailambda.protocol import normalize_worker_id
@@ -102,7 +103,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status.to_json(), indent=2))
     else:
         render_status(status)
-    return 0
+    broken = [q for q in status.queues if q.error]
+    for q in broken:  # the report above is whole; these queues could not be read
+        print(f"rhailambda status: queue {q.worker_id}: {q.error}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def _set_paused(args: argparse.Namespace, paused: bool) -> int:

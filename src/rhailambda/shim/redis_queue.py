@@ -12,7 +12,8 @@ So taking is two steps:
    standalone server): skip tasks already final or finished (their done marker),
    count the attempt (``HINCRBY`` on the hash: the fencing token), read createdAt.
    An id whose task key is not a hash, or whose attempt field is not an integer, is
-   poison: dead-lettered with an error reply, alone.
+   poison: dead-lettered with an error reply, alone. Any other refusal (OOM, READONLY)
+   is Redis's, not the task's: the script fails and the call is waited out.
 
 Ids dropped by *deliver* leave the in-flight list in one more queue-slot call; the
 rest are handed to the drain loop. If a step fails half-way (connection lost after
@@ -70,13 +71,16 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local key, done = KEYS[2 * i - 1], KEYS[2 * i]
   local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at', 'rhailambdaReply')
-  if h['err'] then
+  if h['err'] and not string.find(h['err'], '^WRONGTYPE') then return redis.error_reply(h['err'])
+  elseif h['err'] then
     out[i] = {'poison', 'holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a task hash'}
   elseif (h[1] == 'completed' or h[1] == 'error') and not h[4] then
     out[i] = {'drop'}
   elseif h[1] or redis.call('EXISTS', key) == 1 then
     local attempt = redis.pcall('HINCRBY', key, 'rhailambdaAttempt', 1)
-    if type(attempt) == 'table' then
+    if type(attempt) == 'table' and not string.find(attempt['err'], 'not an integer') then
+      return redis.error_reply(attempt['err'])  -- OOM, READONLY...: Redis's, not the task's
+    elseif type(attempt) == 'table' then
       out[i] = {'poison', 'its rhailambdaAttempt field is not an integer'}
     else
       out[i] = {'go', attempt, h[2] or h[3] or ''}
@@ -149,6 +153,10 @@ def _chunks(items: Sequence[str], size: int = _ARGS_PER_CALL) -> list[Sequence[s
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _refused(reply: Any) -> bool:
+    return isinstance(reply, RedisResponseError)
+
+
 class RedisQueueSource:
     """Worker queues of one shim in Redis, on the shim's client (any deployment)."""
 
@@ -158,11 +166,13 @@ class RedisQueueSource:
         protocol: ProtocolSettings,
         shim_id: str,
         health: Health,
+        worker_ids: Sequence[str] = (),
     ) -> None:
         self._client = client
         self._channels: dict[str, AsyncChannel] = {}  # one per queue's taker
         self._protocol = protocol
         self._layout = protocol.layout
+        self._queue_keys = {self._layout.queue(w) for w in worker_ids}  # ids may not name one
         self._shim_id = shim_id
         self._health = health
         self._move = AsyncScript(_MOVE_LUA)
@@ -215,6 +225,7 @@ class RedisQueueSource:
         if worker_id in self._suspect:
             await self._hand_back_orphans(worker_id)
         queue, inflight = self._keys(worker_id)
+        self._queue_keys.add(queue)
         block_s = max(block_s, 0.01) if block_s > 0 else 0.0  # BLMOVE 0 blocks forever
         keys = [queue, inflight, self._layout.paused(worker_id)]
         args: list[str | int] = [max_items]
@@ -246,6 +257,11 @@ class RedisQueueSource:
             if ids and ids[0] == -1:
                 return TakeResult(paused=True)
             items = await self._delivered(worker_id, [str(i) for i in ids], step)
+        except RedisResponseError as exc:
+            self._suspect.add(worker_id)
+            if exc.code == "WRONGTYPE" and await self._evict_task_on_queue(worker_id):
+                return TakeResult()
+            raise
         except BaseException:
             self._suspect.add(worker_id)  # cancelled or failed mid-move: look for orphans
             raise
@@ -266,22 +282,33 @@ class RedisQueueSource:
         if not task_ids:
             return ()
         step = step or self._health.call
-        # an empty id has no task key of its own: poison, without asking Redis
-        verdicts: list[Any] = [None if t else ["poison", "is empty"] for t in task_ids]
+        # an empty id has no task key of its own, another's key is not its own: poison,
+        # without asking Redis (the dead-letter's finish removes a hash it left there)
+        verdicts: list[Any] = [self._collision(t) for t in task_ids]
         task_keys = [self._layout.task(t) for t in task_ids]
-        usable = [i for i, t in enumerate(task_ids) if t]
+        usable = [i for i, v in enumerate(verdicts) if v is None]
         calls = []
         for idx in by_group(usable, task_keys, self._client.slot_group):
             keys = [k for i in idx for k in (task_keys[i], self._layout.done(task_ids[i]))]
             calls.append((idx, keys))
-        if calls:
-            replies = await step("deliver", lambda: self._deliver.many(
-                self._client, [(k, []) for _, k in calls]))  # fmt: skip
-            for (idx, _), reply in zip(calls, replies, strict=True):
-                if isinstance(reply, RedisResponseError):
-                    raise reply
-                for i, verdict in zip(idx, reply, strict=True):
+        pending = calls
+
+        async def deliver() -> None:
+            # A slot group Redis refused (OOM, READONLY) is sent again alone: the others
+            # counted their attempts already.
+            nonlocal pending
+            replies = await self._deliver.many(self._client, [(k, []) for _, k in pending])
+            refused = [c for c, r in zip(pending, replies, strict=True) if _refused(r)]
+            for (idx, _), reply in zip(pending, replies, strict=True):
+                for i, verdict in zip(idx, [] if _refused(reply) else reply, strict=True):
                     verdicts[i] = verdict
+            errors = [r for r in replies if _refused(r)]
+            pending = refused
+            if errors:
+                raise errors[0]
+
+        if calls:
+            await step("deliver", deliver)
         items: list[Taken] = []
         drop: list[str] = []
         poison: dict[str, list[str]] = {}
@@ -300,6 +327,36 @@ class RedisQueueSource:
             self._hold(worker_id, [Taken(t, 1) for t in ids])
             await self.dead_letter(worker_id, ids, f"malformed task: its task key {why}")
         return tuple(items)
+
+    def _collision(self, task_id: str) -> list[str] | None:
+        """Why ``task_id``'s key is not a task key of its own, or None."""
+        key = self._layout.task(task_id)
+        if not task_id:
+            return ["poison", "is empty"]
+        if self._layout.is_reply_key(key):
+            return ["poison", f"{key!r} is a reply list (a task id may not start with 'reply:')"]
+        if key in self._queue_keys:
+            return ["poison", f"{key!r} is a worker's queue (a task id may not name a worker)"]
+        return None
+
+    async def _evict_task_on_queue(self, worker_id: str) -> bool:
+        """A task hash written AT the queue key (task id = worker id, pushed nowhere):
+        dead-letter it with an error reply (its finish deletes the hash), so the
+        queue works again. False when the key holds anything else."""
+        queue, inflight = self._keys(worker_id)
+        try:
+            found = await self._health.call(
+                "hget", lambda: self._client.execute("HGET", queue, "taskId")
+            )
+        except RedisResponseError:
+            return False  # not a hash: someone else's value, reported by status
+        if found != worker_id:
+            return False
+        await self._health.call("evict", lambda: self._client.execute("LPUSH", inflight, found))
+        self._hold(worker_id, [Taken(found, 1)])
+        why = f"its task key {queue!r} is a worker's queue (a task id may not name a worker)"
+        await self.dead_letter(worker_id, [found], f"malformed task: {why}")
+        return True
 
     async def _hand_back_orphans(self, worker_id: str) -> None:
         _, inflight = self._keys(worker_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from rhailambda.protocol import KeyLayout
@@ -39,6 +40,7 @@ class ShimStatus:
     healthy: bool
     workers: tuple[str, ...]
     info: dict[str, str] = field(default_factory=dict)
+    problem: str = ""  # why it is not healthy, beyond its own last_error (a late heartbeat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +64,16 @@ def gather_status(client: RespClient, layout: KeyLayout, workers: Sequence[str] 
     for (shim_id, score), raw in zip(leases, infos, strict=True):
         info = _as_dict(raw)
         listed = tuple(w for w in (info.get(WORKERS_FIELD) or "").split(",") if w)
+        late = _heartbeat_late(info, score, now_ms)
         shims.append(
             ShimStatus(
                 shim_id=shim_id,
                 live=score > now_ms,
                 lease_left_s=round((score - now_ms) / 1000, 1),
-                healthy=info.get("healthy", "0") == "1" and score > now_ms,
+                healthy=info.get("healthy", "0") == "1" and score > now_ms and not late,
                 workers=listed,
                 info=info,
+                problem=late,
             )
         )
     names = list(dict.fromkeys([*workers, *(w for s in shims for w in s.workers)]))
@@ -103,6 +107,29 @@ def gather_status(client: RespClient, layout: KeyLayout, workers: Sequence[str] 
             )
         )  # fmt: skip
     return Status(tuple(queues), tuple(shims))
+
+
+def _heartbeat_late(info: dict[str, str], lease_until_ms: float, now_ms: float) -> str:
+    """Why a shim's last heartbeat is overdue, or "".
+
+    A shim renews its lease every ``lease_s / 3`` with a write; when Redis refuses
+    writes (OOM) or the shim cannot reach it, the info hash keeps its last
+    ``healthy=1``. Past one and a half periods without a heartbeat, the shim is not
+    making progress, whatever its info says.
+    """
+    try:
+        beat = datetime.fromisoformat(info["heartbeat_at"].replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return ""
+    beat_ms = beat.timestamp() * 1000
+    period_ms = (lease_until_ms - beat_ms) / 3
+    age_ms = now_ms - beat_ms
+    if period_ms <= 0 or age_ms <= 1.5 * period_ms + 500:
+        return ""
+    return (
+        f"no heartbeat for {age_ms / 1000:.1f} s (due every {period_ms / 1000:.1f} s): "
+        "it cannot write to Redis (out of memory, read-only, unreachable?) or is stalled"
+    )
 
 
 def _as_dict(raw: Any) -> dict[str, str]:
@@ -143,5 +170,5 @@ def render_status(status: Status) -> None:
         state = "healthy" if s.healthy else ("unhealthy" if s.live else "expired")
         shims.add_row(s.shim_id, state, f"{s.lease_left_s:g}", ",".join(s.workers),
                       s.info.get("batches", ""), s.info.get("dead_lettered", ""),
-                      s.info.get("last_error", ""))  # fmt: skip
+                      s.problem or s.info.get("last_error", ""))  # fmt: skip
     console.print(shims)

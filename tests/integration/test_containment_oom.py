@@ -1,0 +1,98 @@
+"""An OOM window mid-drain: the shim keeps running, says it is unhealthy, and once memory
+is back every task is answered exactly once, with no restart (issue 17, item 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis_server import RedisServer
+
+from rhailambda.client import Client
+from rhailambda.protocol import KeyLayout
+
+L = KeyLayout()
+N = 200
+#: a few ms of work per task, so the drain is under way when memory runs out
+SCRIPT = "let x = 0; for i in 0..20000 { x += i; } x"
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (got := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)  # polling another process's effect, with a deadline
+    return got
+
+
+def shim_row(url: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "rhailambda.cli", "status", "--redis-url", url, "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr  # status only reads: it works while Redis is full
+    (shim,) = json.loads(out.stdout)["shims"]
+    return dict(shim)
+
+
+def answered(r: redis.Redis, task_ids: list[str]) -> int:
+    pipe = r.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.llen(L.reply(task_id))
+    return sum(1 for n in pipe.execute() if n)
+
+
+def test_an_oom_window_mid_drain_is_waited_out_and_every_task_answered_once(
+    private_redis_server: RedisServer,
+) -> None:
+    url = private_redis_server.url
+    r = redis.Redis.from_url(url, decode_responses=True)
+    env = {**os.environ, "REDIS_URL": url, "POWERTOOLS_METRICS_DISABLED": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rhailambda.cli", "shim", "--worker", "w1", "--shim-id", "m1",
+         "--block-s", "1", "--lease-s", "6", "--local-workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: r.zscore(L.shims(), "m1"), 30, "the shim's registration")
+        with Client(url) as client:
+            ids = client.submit_many([(SCRIPT, "w1", "alice", "alice")] * N)
+            wait_for(lambda: answered(r, ids) >= 5, 60, "the drain under way")
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", "1")  # every write is refused from here on
+            stuck = answered(r, ids)
+            assert stuck < N, "the OOM window must come mid-drain"
+            during = wait_for(
+                lambda: (row := shim_row(url)) and not row["healthy"] and row,
+                30,
+                "status to call the shim unhealthy",
+            )
+            assert during["live"] and "heartbeat" in during["problem"], during
+            assert proc.poll() is None, "the shim keeps running"
+            assert answered(r, ids) == stuck, "no progress while Redis refuses writes"
+            r.config_set("maxmemory", "0")  # memory is back
+            replies = client.wait_many(ids, timeout_s=120)
+        assert all(reply.status == "completed" for reply in replies.values()), [
+            reply.error for reply in replies.values() if reply.status != "completed"
+        ]
+        assert answered(r, ids) == 0, "no second reply for any task"
+        after = wait_for(lambda: (row := shim_row(url))["healthy"] and row, 30, "healthy again")
+        assert "OOM" in after["info"]["last_error"], after["info"]
+        assert r.llen(L.dead_letter("w1")) == 0 and r.llen(L.queue("w1")) == 0
+        wait_for(lambda: r.llen(L.inflight("w1", "m1")) == 0, 30, "every id acknowledged")
+        assert proc.poll() is None, "no restart"
+    finally:
+        r.config_set("maxmemory", "0")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        r.close()
+    assert proc.returncode == 0, out[-3000:]
+    assert "OOM" in out and "retrying" in out, "the health line names the error"
