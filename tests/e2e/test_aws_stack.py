@@ -262,6 +262,8 @@ def test_poller_drains_into_the_built_function(
     script_env["AWS_ENDPOINT_URL"] = endpoint  # Secrets Manager and DynamoDB on the emulator
     poller_env = _function_env(endpoint, stack.outputs["PollerFunctionName"])
     poller_env["AWS_ENDPOINT_URL"] = endpoint
+    assert poller_env["RHAILAMBDA_POLLER_MODE"] == "on-demand"  # the template's default
+    poller_env["RHAILAMBDA_POLLER_IDLE_EXIT_S"] = "10"  # each run ends once drained
 
     with RieProcess(
         build_dir / "ScriptFunction",
@@ -312,7 +314,6 @@ def test_poller_drains_into_the_built_function(
 def _first_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     started = time.monotonic()
-    run = _PollerRun(poller_rie, POLLER_TIMEOUT_S)
     with Client(redis_url) as c:
         ids = [
             c.submit(f"let x = {i}; x * 2", worker_id="w-ok", context_id="alice", caller_id="alice")
@@ -332,6 +333,8 @@ def _first_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
         )
         crash = c.submit("1", worker_id="w-crash", context_id="a", caller_id="a", task_id="crash-1")
         hang = c.submit("1", worker_id="w-hang", context_id="a", caller_id="a", task_id="hang-1")
+        # On demand: the scheduled run finds the queued work and drains it.
+        run = _PollerRun(poller_rie, POLLER_TIMEOUT_S)
 
         replies = c.wait_many(ids, timeout_s=40)
         assert [replies[t].status for t in ids] == ["completed"] * TASKS
