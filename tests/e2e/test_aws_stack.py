@@ -382,3 +382,55 @@ def _next_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
         assert run.join()["shimId"] == f"{stack.name}-poller"
         assert r.zcard(LAYOUT.shims()) == 0
     r.close()
+
+
+def test_a_submit_wakes_the_idle_on_demand_poller(
+    endpoint: str,
+    stack: Stack,
+    build_dir: Path,
+    redis_module: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No poller runs; the client's wake-up (an Event Invoke of the poller's RIE) drains it."""
+    script_env = _function_env(endpoint, stack.outputs["ScriptFunctionName"])
+    script_env["AWS_ENDPOINT_URL"] = endpoint
+    poller_env = _function_env(endpoint, stack.outputs["PollerFunctionName"])
+    poller_env.update(AWS_ENDPOINT_URL=endpoint, RHAILAMBDA_POLLER_IDLE_EXIT_S="2")
+    r = redis.Redis.from_url(redis_module, decode_responses=True)
+    assert r.zcard(LAYOUT.shims()) == 0  # no live poller lease
+    with RieProcess(
+        build_dir / "ScriptFunction",
+        "rhailambda.functions.handler.handler",
+        script_env,
+        timeout_s=SCRIPT_TIMEOUT_S,
+        log_path=tmp_path / "script-rie.log",
+    ) as script_rie:
+        poller_env["AWS_ENDPOINT_URL_LAMBDA"] = script_rie.endpoint_url
+        poller_env["RHAILAMBDA_FUNCTION_NAME"] = "function"
+        with RieProcess(
+            build_dir / "PollerFunction",
+            "rhailambda.shim.poller.handler",
+            poller_env,
+            timeout_s=SECOND_POLLER_TIMEOUT_S,
+            log_path=tmp_path / "poller-rie.log",
+        ) as poller_rie:
+            # The client (this process) invokes the poller's RIE, named "function".
+            monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", poller_rie.endpoint_url)
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+            monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            monkeypatch.setenv("RHAILAMBDA_WAKE_FUNCTION", "function")
+            with Client(redis_module) as c:
+                started = time.monotonic()
+                task = c.submit("20 + 22", worker_id="w-ok", context_id="a", caller_id="a")
+                assert c.waker is not None and c.waker.sent == 1
+                reply = c.wait(task, timeout_s=60)
+                took_s = time.monotonic() - started
+                assert (reply.status, reply.output) == ("completed", "42")
+                print(f"wake-up on submit: reply after {took_s:.2f} s (poller cold start included)")
+                # A second submit while the woken run holds its lease sends nothing.
+                second = c.submit("1", worker_id="w-ok", context_id="a", caller_id="a")
+                assert c.wait(second, timeout_s=30).status == "completed"
+                assert c.waker.sent == 1
+    r.close()
