@@ -434,3 +434,32 @@ def test_a_submit_wakes_the_idle_on_demand_poller(
                 assert c.wait(second, timeout_s=30).status == "completed"
                 assert c.waker.sent == 1
     r.close()
+
+
+def test_an_idle_on_demand_run_returns_without_invoking_the_function(
+    endpoint: str, stack: Stack, build_dir: Path, redis_module: str, tmp_path: Path
+) -> None:
+    """Empty queues: each trigger is one Redis round trip; its billed duration is recorded."""
+    poller_env = _function_env(endpoint, stack.outputs["PollerFunctionName"])
+    poller_env["AWS_ENDPOINT_URL"] = endpoint
+    poller_env["AWS_ENDPOINT_URL_LAMBDA"] = "http://127.0.0.1:9"  # nothing may call it
+    r = redis.Redis.from_url(redis_module, decode_responses=True)
+    assert all(r.llen(LAYOUT.queue(w)) == 0 for w in WORKERS)
+    log_path = tmp_path / "poller-rie.log"
+    with RieProcess(
+        build_dir / "PollerFunction",
+        "rhailambda.shim.poller.handler",
+        poller_env,
+        timeout_s=SECOND_POLLER_TIMEOUT_S,
+        log_path=log_path,
+    ) as rie:
+        results = [_PollerRun(rie, SECOND_POLLER_TIMEOUT_S).join() for _ in range(4)]
+    assert [res["outcome"] for res in results] == ["idle"] * 4
+    assert r.zcard(LAYOUT.shims()) == 0
+    reports = [ln for ln in log_path.read_text().splitlines() if "Billed Duration" in ln]
+    assert len(reports) == 4
+    durations = [res["checkS"] for res in results]
+    record = tmp_path.parent / "poller-idle-check.json"
+    record.write_text(json.dumps({"checkS": durations, "reports": reports}))
+    print("on-demand idle check (cold, then warm):", durations, *reports, sep="\n  ")
+    r.close()
