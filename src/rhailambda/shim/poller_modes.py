@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ __all__ = [
     "watch_idle",
 ]
 
+log = logging.getLogger("rhailambda.shim")
 ALWAYS_ON = "always-on"
 ON_DEMAND = "on-demand"
 HANDOVER_WAIT_S = 30.0
@@ -133,12 +136,20 @@ async def hand_over(
     import boto3  # lazily: only the always-on hand-over needs it
 
     lam = boto3.client("lambda")
-    await asyncio.to_thread(
-        lam.invoke,
-        FunctionName=function_name,
-        InvocationType="Event",
-        Payload=b'{"source": "' + HANDOVER_EVENT.encode() + b'"}',
-    )
+
+    def invoke() -> None:
+        try:
+            lam.invoke(
+                FunctionName=function_name,
+                InvocationType="Event",
+                Payload=b'{"source": "' + HANDOVER_EVENT.encode() + b'"}',
+            )
+        except Exception as exc:  # the lease wait below reports the consequence
+            log.warning("hand-over invoke of %s failed: %s", function_name, exc)
+
+    # A daemon thread, not awaited: an emulator that runs Event invokes synchronously
+    # must not hold this run (or asyncio.run's executor shutdown) until the next ends.
+    threading.Thread(target=invoke, name="rhailambda-handover", daemon=True).start()
     deadline = time.monotonic() + HANDOVER_WAIT_S
     while time.monotonic() < deadline:
         if [i for i in await live_pollers(client, layout, base_id) if i != own_id]:
