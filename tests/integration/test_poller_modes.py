@@ -154,3 +154,79 @@ def test_a_bad_mode_is_a_clear_error() -> None:
     with pytest.raises(SettingError, match="RHAILAMBDA_POLLER_IDLE_EXIT_S"):
         mode_from_env({"RHAILAMBDA_POLLER_IDLE_EXIT_S": "soon"})
     assert mode_from_env({}).mode == "always-on"
+
+
+def test_always_on_runs_hand_over_without_a_gap(
+    redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ending run invokes its successor (a real second run, started by a local
+    Invoke endpoint) and stops taking only once that run's lease is live: tasks
+    submitted continuously across both never wait for a drainer longer than 2 s."""
+    import http.server
+    import threading
+    import time
+
+    taken: dict[str, float] = {}
+
+    async def record(event: InvocationEvent) -> BatchResponse:
+        now = time.monotonic()
+        for t in event.tasks:
+            taken.setdefault(t.task_id, now)
+        return BatchResponse({t.task_id: "completed" for t in event.tasks})
+
+    def run(shim_id: str, drain_s: float, successor: tuple[str, str] | None) -> None:
+        asyncio.run(
+            poller.run_poller(
+                make_settings(redis_url, shim_id),
+                drain_s,
+                invoker=FakeInvoker(record),
+                mode=PollerMode("always-on", 60),
+                successor=successor,
+            )
+        )
+
+    second = threading.Thread(target=run, args=("stack-poller-b", 3.0, None), daemon=True)
+
+    class Invoke(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            second.start()
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    first = threading.Thread(
+        target=run, args=("stack-poller-a", 2.0, ("stack-poller", "poller")), daemon=True
+    )
+    submitted: dict[str, float] = {}
+    first.start()
+    deadline = time.monotonic() + 30
+    while redis_client.zscore(L.shims(), "stack-poller-a") is None:  # draining from here
+        assert time.monotonic() < deadline, "the first run never took its lease"
+        time.sleep(0.01)
+    time.sleep(0.2)  # its first blocking take is out
+    try:
+        i = 0
+        while first.is_alive() or not second.is_alive():
+            task_id = f"h{i}"
+            submitted[task_id] = time.monotonic()
+            seed_tasks(redis_client, L, "w1", [task_id])
+            i += 1
+            time.sleep(0.05)  # a steady stream of submits
+            assert i < 2000, "the first run never ended"
+        second.join(30)
+    finally:
+        server.shutdown()
+    assert not second.is_alive()
+    assert set(taken) == set(submitted)
+    waits = sorted(taken[t] - submitted[t] for t in submitted)
+    print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
+    assert waits[-1] < 2.0  # the issue's bound (the blocking take wakes within ms)

@@ -45,6 +45,7 @@ log = logging.getLogger("rhailambda.shim")
 ALWAYS_ON = "always-on"
 ON_DEMAND = "on-demand"
 HANDOVER_WAIT_S = 30.0
+HANDOVER_OVERLAP_S = 2.0  # both runs drain this long once the successor's lease is live
 IDLE_PROBE_S = 1.0
 HANDOVER_EVENT = "rhailambda-handover"
 
@@ -133,13 +134,14 @@ async def hand_over(
     client: AsyncRespClient, layout: KeyLayout, base_id: str, own_id: str, function_name: str
 ) -> bool:
     """Invoke the successor run and wait until its lease is live; True when it is."""
-    import boto3  # lazily: only the always-on hand-over needs it
-
-    lam = boto3.client("lambda")
 
     def invoke() -> None:
         try:
-            lam.invoke(
+            # Lazily, and off the event loop: building a boto3 client takes ~0.5 s
+            # of CPU, during which this run would not take.
+            import boto3
+
+            boto3.client("lambda").invoke(
                 FunctionName=function_name,
                 InvocationType="Event",
                 Payload=b'{"source": "' + HANDOVER_EVENT.encode() + b'"}',
@@ -153,6 +155,8 @@ async def hand_over(
     deadline = time.monotonic() + HANDOVER_WAIT_S
     while time.monotonic() < deadline:
         if [i for i in await live_pollers(client, layout, base_id) if i != own_id]:
+            # Its lease precedes its first take (recovery, reaping): overlap a little.
+            await asyncio.sleep(HANDOVER_OVERLAP_S)
             return True
         await asyncio.sleep(0.2)
     return False
