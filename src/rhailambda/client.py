@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from rhailambda import protocol as p
 from rhailambda.errors import InvalidIdError, ReplyTimeoutError
 from rhailambda.resp import Arg, RespClient, parse_url, raise_error
+from rhailambda.wake import Waker
 
 if TYPE_CHECKING:
     from rhailambda.signing import SigningKey
@@ -139,7 +140,9 @@ class Client:
         layout: p.KeyLayout | None = None,
         client: RespClient | None = None,
         signing_key: SigningKey | None = None,
+        wake_function: str | None = None,
     ) -> None:
+        """``wake_function``: the poller to wake (else ``RHAILAMBDA_WAKE_FUNCTION``; "": none)."""
         if client is None:
             if redis_url is None:
                 raise ValueError("give redis_url or client")
@@ -154,8 +157,15 @@ class Client:
         self.layout = layout or p.KeyLayout()
         self._pop_many = client.script(_POP_MANY_LUA)
         self._signing_key = signing_key
+        self.waker = (
+            Waker.default(self.layout)
+            if wake_function is None
+            else (Waker(wake_function, self.layout) if wake_function else None)
+        )
 
     def close(self) -> None:
+        if self.waker is not None:
+            self.waker.flush()  # a short-lived process (rhailambda submit) still sends it
         self._redis.close()
 
     def __enter__(self) -> Client:
@@ -238,11 +248,17 @@ class Client:
         # One round trip on a standalone server (one node runs them in order). On a
         # cluster the hashes and the queues live on different nodes, which keep no
         # order between them: the ids go out only once every hash has landed.
+        if self.waker is not None:  # rides with the pushes: the same round trip
+            pushes.append(self.waker.lease_check())
         rounds = [commands, pushes] if self._redis.cluster else [commands + pushes]
+        replies: list[Any] = []
         for batch in rounds:
-            for reply in self._redis.pipeline(batch):
+            replies = self._redis.pipeline(batch)
+            for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
+        if self.waker is not None:
+            self.waker.after_submit(replies[-1])
         return ids
 
     def _sign(self, task_id: str, sub: Submission, now: str) -> tuple[str, list[Arg]]:

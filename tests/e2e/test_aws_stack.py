@@ -262,6 +262,8 @@ def test_poller_drains_into_the_built_function(
     script_env["AWS_ENDPOINT_URL"] = endpoint  # Secrets Manager and DynamoDB on the emulator
     poller_env = _function_env(endpoint, stack.outputs["PollerFunctionName"])
     poller_env["AWS_ENDPOINT_URL"] = endpoint
+    assert poller_env["RHAILAMBDA_POLLER_MODE"] == "on-demand"  # the template's default
+    poller_env["RHAILAMBDA_POLLER_IDLE_EXIT_S"] = "10"  # each run ends once drained
 
     with RieProcess(
         build_dir / "ScriptFunction",
@@ -312,7 +314,6 @@ def test_poller_drains_into_the_built_function(
 def _first_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     started = time.monotonic()
-    run = _PollerRun(poller_rie, POLLER_TIMEOUT_S)
     with Client(redis_url) as c:
         ids = [
             c.submit(f"let x = {i}; x * 2", worker_id="w-ok", context_id="alice", caller_id="alice")
@@ -332,6 +333,8 @@ def _first_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
         )
         crash = c.submit("1", worker_id="w-crash", context_id="a", caller_id="a", task_id="crash-1")
         hang = c.submit("1", worker_id="w-hang", context_id="a", caller_id="a", task_id="hang-1")
+        # On demand: the scheduled run finds the queued work and drains it.
+        run = _PollerRun(poller_rie, POLLER_TIMEOUT_S)
 
         replies = c.wait_many(ids, timeout_s=40)
         assert [replies[t].status for t in ids] == ["completed"] * TASKS
@@ -378,4 +381,85 @@ def _next_run(redis_url: str, poller_rie: RieProcess, stack: Stack) -> None:
         assert (reply.status, reply.output) == ("completed", "42")
         assert run.join()["shimId"] == f"{stack.name}-poller"
         assert r.zcard(LAYOUT.shims()) == 0
+    r.close()
+
+
+def test_a_submit_wakes_the_idle_on_demand_poller(
+    endpoint: str,
+    stack: Stack,
+    build_dir: Path,
+    redis_module: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No poller runs; the client's wake-up (an Event Invoke of the poller's RIE) drains it."""
+    script_env = _function_env(endpoint, stack.outputs["ScriptFunctionName"])
+    script_env["AWS_ENDPOINT_URL"] = endpoint
+    poller_env = _function_env(endpoint, stack.outputs["PollerFunctionName"])
+    poller_env.update(AWS_ENDPOINT_URL=endpoint, RHAILAMBDA_POLLER_IDLE_EXIT_S="2")
+    r = redis.Redis.from_url(redis_module, decode_responses=True)
+    assert r.zcard(LAYOUT.shims()) == 0  # no live poller lease
+    with RieProcess(
+        build_dir / "ScriptFunction",
+        "rhailambda.functions.handler.handler",
+        script_env,
+        timeout_s=SCRIPT_TIMEOUT_S,
+        log_path=tmp_path / "script-rie.log",
+    ) as script_rie:
+        poller_env["AWS_ENDPOINT_URL_LAMBDA"] = script_rie.endpoint_url
+        poller_env["RHAILAMBDA_FUNCTION_NAME"] = "function"
+        with RieProcess(
+            build_dir / "PollerFunction",
+            "rhailambda.shim.poller.handler",
+            poller_env,
+            timeout_s=SECOND_POLLER_TIMEOUT_S,
+            log_path=tmp_path / "poller-rie.log",
+        ) as poller_rie:
+            # The client (this process) invokes the poller's RIE, named "function".
+            monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", poller_rie.endpoint_url)
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+            monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            monkeypatch.setenv("RHAILAMBDA_WAKE_FUNCTION", "function")
+            with Client(redis_module) as c:
+                started = time.monotonic()
+                task = c.submit("20 + 22", worker_id="w-ok", context_id="a", caller_id="a")
+                assert c.waker is not None and c.waker.sent == 1
+                reply = c.wait(task, timeout_s=60)
+                took_s = time.monotonic() - started
+                assert (reply.status, reply.output) == ("completed", "42")
+                print(f"wake-up on submit: reply after {took_s:.2f} s (poller cold start included)")
+                # A second submit while the woken run holds its lease sends nothing.
+                second = c.submit("1", worker_id="w-ok", context_id="a", caller_id="a")
+                assert c.wait(second, timeout_s=30).status == "completed"
+                assert c.waker.sent == 1
+    r.close()
+
+
+def test_an_idle_on_demand_run_returns_without_invoking_the_function(
+    endpoint: str, stack: Stack, build_dir: Path, redis_module: str, tmp_path: Path
+) -> None:
+    """Empty queues: each trigger is one Redis round trip; its billed duration is recorded."""
+    poller_env = _function_env(endpoint, stack.outputs["PollerFunctionName"])
+    poller_env["AWS_ENDPOINT_URL"] = endpoint
+    poller_env["AWS_ENDPOINT_URL_LAMBDA"] = "http://127.0.0.1:9"  # nothing may call it
+    r = redis.Redis.from_url(redis_module, decode_responses=True)
+    assert all(r.llen(LAYOUT.queue(w)) == 0 for w in WORKERS)
+    log_path = tmp_path / "poller-rie.log"
+    with RieProcess(
+        build_dir / "PollerFunction",
+        "rhailambda.shim.poller.handler",
+        poller_env,
+        timeout_s=SECOND_POLLER_TIMEOUT_S,
+        log_path=log_path,
+    ) as rie:
+        results = [_PollerRun(rie, SECOND_POLLER_TIMEOUT_S).join() for _ in range(4)]
+    assert [res["outcome"] for res in results] == ["idle"] * 4
+    assert r.zcard(LAYOUT.shims()) == 0
+    reports = [ln for ln in log_path.read_text().splitlines() if "Billed Duration" in ln]
+    assert len(reports) == 4
+    durations = [res["checkS"] for res in results]
+    record = tmp_path.parent / "poller-idle-check.json"
+    record.write_text(json.dumps({"checkS": durations, "reports": reports}))
+    print("on-demand idle check (cold, then warm):", durations, *reports, sep="\n  ")
     r.close()

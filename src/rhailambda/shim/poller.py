@@ -44,9 +44,11 @@ from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import Env
+from rhailambda.shim import poller_modes
 from rhailambda.shim import settings as shim_settings
 from rhailambda.shim.app import build_invoker, serve
 from rhailambda.shim.invoker import Invoker
+from rhailambda.shim.poller_modes import PollerMode, hand_over, live_pollers, probe, watch_idle
 from rhailambda.shim.settings import ShimSettings
 
 __all__ = [
@@ -80,10 +82,12 @@ class PollerRun:
     shim_id: str
     drained_s: float
     dead_letter_depth: int | None
+    outcome: str = "drained"  # "idle": on demand, nothing to do; "busy": another run drains
 
     def to_json(self) -> dict[str, Any]:
         return {
             "shimId": self.shim_id,
+            "outcome": self.outcome,
             "drainedS": round(self.drained_s, 3),
             "deadLetterDepth": self.dead_letter_depth,
         }
@@ -139,28 +143,82 @@ async def _depth_loop(client: AsyncRespClient, settings: ShimSettings) -> None:
 
 
 async def run_poller(
-    settings: ShimSettings, drain_s: float, *, invoker: Invoker | None = None
+    settings: ShimSettings,
+    drain_s: float,
+    *,
+    invoker: Invoker | None = None,
+    mode: PollerMode | None = None,
+    successor: tuple[str, str] | None = None,
 ) -> PollerRun:
-    """Serve for ``drain_s`` seconds, then shut down gracefully (the hand-back)."""
+    """Serve for ``drain_s`` seconds, then shut down gracefully (the hand-back).
+
+    On demand, the run also stops once its queues stayed empty ``mode.idle_exit_s``;
+    with ``successor`` (base shim id, function name) it invokes its successor and
+    waits for its lease before it stops taking (the always-on hand-over).
+    """
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.call_later(drain_s, stop.set)
+    client = AsyncRespClient(settings.redis.address())
+    layout, queues = settings.protocol.layout, settings.queues
+    watchers = [asyncio.create_task(_stop_after(drain_s, stop, client, settings, successor))]
+    if mode is not None and mode.on_demand:
+        watchers.append(asyncio.create_task(watch_idle(
+            client, layout, queues.worker_ids, queues.shim_id, mode.idle_exit_s, stop
+        )))  # fmt: skip
     own_invoker = invoker is None
     inv = invoker or build_invoker(settings)
-    client = AsyncRespClient(settings.redis.address())
     depth_task = asyncio.create_task(_depth_loop(client, settings))
     started = time.monotonic()
     try:
         await serve(settings, inv, stop=stop, client=client)
     finally:
         drained_s = time.monotonic() - started
-        depth_task.cancel()
-        await asyncio.gather(depth_task, return_exceptions=True)
+        for task in (depth_task, *watchers):
+            task.cancel()
+        await asyncio.gather(depth_task, *watchers, return_exceptions=True)
         depth = await _publish_depth(client, settings)
         if own_invoker:
             await inv.aclose()
         client.close()
     return PollerRun(settings.queues.shim_id, drained_s, depth)
+
+
+async def _stop_after(
+    drain_s: float,
+    stop: asyncio.Event,
+    client: AsyncRespClient,
+    settings: ShimSettings,
+    successor: tuple[str, str] | None,
+) -> None:
+    await asyncio.sleep(drain_s)
+    if successor is not None:
+        base_id, function_name = successor
+        try:
+            took = await hand_over(
+                client, settings.protocol.layout, base_id, settings.queues.shim_id, function_name
+            )
+            if not took:
+                logger.warning("successor run not live in time; stopping anyway")
+        except Exception as exc:
+            logger.warning("hand-over failed", extra={"error": str(exc)})
+    stop.set()
+
+
+async def pending_work(settings: ShimSettings) -> int:
+    """The on-demand check: work waiting for this poller (one round trip per node)."""
+    client = AsyncRespClient(settings.redis.address())
+    try:
+        queues = settings.queues
+        return await probe(client, settings.protocol.layout, queues.worker_ids, queues.shim_id)
+    finally:
+        client.close()
+
+
+async def _other_live(settings: ShimSettings, base_id: str) -> list[str]:
+    client = AsyncRespClient(settings.redis.address())
+    try:
+        return await live_pollers(client, settings.protocol.layout, base_id)
+    finally:
+        client.close()
 
 
 def drain_budget_s(settings: ShimSettings, remaining_s: float) -> float:
@@ -171,7 +229,13 @@ def drain_budget_s(settings: ShimSettings, remaining_s: float) -> float:
 @logger.inject_lambda_context(log_event=False)
 def handler(event: Mapping[str, Any], context: LambdaContextLike) -> dict[str, Any]:
     # The edge: the poller's settings come from its environment, once per run.
-    settings = settings_from_env(os.environ)
+    started = time.monotonic()
+    mode = poller_modes.mode_from_env(os.environ)
+    base_id = os.environ.get("RHAILAMBDA_SHIM_ID", "").strip()
+    env = dict(os.environ)
+    if not mode.on_demand and base_id:  # runs overlap at the hand-over: one id each
+        env["RHAILAMBDA_SHIM_ID"] = f"{base_id}-{_request_suffix(context)}"
+    settings = settings_from_env(env)
     logging.getLogger("rhailambda").setLevel(settings.log_level)
     remaining_s = context.get_remaining_time_in_millis() / 1000.0
     drain_s = drain_budget_s(settings, remaining_s)
@@ -183,16 +247,32 @@ def handler(event: Mapping[str, Any], context: LambdaContextLike) -> dict[str, A
                 "shutdown_timeout_s": settings.flow.shutdown_timeout_s,
             },
         )
-        return PollerRun(settings.queues.shim_id, 0.0, None).to_json()
+        return PollerRun(settings.queues.shim_id, 0.0, None, "skipped").to_json()
+    if mode.on_demand and not asyncio.run(pending_work(settings)):
+        idle = PollerRun(settings.queues.shim_id, 0.0, None, "idle").to_json()
+        idle["checkS"] = round(time.monotonic() - started, 4)
+        return idle
+    successor = None
+    if not mode.on_demand and base_id:
+        if not poller_modes.is_handover(event) and asyncio.run(_other_live(settings, base_id)):
+            # A scheduled trigger while a run drains: that run hands over by itself.
+            return PollerRun(settings.queues.shim_id, 0.0, None, "busy").to_json()
+        successor = (base_id, os.environ.get("AWS_LAMBDA_FUNCTION_NAME", ""))
     logger.info(
         "poller run starts",
         extra={
             "shim_id": settings.queues.shim_id,
+            "mode": mode.mode,
             "workers": list(settings.queues.worker_ids),
             "function": settings.function.function_name,
             "drain_s": round(drain_s, 1),
         },
     )
-    result = asyncio.run(run_poller(settings, drain_s))
+    result = asyncio.run(run_poller(settings, drain_s, mode=mode, successor=successor))
     logger.info("poller run ends", extra=result.to_json())
     return result.to_json()
+
+
+def _request_suffix(context: LambdaContextLike) -> str:
+    request_id = str(getattr(context, "aws_request_id", "") or "")
+    return request_id.replace("-", "")[:8] or os.urandom(4).hex()
