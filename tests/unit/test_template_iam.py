@@ -181,7 +181,7 @@ EXPECTED_PARAMETERS = {
     "FunctionReservedConcurrency", "CircleBackend", "EnablePointInTimeRecovery",
     "LogLevel", "LogRetentionDays", "DeployPoller", "WorkerIds", "BatchSize",
     "ShimConcurrency", "MaxAttempts", "PollerTimeout", "PollerMemorySize",
-    "PollerConcurrency", "MetricsNamespace", "ErrorAlarmThreshold",
+    "PollerMode", "PollerIdleExit", "MetricsNamespace", "ErrorAlarmThreshold",
     "DeadLetterAlarmThreshold", "AlarmTopicArn",
 }  # fmt: skip
 
@@ -240,8 +240,9 @@ def test_script_function_and_table(sam: dict[str, Any]) -> None:
 
 def test_poller_is_a_singleton_on_a_schedule(sam: dict[str, Any]) -> None:
     props = sam["Resources"]["PollerFunction"]["Properties"]
-    assert props["ReservedConcurrentExecutions"] == {"Ref": "PollerConcurrency"}
-    assert sam["Parameters"]["PollerConcurrency"]["Default"] == 1
+    # on-demand: one run at a time; always-on: the ending run and its successor overlap
+    assert props["ReservedConcurrentExecutions"] == {"Fn::If": ["OnDemandPoller", 1, 2]}
+    assert sam["Parameters"]["PollerMode"]["Default"] == "on-demand"
     assert props["Events"]["EveryMinute"]["Properties"]["Schedule"] == "rate(1 minute)"
     # A busy poller's throttled trigger is dropped, not retried for hours.
     assert props["EventInvokeConfig"] == {"MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 0}
