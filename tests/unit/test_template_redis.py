@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aws_support import load_template, translate
 
-from rhailambda.settings import RedisSettings, SettingError
+from rhailambda.errors import SettingError
+from rhailambda.settings import RedisSettings
 
 VPC = {
     "RedisSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:redis-AbCdEf",
@@ -31,7 +32,8 @@ def _functions(cfn: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def cfn() -> dict[str, Any]:
-    return translate(load_template(), VPC)
+    translated: dict[str, Any] = translate(load_template(), VPC)
+    return translated
 
 
 def test_every_function_gets_the_cluster_mode_and_the_vpc(cfn: dict[str, Any]) -> None:
