@@ -1,0 +1,57 @@
+"""template.yaml: the Redis deployment parameters reach every function that talks to Redis."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aws_support import load_template, translate
+
+from rhailambda.errors import SettingError
+from rhailambda.settings import RedisSettings
+
+VPC = {
+    "RedisSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:redis-AbCdEf",
+    "VpcSubnetIds": "subnet-1,subnet-2",
+    "VpcSecurityGroupIds": "sg-1",
+}
+
+
+def _functions(cfn: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: r["Properties"]
+        for name, r in cfn["Resources"].items()
+        if r["Type"] == "AWS::Lambda::Function"
+    }
+
+
+@pytest.fixture(scope="module")
+def cfn() -> dict[str, Any]:
+    translated: dict[str, Any] = translate(load_template(), VPC)
+    return translated
+
+
+def test_every_function_gets_the_cluster_mode_and_the_vpc(cfn: dict[str, Any]) -> None:
+    functions = _functions(cfn)
+    assert {"ScriptFunction", "PollerFunction"} <= set(functions)
+    for name, props in functions.items():
+        env = props["Environment"]["Variables"]
+        assert env["RHAILAMBDA_REDIS_CLUSTER"] == {"Ref": "RedisCluster"}, name
+        vpc = props["VpcConfig"]["Fn::If"]
+        assert vpc[0] == "UseVpc", name
+        assert vpc[1]["SubnetIds"] == {"Ref": "VpcSubnetIds"}, name
+
+
+def test_the_cluster_parameter_allows_exactly_what_the_settings_accept() -> None:
+    param = load_template()["Parameters"]["RedisCluster"]
+    assert param["Default"] == "auto"
+    for value in param["AllowedValues"]:
+        RedisSettings(url="redis://127.0.0.1:6379/0", cluster=value).address()
+    assert sorted(param["AllowedValues"]) == ["auto", "no", "yes"]
+    with pytest.raises(SettingError, match="RHAILAMBDA_REDIS_CLUSTER"):
+        RedisSettings(url="redis://127.0.0.1:6379/0", cluster="maybe")
