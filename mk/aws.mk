@@ -2,7 +2,7 @@
 #
 #   make build       rhai-py wheel + `sam build` (no Docker; pip downloads cp312 manylinux wheels)
 #   make validate    cfn-lint + sam validate --lint
-#   make deploy      sam deploy --guided (pass more with SAM_ARGS="...")
+#   make deploy      build, then sam deploy (guided on the first deploy only; SAM_ARGS="...")
 #   make test-aws    the AWS e2e: sam build, stack on moto, the built function under the RIE
 #
 # aws-sam-cli lives in its own venv (.venv-sam): it pins many packages that would
@@ -68,9 +68,16 @@ validate: $(SAM_STAMP) $(STAMP)
 	SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
 	  $(SAM) validate --lint --template-file $(SAM_TEMPLATE)
 
-## deploy: sam deploy --guided (you answer the prompts; see infra/README.md)
-deploy: $(SAM_STAMP)
-	SAM_CLI_TELEMETRY=0 $(SAM) deploy --guided --template-file $(SAM_BUILD_DIR)/template.yaml $(SAM_ARGS)
+STACK_NAME ?= rhailambda
+# The stack exists (then deploy unguided with samconfig.toml), else the first deploy is guided.
+STACK_EXISTS = $(SAM_VENV)/bin/python -c 'import sys, boto3; \
+  boto3.client("cloudformation").describe_stacks(StackName=sys.argv[1])' $(STACK_NAME) 2>/dev/null
+
+## deploy: build, then sam deploy (guided only on the first deploy; settings in samconfig.toml)
+deploy: build
+	if $(STACK_EXISTS); then guided=; else guided=--guided; fi; \
+	  SAM_CLI_TELEMETRY=0 $(SAM) deploy $$guided --config-file samconfig.toml \
+	  --stack-name $(STACK_NAME) --template-file $(SAM_BUILD_DIR)/template.yaml $(SAM_ARGS)
 
 ## test-aws: the AWS e2e tests (moto + RIE; no Docker, no AWS account)
 test-aws: setup wheel $(SAM_STAMP) $(LAMBDA_STAMP)

@@ -10,6 +10,7 @@ SIGTERM / SIGINT into ``stop``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,23 @@ from rhailambda.shim.settings import ShimSettings
 __all__ = ["build_invoker", "run", "serve"]
 
 log = logging.getLogger("rhailambda.shim")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message (and the traceback if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
 _FINAL_REDIS_STEPS_S = 10.0  # hand back + deregister; past this the lease covers it
 _STOP_LEASE_S = 2.0
 _EXIT_WAIT_S = 2.0  # for tasks still running once serve() has returned
@@ -133,10 +151,13 @@ def build_invoker(settings: ShimSettings) -> Invoker:
 
 def run(settings: ShimSettings) -> int:
     """Run the shim in this process until SIGTERM / SIGINT; returns the exit code."""
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if settings.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
 
     async def main() -> None:
         stop = asyncio.Event()

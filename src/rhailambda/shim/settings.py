@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +104,8 @@ class ShimSettings:
     function: FunctionSettings = FunctionSettings()
     local: LocalBackendSettings = LocalBackendSettings()
     log_level: str = "INFO"
+    #: "json" (one object a line) or "text"; default json when stdout is not a terminal.
+    log_format: str = "text"
     #: Variables set for the function's environment (local workers), on top of the shim's.
     function_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -187,6 +190,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--block-s", "RHAILAMBDA_BLOCK_S", "BLMOVE block on an empty queue, 0.1 to 300 (default 20)"),
     ("--log-level", "RHAILAMBDA_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
+    ("--log-format", "RHAILAMBDA_LOG_FORMAT", "json | text (default json unless on a terminal)"),
 )
 _FLAG_OF = {var: flag for flag, var, _ in _OPTIONS}
 # Variables the function reads; the local backend hands them to its workers.
@@ -362,5 +366,14 @@ def _build(env: Env) -> ShimSettings:
             idle_timeout_s=_seconds(env, "RHAILAMBDA_IDLE_TIMEOUT_S", 300.0, 0.1, 86400.0),
         ),
         log_level=level,
+        log_format=_log_format(env),
         function_env=function_env,
     )
+
+
+def _log_format(env: Env) -> str:
+    default = "text" if sys.stdout.isatty() else "json"
+    fmt = env.str("RHAILAMBDA_LOG_FORMAT", default).lower()
+    if fmt not in ("json", "text"):
+        raise SettingError("RHAILAMBDA_LOG_FORMAT", f"expected json or text, got {fmt!r}")
+    return fmt
