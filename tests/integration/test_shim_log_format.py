@@ -15,7 +15,7 @@ def _first_log_line(redis_url: str, *extra: str) -> str:
     env = {**os.environ, "RHAILAMBDA_LOG_FORMAT": ""}
     env.pop("RHAILAMBDA_LOG_FORMAT")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rhailambda.shim", "shim", "--redis-url", redis_url,
+        [sys.executable, "-m", "rhailambda", "shim", "--redis-url", redis_url,
          "--worker", "w1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
