@@ -212,9 +212,7 @@ def test_shutdown_hands_pending_retries_back_to_the_queue_front() -> None:
         SETTINGS, retry=RetrySettings(max_attempts=3, backoff_base_s=60, backoff_cap_s=60)
     )
     source = source_with("a", "b")
-    invoker, _ = drain(
-        source, outcomes(a="failed"), lambda: drainer_retried(source), settings=slow
-    )
+    invoker, _ = drain(source, outcomes(a="failed"), lambda: drainer_retried(source), settings=slow)
     assert list(source.queues[W]) == ["a"]  # back on the queue, taken next
     assert source.held(W) == [] and source.dead == {}
     assert attempts_of(invoker, "a") == [1]

@@ -90,4 +90,3 @@ def _has_circle(ctx: ScriptContext) -> bool:
 def extension_from_env(env: Env) -> CircleExtension:
     """``RHAILAMBDA_EXTENSIONS`` factory: the circle extension configured from ``env``."""
     return CircleExtension.from_env(env)
-
