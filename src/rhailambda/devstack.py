@@ -81,6 +81,10 @@ def _cli() -> str:
         return str(local)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     env = Env(os.environ)
     parser = argparse.ArgumentParser(prog="rhailambda-devstack")
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", default="worker1")
     parser.add_argument("--run-dir", type=Path, default=Path(".run"))
     args = parser.parse_args(argv)
+    # A process manager, `timeout` or a closed terminal stops us with SIGTERM or SIGHUP:
+    # clean up as on Ctrl-C, so no redis-server, shim or worker is left behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
 
     redis_proc = None
     url = env.optional_str("REDIS_URL")
