@@ -3,6 +3,7 @@ is back every task is answered exactly once, with no restart (issue 17, item 5).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,11 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from redis_server import RedisServer
 
 from rhailambda.client import Client
-from rhailambda.protocol import KeyLayout
+from rhailambda.errors import RedisResponseError
+from rhailambda.protocol import ATTEMPT, KeyLayout
+from rhailambda.shim.testing import queue_source, seed_tasks
 
 L = KeyLayout()
 N = 200
@@ -96,3 +100,33 @@ def test_an_oom_window_mid_drain_is_waited_out_and_every_task_answered_once(
         r.close()
     assert proc.returncode == 0, out[-3000:]
     assert "OOM" in out and "retrying" in out, "the health line names the error"
+
+
+def test_a_deliver_redis_refuses_raises_redis_error_and_counts_no_attempt(
+    private_redis_server: RedisServer,
+) -> None:
+    """Memory runs out between the move and the deliver: the deliver step must fail
+    with Redis's own error (which the shim's health waits out), not a crash of the
+    take (it raised ValueError from zipping a refused group's verdicts)."""
+    url = private_redis_server.url
+    r = redis.Redis.from_url(url, decode_responses=True)
+    ids = ["a", "b", "c"]
+    seed_tasks(r, L, "w1", ids)
+    source = queue_source(r, url)
+
+    async def deliver_once() -> None:
+        async def once(what: str, op: Callable[[], Any]) -> Any:
+            return await op()  # no health retries: the refusal comes straight back
+
+        await source._delivered("w1", ids, once)
+
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(RedisResponseError) as caught:
+            asyncio.run(deliver_once())
+    finally:
+        r.config_set("maxmemory", "0")
+    assert caught.value.code == "OOM"
+    assert [r.hget(L.task(t), ATTEMPT) for t in ids] == [None, None, None]
+    r.close()

@@ -298,14 +298,16 @@ class RedisQueueSource:
             # counted their attempts already.
             nonlocal pending
             replies = await self._deliver.many(self._client, [(k, []) for _, k in pending])
-            refused = [c for c, r in zip(pending, replies, strict=True) if _refused(r)]
-            for (idx, _), reply in zip(pending, replies, strict=True):
-                for i, verdict in zip(idx, [] if _refused(reply) else reply, strict=True):
+            refused: list[tuple[tuple[list[int], list[str]], RedisResponseError]] = []
+            for call, reply in zip(pending, replies, strict=True):
+                if _refused(reply):
+                    refused.append((call, reply))
+                    continue
+                for i, verdict in zip(call[0], reply, strict=True):
                     verdicts[i] = verdict
-            errors = [r for r in replies if _refused(r)]
-            pending = refused
-            if errors:
-                raise errors[0]
+            pending = [call for call, _ in refused]
+            if refused:
+                raise refused[0][1]
 
         if calls:
             await step("deliver", deliver)
