@@ -172,14 +172,17 @@ def test_a_throttled_batch_runs_again_without_spending_an_attempt() -> None:
 def test_throttling_lowers_the_concurrency_limit() -> None:
     source = source_with(*[f"t{i}" for i in range(8)])
     seen: list[int] = []
+    throttles = 0
 
     async def throttled(event: InvocationEvent) -> BatchResponse:
+        nonlocal throttles
+        throttles += 1
         raise ThrottledError("TooManyRequestsException", retry_after_s=0.001)
 
     async def record(drainer: Drainer) -> None:
         seen.append(drainer.limiter.limit)
 
-    drain(source, throttled, lambda: source.takes >= 3, before_stop=record)
+    drain(source, throttled, lambda: throttles >= 2, before_stop=record)
     assert seen and seen[0] < SETTINGS.flow.max_concurrency
 
 
