@@ -50,6 +50,11 @@ class InvocationEvent:
     #: entries that are not a usable task (id or its repr, why): each is rejected
     #: alone, its neighbours run as if it were absent
     invalid: tuple[tuple[str, str], ...] = ()
+    #: the circle every task of this batch belongs to, when the shim isolates circles
+    #: (``RHAILAMBDA_TENANT_ISOLATION`` / ``--isolate-circles``): the lambda backend
+    #: sends it as the Invoke's ``TenantId``, the local backend picks a worker by it.
+    #: Not part of the event JSON: the function learns it from ``context.tenant_id``.
+    tenant_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
