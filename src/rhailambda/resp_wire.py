@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import ssl
 
 __all__ = ["Arg", "Connection", "ScriptRun", "check_handshake", "encode", "handshake",
-           "raise_error", "tls_context"]  # fmt: skip
+           "raise_error", "script_sha", "tls_context"]  # fmt: skip
 
 Arg = str | bytes | int | float
 
@@ -190,14 +190,30 @@ def raise_error(reply: Any) -> Any:
     return reply
 
 
+def script_sha(text: str) -> str:
+    """Redis's name for a script: the SHA1 of its text (CPython's own ``_sha1``, not
+    OpenSSL's, whose load through hashlib is 6-8 ms of a cold start)."""
+    try:
+        import _sha1
+    except ImportError:  # an interpreter without it
+        import hashlib
+
+        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+    return str(_sha1.sha1(text.encode()).hexdigest())
+
+
 class ScriptRun:
     """One batch of calls of a Lua script, sans I/O (for the sync and asyncio clients).
 
     With the SHA known, :attr:`first` holds an EVALSHA per call; the calls that came
-    back NOSCRIPT (or all, with no SHA yet) go in :attr:`second` as SCRIPT LOAD + EVAL
-    pairs: EVAL runs the text (and caches it), SCRIPT LOAD in the same write names its
-    SHA (no hashlib, whose OpenSSL load is 6-8 ms of a cold start), and each SCRIPT
+    back NOSCRIPT go in :attr:`second` as SCRIPT LOAD + EVAL pairs: EVAL runs the text
+    (and caches it), SCRIPT LOAD in the same write confirms its SHA, and each SCRIPT
     LOAD travels with the EVAL after it, to the same cluster node.
+
+    With no SHA yet (a new process), the first call goes as SCRIPT LOAD + EVAL and the
+    others as EVALSHA of the SHA computed here, in the same write: on one node (and on
+    every node that had the script) that is the only round trip, and the script's text
+    travels once, not once per call (a cluster batch is one call per slot).
     """
 
     def __init__(
@@ -206,13 +222,22 @@ class ScriptRun:
         self._text = text
         self._tails = [[len(keys), *keys, *args] for keys, args in calls]
         self.replies: list[Any] = [None] * len(self._tails)
-        self._todo = [] if sha is not None else list(range(len(self._tails)))
-        self.first: list[list[Arg]] = (
-            [["EVALSHA", sha, *t] for t in self._tails] if sha is not None else []
-        )
+        self._todo: list[int] = []
+        self.first: list[list[Arg]] = []
+        self._loading = sha is None and bool(self._tails)
+        if self._loading:
+            rest = script_sha(text) if len(self._tails) > 1 else ""
+            self.first = [["SCRIPT", "LOAD", text], ["EVAL", text, *self._tails[0]]]
+            self.first += [["EVALSHA", rest, *t] for t in self._tails[1:]]
+        elif sha is not None:
+            self.first = [["EVALSHA", sha, *t] for t in self._tails]
         self.sha = sha
 
     def took_first(self, got: Sequence[Any]) -> None:
+        if self._loading:
+            loaded, *got = got
+            if isinstance(loaded, str):  # an ACL may refuse SCRIPT: EVAL every time then
+                self.sha = loaded
         for i, reply in enumerate(got):
             self.replies[i] = reply
             if isinstance(reply, RedisResponseError) and reply.code == "NOSCRIPT":
@@ -228,5 +253,5 @@ class ScriptRun:
     def took_second(self, got: Sequence[Any]) -> None:
         for k, i in enumerate(self._todo):
             loaded, self.replies[i] = got[2 * k], got[2 * k + 1]
-            if isinstance(loaded, str):  # an ACL may refuse SCRIPT: EVAL every time then
+            if isinstance(loaded, str):
                 self.sha = loaded

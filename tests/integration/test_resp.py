@@ -62,6 +62,38 @@ def test_script_survives_a_script_flush(resp_client: RespClient) -> None:
     assert script(keys=["k"], args=["c"]) == ["k", "c", 3]
 
 
+def _script_commands(client: redis.Redis | redis.RedisCluster) -> tuple[int, int]:
+    """(SCRIPT, EVAL) calls so far, over every node."""
+    if isinstance(client, redis.RedisCluster):
+        got = client.info("commandstats", target_nodes="primaries")
+        one = all(isinstance(v, dict) and "calls" in v for v in got.values())
+        per_node = [got] if one else list(got.values())  # redis-py unwraps a single node
+    else:
+        per_node = [client.info("commandstats")]
+    def count(name: str) -> int:  # Redis 7 names SCRIPT LOAD "script|load"
+        return sum(
+            v["calls"] for s in per_node for k, v in s.items() if k in (name, f"{name}|load")
+        )
+
+    return count("cmdstat_script"), count("cmdstat_eval")
+
+
+def test_a_new_scripts_first_batch_sends_its_text_once_per_node(
+    resp_client: RespClient, redis_client: redis.Redis | redis.RedisCluster
+) -> None:
+    """A cluster batch is one call per slot: a new process's first batch of 40 calls
+    used to send SCRIPT LOAD + EVAL (the whole text) 40 times."""
+    script = resp_client.script(f"-- {time.time_ns()}\nreturn redis.call('INCR', KEYS[1])")
+    masters = len(redis_client.get_primaries()) if isinstance(redis_client, redis.RedisCluster) else 1
+    loads, evals = _script_commands(redis_client)
+    assert script.many([([f"k{i}"], []) for i in range(40)]) == [1] * 40
+    loads_after, evals_after = _script_commands(redis_client)
+    assert 1 <= loads_after - loads <= masters
+    assert 1 <= evals_after - evals <= masters
+    assert script.many([([f"k{i}"], []) for i in range(40)]) == [2] * 40  # EVALSHA only
+    assert _script_commands(redis_client) == (loads_after, evals_after)
+
+
 def test_script_errors_are_raised(resp_client: RespClient) -> None:
     with pytest.raises(RedisResponseError, match="boom"):
         resp_client.script("return redis.error_reply('boom')")()
