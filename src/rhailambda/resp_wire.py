@@ -62,24 +62,17 @@ def check_handshake(address: Address, commands: list[list[Arg]], replies: list[A
 
 
 def encode(commands: Sequence[Sequence[Arg]]) -> bytes:
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, bool):
-                raise TypeError("a bool is not a Redis argument: send 0 or 1")
-            elif isinstance(arg, int | float):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"a {type(arg).__name__} is not a Redis argument")
-            out.append(b"$%d\r\n" % len(data))
-            out.append(data)
-            out.append(b"\r\n")
-    return b"".join(out)
+    """RESP arrays of bulk strings, packed by hiredis (in C: 2-3x our own loop)."""
+    pack = hiredis.pack_command
+    try:
+        return b"".join([pack(tuple(command)) for command in commands])
+    except TypeError:
+        for command in commands:
+            for arg in command:
+                if isinstance(arg, bool) or not isinstance(arg, str | bytes | int | float):
+                    what = "a bool" if isinstance(arg, bool) else f"a {type(arg).__name__}"
+                    raise TypeError(f"{what} is not a Redis argument") from None
+        raise
 
 
 class Connection:

@@ -14,6 +14,7 @@ lookup table; :func:`parse_redirect` reads ``MOVED`` and ``ASK`` errors.
 
 from __future__ import annotations
 
+import binascii
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,25 +36,10 @@ __all__ = [
 SLOTS = 16384
 
 
-def _crc16_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_TABLE = _crc16_table()
-
-
 def _crc16(data: bytes) -> int:
-    crc = 0
-    table = _TABLE
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+    """Redis Cluster's CRC16 (CCITT, XMODEM: polynomial 0x1021, initial value 0), which
+    is what ``binascii.crc_hqx`` computes in C (the table loop in Python cost 6 us a key)."""
+    return binascii.crc_hqx(data, 0)
 
 
 def _as_bytes(key: str | bytes) -> bytes:
