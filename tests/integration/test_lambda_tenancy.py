@@ -35,7 +35,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aws_support import REGION, RieProcess, missing_tools
+from aws_support import REGION, RieProcess, missing_tools, sam_build
 from redis_server import free_port
 
 from rhailambda import protocol as p
@@ -339,11 +339,25 @@ def handler(event, context):
 """
 
 
-@pytest.mark.aws
-def test_the_rie_hands_the_tenant_header_to_context_tenant_id(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def aws_tools() -> None:
     missing = missing_tools()
     if missing:
         pytest.skip("AWS tools missing (make test-aws installs them): " + "; ".join(missing))
+
+
+@pytest.fixture(scope="module")
+def built_function(aws_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The script function's package as ``sam build`` makes it (python3.12, manylinux)."""
+    out = tmp_path_factory.mktemp("sam") / "build"
+    sam_build(out, log=out.parent / "sam-build.log")
+    return out / "ScriptFunction"
+
+
+@pytest.mark.aws
+def test_the_rie_hands_the_tenant_header_to_context_tenant_id(
+    aws_tools: None, tmp_path: Path
+) -> None:
     code = tmp_path / "code"
     code.mkdir()
     (code / "probe.py").write_text(PROBE)
@@ -363,3 +377,29 @@ def test_the_rie_hands_the_tenant_header_to_context_tenant_id(tmp_path: Path) ->
             assert answer.status == 200
     seen = [json.loads(line)["tenant_id"] for line in log.read_text().splitlines()]
     assert seen == [tenant_id_for(circle), None, "raw:header"]
+
+
+@pytest.mark.aws
+def test_the_built_function_under_the_rie_refuses_another_circles_task(
+    built_function: Path, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # The whole path as deployed: the backend's TenantId, the RIE, awslambdaric's
+    # context.tenant_id, the packaged handler's check.
+    env = {"REDIS_URL": redis_url, "RHAILAMBDA_CIRCLE_ENABLED": "false"}
+    circle = "org/team a"
+    _put(redis_client, "r1", circle, "CONTEXT_ID")
+    _put(redis_client, "r2", "org/team b", "2")
+    rie = RieProcess(
+        built_function, "rhailambda.functions.handler.handler", env,
+        timeout_s=10, log_path=tmp_path / "rie.log",
+    )  # fmt: skip
+    with rie:
+        try:
+            response = _invoke(rie.endpoint_url, _event(circle, "r1", "r2"), function="function")
+        except BaseException:
+            print(rie.log_text()[-4000:])
+            raise
+    assert dict(response.outcomes) == {"r1": "completed", "r2": "error"}
+    assert _reply(redis_client, "r1")["output"] == circle
+    assert "refused" in _reply(redis_client, "r2")["error"]
+    assert f'"tenant_id":"{tenant_id_for(circle)}"' in rie.log_text()  # the batch's log line
