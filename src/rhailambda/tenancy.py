@@ -33,35 +33,37 @@ from typing import Final
 __all__ = ["MAX_TENANT_ID_CHARS", "other_tenant", "tenant_id_for"]
 
 MAX_TENANT_ID_CHARS: Final = 256
-_KEPT: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/+-@")
+_KEPT: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/+-@"
+#: the spelling of each UTF-8 byte: kept characters are ASCII, so escaping byte by
+#: byte is escaping character by character
+_SPELLING: Final = tuple(chr(b) if b in _KEPT else f"={b:02X}" for b in range(256))
 _LONG_MARK: Final = "=="
 _DIGEST_CHARS: Final = 64  # SHA-256, hex
 _PREFIX_CHARS: Final = MAX_TENANT_ID_CHARS - len(_LONG_MARK) - _DIGEST_CHARS
-
-
-def _escape(char: str) -> str:
-    # surrogatepass: a lone surrogate (not valid Unicode, but a Python str) still has
-    # one spelling of its own instead of raising
-    return "".join(f"={b:02X}" for b in char.encode("utf-8", "surrogatepass"))
 
 
 def tenant_id_for(circle_id: str) -> str:
     """The ``TenantId`` of a circle (see the module docstring for why it is injective)."""
     if not circle_id:
         return "="
-    pieces = [c if c in _KEPT else _escape(c) for c in circle_id]
-    total = sum(len(piece) for piece in pieces)
+    # surrogatepass: a lone surrogate (not valid Unicode, but a Python str) still has
+    # one spelling of its own instead of raising
+    data = circle_id.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_TENANT_ID_CHARS and not data.translate(None, _KEPT):
+        return circle_id  # nothing to escape (the common case: plain ids)
+    pieces = [_SPELLING[b] for b in data]
+    total = sum(map(len, pieces))
     if total <= MAX_TENANT_ID_CHARS:
         return "".join(pieces)
-    prefix: list[str] = []
-    used = 0
-    for piece in pieces:  # whole pieces only: an escape is never cut in two
-        if used + len(piece) > _PREFIX_CHARS:
-            break
-        prefix.append(piece)
+    cut = used = 0  # the prefix: whole characters only (readable, never half an escape)
+    for i, piece in enumerate(pieces):
         used += len(piece)
-    digest = hashlib.sha256(circle_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return "".join(prefix) + _LONG_MARK + digest
+        if used > _PREFIX_CHARS:
+            break
+        if i + 1 == len(data) or not 0x80 <= data[i + 1] < 0xC0:  # a character ends here
+            cut = i + 1
+    digest = hashlib.sha256(data).hexdigest()
+    return "".join(pieces[:cut]) + _LONG_MARK + digest
 
 
 def other_tenant(circle_id: str, tenant_id: str | None) -> str | None:

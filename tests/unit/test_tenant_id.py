@@ -92,6 +92,9 @@ def test_every_tenant_id_is_valid_and_short_forms_decode_back(circle: str) -> No
     assert tid == tid.strip(), "a header would lose leading or trailing spaces"
     if circle and "==" not in tid:
         assert _decode_short(tid) == circle
+    elif circle:  # the long form: a readable prefix of whole characters, then the digest
+        prefix, digest = tid.split("==")
+        assert circle.startswith(_decode_short(prefix)) and len(digest) == 64
 
 
 @settings(max_examples=400)
