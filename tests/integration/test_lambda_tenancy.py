@@ -186,10 +186,11 @@ def _invoke(
 
 
 def _put(r: redis.Redis, task_id: str, circle: str, script: str = "40 + 2") -> None:
+    """A task of ``circle``, submitted by the circle's owner (who may write its data)."""
     r.hset(
         LAYOUT.task(task_id),
         mapping={
-            "taskId": task_id, "callerId": "caller", "contextId": circle, "script": script,
+            "taskId": task_id, "callerId": circle, "contextId": circle, "script": script,
             "status": "pending", "createdAt": "2026-01-01T00:00:00Z",
         },
     )  # fmt: skip
@@ -313,6 +314,34 @@ def test_a_circle_spelled_like_another_circles_tenant_is_still_refused(
     event = {"workerId": "worker1", "tasks": ["s1", "s2"]}
     response = handler_module.handler(event, FakeContext(tenant_id=tenant_id_for("a b")))
     assert response["outcomes"] == {"s1": "error", "s2": "completed"}
+
+
+def test_a_refused_task_leaves_its_circle_untouched(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("RHAILAMBDA_CIRCLE_ENABLED", "true")
+    monkeypatch.setenv("RHAILAMBDA_CIRCLE_BACKEND", "redis")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "rhailambda-test")
+    import rhailambda.functions.handler as module
+
+    handler = importlib.reload(module).handler
+    write = 'db::save("notes", "n", #{ by: CONTEXT_ID }); "saved"'
+    _put(redis_client, "d1", "alice", write)
+    _put(redis_client, "d2", "bob", write)
+    # d2 as a redelivery (an earlier attempt claimed it): the receipt check would read
+    # bob's circle; refused first, it reads nothing
+    redis_client.hset(LAYOUT.task("d2"), "status", p.STATUS_PROCESSING)
+    event = {"workerId": "worker1", "tasks": [{"taskId": "d1"}, {"taskId": "d2", "attempt": 2}]}
+    response = handler(event, FakeContext(tenant_id=tenant_id_for("alice")))
+    assert response["outcomes"] == {"d1": "completed", "d2": "error"}
+    read = 'let r = db::get("notes", "n"); if r == () { "none" } else { r.by }'
+    _put(redis_client, "d3", "alice", read)
+    _put(redis_client, "d4", "bob", read)
+    for task_id, circle in (("d3", "alice"), ("d4", "bob")):
+        handler({"workerId": "worker1", "tasks": [task_id]}, FakeContext(tenant_id=circle))
+    assert _reply(redis_client, "d3")["output"] == "alice"
+    assert _reply(redis_client, "d4")["output"] == "none"  # bob's script never wrote
 
 
 def test_without_tenant_isolation_nothing_is_refused(
