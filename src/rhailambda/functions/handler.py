@@ -80,7 +80,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = InvocationEvent.from_json(event)
     budget_s = context.get_remaining_time_in_millis() / 1000.0
     observer = _Observer()
-    response = RUNNER.run(parsed, budget_s, observer)
+    # None unless the function runs in tenant isolation mode (then it is the TenantId)
+    tenant_id = getattr(context, "tenant_id", None)
+    response = RUNNER.run(parsed, budget_s, observer, tenant_id=tenant_id)
     metrics.add_metric(name="Tasks", unit=MetricUnit.Count, value=len(parsed.tasks))
     for outcome, count in observer.counts.items():
         metrics.add_metric(name=f"Tasks{outcome.capitalize()}", unit=MetricUnit.Count, value=count)
@@ -94,6 +96,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "tasks": len(parsed.tasks),
             "outcomes": observer.counts,
             "request_id": getattr(context, "aws_request_id", None),
+            **({"tenant_id": tenant_id} if tenant_id is not None else {}),
         },
     )
     return response.to_json()

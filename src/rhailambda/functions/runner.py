@@ -17,6 +17,10 @@ have had their writes committed already. Before any script of the batch runs, ea
 receipt-keeping extension is asked once for the receipts of those tasks (for the
 circle store: one more round trip, only in batches holding such tasks); a task
 with a receipt is finished with the recorded output instead of running again.
+
+Tenant isolation: a claimed task whose circle is not the invocation's
+``context.tenant_id`` is refused with an error reply before anything touches its
+circle's data (:func:`rhailambda.tenancy.other_tenant`); its neighbours run.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from rhailambda.functions.settings import FunctionSettings
 from rhailambda.functions.signatures import batch_verdicts
 from rhailambda.signing import Verdict
 from rhailambda.taskstore import REPLIED, REPLY_KEY_UNUSABLE, Claim, Finish, TaskStore
+from rhailambda.tenancy import other_tenant
 
 __all__ = ["BatchRunner", "DebugHook", "PrintHook", "TaskObserver", "TaskResult"]
 
@@ -125,9 +130,14 @@ class BatchRunner:
         )(self._compiler.compile)
 
     def run(
-        self, event: InvocationEvent, budget_s: float, observer: TaskObserver | None = None
+        self,
+        event: InvocationEvent,
+        budget_s: float,
+        observer: TaskObserver | None = None,
+        *,
+        tenant_id: str | None = None,
     ) -> BatchResponse:
-        """Run every task of ``event`` within ``budget_s`` seconds of wall time."""
+        """Run every task of ``event`` within ``budget_s`` s (``tenant_id``: its TenantId)."""
         deadline = time.monotonic() + budget_s - self._settings.reserve_s
         outcomes: dict[str, Outcome] = {}
         finishes: list[Finish] = []
@@ -139,14 +149,16 @@ class BatchRunner:
         claims = self._store.claim(event.tasks)
         verdicts = batch_verdicts(
             self._settings.signatures,
-            [c for c in claims if self._runnable(c)],
+            [c for c in claims if self._runnable(c, tenant_id)],
             event.worker_id,
             time.time(),
         )
-        recalled = self._recall(claims, event.worker_id)
+        recalled = self._recall(claims, event.worker_id, tenant_id)
         held_bytes = 0  # outputs and errors waiting in `finishes`
         for claim in claims:
-            result, finish = self._run_one(claim, event.worker_id, deadline, recalled, verdicts)
+            result, finish = self._run_one(
+                claim, event.worker_id, deadline, recalled, verdicts, tenant_id
+            )
             outcomes.setdefault(claim.ref.task_id, result.outcome)  # an id twice: first wins
             results.append(result)
             if finish is not None:
@@ -173,14 +185,21 @@ class BatchRunner:
             elif written != REPLIED and finish.mode != "finishing":
                 outcomes[task_id] = "skipped"  # a newer delivery took over: its reply counts
 
-    def _runnable(self, claim: Claim) -> bool:
+    def _problem(self, fields: p.TaskFields, tenant_id: str | None) -> str | None:
+        """Why a claimed task cannot run here, or None."""
+        why = _validate(fields, self._settings.max_script_bytes)
+        return why or other_tenant(fields.context_id, tenant_id)
+
+    def _runnable(self, claim: Claim, tenant_id: str | None) -> bool:
         return (
             claim.state == "claimed"
             and claim.fields is not None
-            and _validate(claim.fields, self._settings.max_script_bytes) is None
+            and self._problem(claim.fields, tenant_id) is None
         )
 
-    def _recall(self, claims: Sequence[Claim], worker_id: str) -> dict[str, Receipt] | str:
+    def _recall(
+        self, claims: Sequence[Claim], worker_id: str, tenant_id: str | None
+    ) -> dict[str, Receipt] | str:
         """Receipts of the tasks delivered again that an earlier run committed, by task id.
 
         A string: why the extensions could not say (a store down); those tasks are
@@ -200,7 +219,7 @@ class BatchRunner:
             and c.fields is not None
             and c.ref.attempt > 1
             and c.fields.status == p.STATUS_PROCESSING
-            and _validate(c.fields, self._settings.max_script_bytes) is None
+            and self._problem(c.fields, tenant_id) is None
         ]
         found: dict[str, Receipt] = {}
         if not keepers or not again:
@@ -224,6 +243,7 @@ class BatchRunner:
         deadline: float,
         recalled: dict[str, Receipt] | str,
         verdicts: Mapping[str, Verdict],
+        tenant_id: str | None = None,
     ) -> tuple[TaskResult, Finish | None]:
         task_id = claim.ref.task_id
         if claim.state == "skip":
@@ -252,7 +272,7 @@ class BatchRunner:
         left = deadline - started
         if left < _MIN_TASK_BUDGET_S:  # hand it back: the claim lets the next attempt in
             return TaskResult(task_id, fields, "failed", "no time left in batch", 0.0), None
-        error = _validate(fields, self._settings.max_script_bytes)
+        error = self._problem(fields, tenant_id)
         verdict = verdicts.get(task_id)
         verified = verdict is not None and verdict.verified
         if error is None and verdict is not None:

@@ -29,6 +29,17 @@ unhandled exception, init error)                            with the function's 
 a 200 whose payload is not the batch response               ``InvocationError(retryable=True)``
 =======================================================  ==============================
 
+A 429 ``TooManyRequestsException`` is also what a tenant-isolated function answers
+past its tenant environments quota (2,500 tenant-aware environments, active or idle,
+per 1,000 concurrency: "Rate exceeded"): throttling, so no attempt is spent.
+
+**Tenant isolation.** An event with ``tenant_id`` (a one-circle batch, see
+:class:`~rhailambda.event.InvocationEvent`) is invoked with ``TenantId`` =
+:func:`~rhailambda.tenancy.tenant_id_for` of that circle (the ``X-Amz-Tenant-Id``
+header), so Lambda runs it only in execution environments of that circle. botocore
+has known ``TenantId`` since 1.41.0; with an older one (the Lambda runtime's own
+boto3 runs the poller) the header is added by an event hook instead.
+
 The function is named by ``RHAILAMBDA_FUNCTION_NAME`` (name, ``name:alias`` or
 ARN). The endpoint comes from boto3's own configuration, so ``AWS_ENDPOINT_URL``
 points the shim at LocalStack or an emulator unchanged.
@@ -50,6 +61,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rhailambda.errors import InvocationError, PayloadTooLargeError, ThrottledError
 from rhailambda.event import BatchResponse, EventError, InvocationEvent
 from rhailambda.shim.settings import ShimSettings
+from rhailambda.tenancy import tenant_id_for
 
 if TYPE_CHECKING:
     from mypy_boto3_lambda.client import LambdaClient
@@ -72,6 +84,8 @@ _THROTTLE_CODES = frozenset(
     }
 )
 _TOO_LARGE_CODES = frozenset({"RequestTooLargeException", "RequestEntityTooLargeException"})
+_TENANT_HEADER = "X-Amz-Tenant-Id"
+_TENANT_CONTEXT_KEY = "rhailambda_tenant_id"
 _CONNECT_TIMEOUT_S = 5.0
 _MESSAGE_LIMIT = 500  # characters of a function's error message kept in the reply
 
@@ -125,6 +139,9 @@ class LambdaInvoker:
             client = boto3.client("lambda", config=config, region_name=_region_of(function_name))
         self._client = client
         client.meta.events.register("after-call.lambda.Invoke", _keep_runtime_error_message)
+        if not _knows_tenant_id(client):
+            client.meta.events.register("before-parameter-build.lambda.Invoke", _stash_tenant_id)
+            client.meta.events.register("before-call.lambda.Invoke", _send_tenant_header)
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, max_concurrency), thread_name_prefix="lambda-invoke"
         )
@@ -150,7 +167,8 @@ class LambdaInvoker:
                 f"{MAX_PAYLOAD_BYTES}-byte limit; lower the batch size"
             )
         loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._executor, self._invoke_sync, body)
+        tenant = None if event.tenant_id is None else tenant_id_for(event.tenant_id)
+        reply = await loop.run_in_executor(self._executor, self._invoke_sync, body, tenant)
         return self._parse(reply, event)
 
     async def aclose(self) -> None:
@@ -160,13 +178,19 @@ class LambdaInvoker:
             self._client.close()
 
     # --- the blocking part, in a pool thread ---------------------------------------
-    def _invoke_sync(self, body: bytes) -> _Reply:
+    def _invoke_sync(self, body: bytes, tenant_id: str | None) -> _Reply:
         try:
-            response = self._client.invoke(
-                FunctionName=self.function_name,
-                InvocationType="RequestResponse",
-                Payload=body,
-            )
+            if tenant_id is None:
+                response = self._client.invoke(
+                    FunctionName=self.function_name, InvocationType="RequestResponse", Payload=body
+                )
+            else:
+                response = self._client.invoke(
+                    FunctionName=self.function_name,
+                    InvocationType="RequestResponse",
+                    Payload=body,
+                    TenantId=tenant_id,
+                )
             payload = response["Payload"].read()
         except ClientError as exc:
             raise self._client_error(exc) from exc
@@ -245,6 +269,26 @@ def _keep_runtime_error_message(http_response: Any, parsed: dict[str, Any], **_:
     if isinstance(body, dict) and body.get("errorMessage"):
         error_type = body.get("errorType") or "Unhandled"
         error["Message"] = f"{error_type}: {str(body['errorMessage'])[:_MESSAGE_LIMIT]}"
+
+
+def _knows_tenant_id(client: LambdaClient) -> bool:
+    """Whether the client's botocore models Invoke's ``TenantId`` (1.41.0 and later)."""
+    shape = client.meta.service_model.operation_model("Invoke").input_shape
+    return shape is not None and "TenantId" in shape.members
+
+
+def _stash_tenant_id(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """An older botocore would refuse ``TenantId``: keep it for :func:`_send_tenant_header`."""
+    tenant_id = params.pop("TenantId", None)
+    if tenant_id is not None:
+        context[_TENANT_CONTEXT_KEY] = tenant_id
+
+
+def _send_tenant_header(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """Put the stashed ``TenantId`` where Lambda reads it (before the request is signed)."""
+    tenant_id = context.get(_TENANT_CONTEXT_KEY)
+    if tenant_id is not None:
+        params["headers"][_TENANT_HEADER] = tenant_id
 
 
 def _retry_after(response: Any) -> float | None:
