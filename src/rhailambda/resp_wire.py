@@ -65,7 +65,7 @@ def encode(commands: Sequence[Sequence[Arg]]) -> bytes:
     """RESP arrays of bulk strings, packed by hiredis (in C: 2-3x our own loop)."""
     pack = hiredis.pack_command
     try:
-        return b"".join([pack(tuple(command)) for command in commands])
+        return b"".join([pack(tuple(command)) for command in commands])  # type: ignore[arg-type]
     except TypeError:
         for command in commands:
             for arg in command:
@@ -187,7 +187,7 @@ def script_sha(text: str) -> str:
     """Redis's name for a script: the SHA1 of its text (CPython's own ``_sha1``, not
     OpenSSL's, whose load through hashlib is 6-8 ms of a cold start)."""
     try:
-        import _sha1
+        import _sha1  # type: ignore[import-not-found]
     except ImportError:  # an interpreter without it
         import hashlib
 

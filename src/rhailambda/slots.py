@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "MAX_ARGS",
     "SLOTS",
     "Node",
     "Redirect",
@@ -140,17 +141,30 @@ def command_slot(command: Sequence[Any]) -> int | None:
     return slot
 
 
+#: ElastiCache Serverless refuses a command of more than 3,999 arguments (the command
+#: name and a script's SHA and key count included)
+MAX_ARGS = 3999
+
+
 def by_group(
-    indexes: Iterable[int], keys: Sequence[str], group: Callable[[str], int]
+    indexes: Iterable[int],
+    keys: Sequence[str],
+    group: Callable[[str], int],
+    *,
+    per_item: int,
+    fixed: int = 0,
 ) -> list[list[int]]:
     """``indexes`` split by the group of ``keys[i]`` (a client's ``slot_group``), in order.
 
     One script call per group: on a cluster a group is a slot, on a standalone server
-    everything is one group."""
+    everything is one group. A group whose call would pass :data:`MAX_ARGS` (``fixed``
+    arguments plus ``per_item`` keys and arguments per index, after EVALSHA, its SHA and
+    the key count) is split into calls that do not."""
+    most = max(1, (MAX_ARGS - 3 - fixed) // per_item)
     groups: dict[int, list[int]] = {}
     for i in indexes:
         groups.setdefault(group(keys[i]), []).append(i)
-    return list(groups.values())
+    return [g[k : k + most] for g in groups.values() for k in range(0, len(g), most)]
 
 
 @dataclass(frozen=True, slots=True)

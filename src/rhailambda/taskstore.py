@@ -342,13 +342,15 @@ class FinishPlan:
         preserve = "1" if self.protocol.preserve_tasks else "0"
         return [self.protocol.reply_ttl_s, preserve, self.protocol.done_ttl_s]
 
-    def _groups(self, indexes: Iterable[int], keys: list[str]) -> list[list[int]]:
-        return by_group(indexes, keys, self.group)
+    def _groups(
+        self, indexes: Iterable[int], keys: list[str], per_item: int, fixed: int = 0
+    ) -> list[list[int]]:
+        return by_group(indexes, keys, self.group, per_item=per_item, fixed=fixed)
 
     def whole(self) -> list[tuple[list[int], list[str], list[str | int]]]:
         """FINISH_LUA calls (standalone: one group)."""
         calls = []
-        for idx in self._groups(range(len(self.args)), self.task_keys):
+        for idx in self._groups(range(len(self.args)), self.task_keys, 4 + 7, len(self.head)):
             keys = [k for i in idx for k in (self.task_keys[i], self.reply_keys[i],
                                              self.done_keys[i], self.sent_keys[i])]  # fmt: skip
             calls.append((idx, keys, [*self.head, *(a for i in idx for a in self.args[i])]))
@@ -356,7 +358,7 @@ class FinishPlan:
 
     def stage(self) -> list[tuple[list[int], list[str], list[str | int]]]:
         calls = []
-        for idx in self._groups(range(len(self.args)), self.task_keys):
+        for idx in self._groups(range(len(self.args)), self.task_keys, 1 + 7):
             args: list[str | int] = [a for i in idx for a in self.args[i]]
             calls.append((idx, [self.task_keys[i] for i in idx], args))
         return calls
@@ -365,7 +367,7 @@ class FinishPlan:
         self, staged: dict[int, tuple[str, str]]
     ) -> list[tuple[list[int], list[str], list[str | int]]]:
         calls = []
-        for idx in self._groups(sorted(staged), self.reply_keys):
+        for idx in self._groups(sorted(staged), self.reply_keys, 2 + 2, 1):
             keys = [k for i in idx for k in (self.reply_keys[i], self.sent_keys[i])]
             args: list[str | int] = [self.protocol.reply_ttl_s]
             args += [part for i in idx for part in staged[i]]
@@ -374,7 +376,7 @@ class FinishPlan:
 
     def clean(self, indexes: Sequence[int]) -> list[tuple[list[int], list[str], list[str | int]]]:
         calls = []
-        for idx in self._groups(indexes, self.task_keys):
+        for idx in self._groups(indexes, self.task_keys, 2, len(self.head)):
             keys = [k for i in idx for k in (self.task_keys[i], self.done_keys[i])]
             calls.append((idx, keys, self.head))
         return calls
@@ -439,7 +441,8 @@ class TaskStore:
         layout = self._protocol.layout
         task_keys = [layout.task(t.task_id) for t in tasks]
         calls: list[tuple[list[int], list[str], list[str | int]]] = []
-        for idx in by_group(range(len(tasks)), task_keys, self._client.slot_group):
+        group = self._client.slot_group
+        for idx in by_group(range(len(tasks)), task_keys, group, per_item=3, fixed=1):
             keys = [layout.task(tasks[i].task_id) for i in idx]
             keys += [layout.done(tasks[i].task_id) for i in idx]
             args: list[str | int] = [p.now_rfc3339(), *(tasks[i].attempt for i in idx)]

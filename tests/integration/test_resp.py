@@ -70,6 +70,7 @@ def _script_commands(client: redis.Redis | redis.RedisCluster) -> tuple[int, int
         per_node = [got] if one else list(got.values())  # redis-py unwraps a single node
     else:
         per_node = [client.info("commandstats")]
+
     def count(name: str) -> int:  # Redis 7 names SCRIPT LOAD "script|load"
         return sum(
             v["calls"] for s in per_node for k, v in s.items() if k in (name, f"{name}|load")

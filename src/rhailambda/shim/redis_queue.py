@@ -288,7 +288,7 @@ class RedisQueueSource:
         task_keys = [self._layout.task(t) for t in task_ids]
         usable = [i for i, v in enumerate(verdicts) if v is None]
         calls = []
-        for idx in by_group(usable, task_keys, self._client.slot_group):
+        for idx in by_group(usable, task_keys, self._client.slot_group, per_item=2):
             keys = [k for i in idx for k in (task_keys[i], self._layout.done(task_ids[i]))]
             calls.append((idx, keys))
         pending = calls
