@@ -2,7 +2,9 @@
 
 ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) and
 ``unix:///path/to.sock?db=N``; query: ``db``, ``ssl_cert_reqs``, ``ssl_ca_certs``,
-``ssl_check_hostname``, ``socket_timeout``, ``socket_connect_timeout``. Anything
+``ssl_check_hostname``, ``socket_timeout``, ``socket_connect_timeout``, and for IAM
+authentication on ElastiCache ``iam_cache`` (with ``iam_serverless``, ``iam_region``:
+see :mod:`rhailambda.iam_auth`). Anything
 else is refused by name, and so is any spelling redis-py would read differently:
 one URL never means two things to the shim (redis-py) and the function.
 """
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from rhailambda.errors import SettingError
 from rhailambda.redaction import redact_url
+
+if TYPE_CHECKING:
+    from rhailambda.iam_auth import IamAuth
 
 __all__ = ["Address", "parse_url"]
 
@@ -43,10 +48,12 @@ class Address:
     socket_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
     cluster: str = "auto"  # auto | yes | no (RHAILAMBDA_REDIS_CLUSTER), not part of the URL
+    #: the AUTH password is an IAM token made for each new connection (``iam_cache``)
+    iam: IamAuth | None = None
 
     def __repr__(self) -> str:
         where = self.unix_path or f"{self.host}:{self.port}"
-        auth = ", auth" if self.password is not None else ""
+        auth = ", auth" if self.password is not None else ", iam" if self.iam else ""
         return f"Address({where}, db={self.db}, tls={self.tls}{auth})"
 
 
@@ -85,6 +92,7 @@ def _parse_url(url: str) -> Address:
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"unsupported scheme {parts.scheme!r} (redis, rediss, unix)")
     fields: dict[str, Any] = {"tls": parts.scheme == "rediss"}
+    iam: dict[str, str] = {}
     if parts.username:
         fields["username"] = unquote(parts.username)
     if parts.password is not None:
@@ -114,11 +122,36 @@ def _parse_url(url: str) -> Address:
             fields["socket_timeout_s"] = float(value)
         elif name == "socket_connect_timeout":
             fields["connect_timeout_s"] = float(value)
+        elif name in ("iam_cache", "iam_serverless", "iam_region"):
+            iam[name] = value
         else:
             raise ValueError(
                 f"unsupported query parameter {name!r} (db, ssl_cert_reqs, ssl_ca_certs, "
-                "ssl_check_hostname, socket_timeout, socket_connect_timeout)"
+                "ssl_check_hostname, socket_timeout, socket_connect_timeout, iam_cache, "
+                "iam_serverless, iam_region)"
             )
     if fields.get("db", 0) < 0:
         raise ValueError("the database number must be >= 0")
+    if iam:
+        fields["iam"] = _iam(iam, fields)
     return Address(**fields)
+
+
+def _iam(params: dict[str, str], fields: dict[str, Any]) -> IamAuth:
+    import os
+
+    from rhailambda.iam_auth import IamAuth  # hashlib/hmac only when IAM is used
+
+    if "iam_cache" not in params:
+        raise ValueError("iam_serverless and iam_region need iam_cache (the cache's name)")
+    if "password" in fields:
+        raise ValueError("a URL with iam_cache takes no password: the token is the password")
+    if not fields.get("username"):
+        raise ValueError("iam_cache needs the IAM-enabled user in the URL: rediss://user@host")
+    region = params.get("iam_region") or os.environ.get(
+        "AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "")
+    )
+    if not region:
+        raise ValueError("iam_cache needs a region: set AWS_REGION or iam_region")
+    serverless = _flag("iam_serverless", params.get("iam_serverless", "yes"))
+    return IamAuth(params["iam_cache"], fields["username"], region, serverless=serverless)

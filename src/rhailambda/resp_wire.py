@@ -33,9 +33,10 @@ _READ_SIZE = 65536
 def handshake(address: Address, client_name: str | None) -> list[list[Arg]]:
     """What a new connection sends first: AUTH, SELECT, CLIENT SETNAME (as needed)."""
     commands: list[list[Arg]] = []
-    if address.password is not None:
+    password = address.iam.token() if address.iam is not None else address.password
+    if password is not None:
         user = [address.username] if address.username else []
-        commands.append(["AUTH", *user, address.password])
+        commands.append(["AUTH", *user, password])
     if address.db:
         commands.append(["SELECT", address.db])
     if client_name:

@@ -27,7 +27,6 @@ was invoked for. Two circles must never share a tenant: the mapping is injective
 
 from __future__ import annotations
 
-import hashlib
 from typing import Final
 
 __all__ = ["MAX_TENANT_ID_CHARS", "other_tenant", "tenant_id_for"]
@@ -62,6 +61,8 @@ def tenant_id_for(circle_id: str) -> str:
             break
         if i + 1 == len(data) or not 0x80 <= data[i + 1] < 0xC0:  # a character ends here
             cut = i + 1
+    import hashlib  # only for ids past 256 characters: OpenSSL stays off the cold start
+
     digest = hashlib.sha256(data).hexdigest()
     return "".join(pieces[:cut]) + _LONG_MARK + digest
 

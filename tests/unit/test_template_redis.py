@@ -55,3 +55,50 @@ def test_the_cluster_parameter_allows_exactly_what_the_settings_accept() -> None
     assert sorted(param["AllowedValues"]) == ["auto", "no", "yes"]
     with pytest.raises(SettingError, match="RHAILAMBDA_REDIS_CLUSTER"):
         RedisSettings(url="redis://127.0.0.1:6379/0", cluster="maybe")
+
+
+IAM = {"RedisIamCache": "tasks", "RedisIamUser": "app"}
+_ARN = "arn:${AWS::Partition}:elasticache:${AWS::Region}:${AWS::AccountId}:"
+
+
+def _connect_grants(cfn: dict[str, Any]) -> dict[str, list[Any]]:
+    """Per role: the resources of every elasticache action it is granted."""
+    out: dict[str, list[Any]] = {}
+    for name, r in cfn["Resources"].items():
+        if r["Type"] != "AWS::IAM::Role":
+            continue
+        for policy in r["Properties"].get("Policies", []):
+            doc = policy.get("Fn::If", [None, policy])[1]["PolicyDocument"]
+            for st in doc["Statement"]:
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                if any(a.startswith("elasticache:") for a in actions):
+                    assert actions == ["elasticache:Connect"], (name, actions)
+                    out.setdefault(name, []).append(st["Resource"])
+    return out
+
+
+def test_iam_auth_grants_connect_on_the_cache_and_user_only() -> None:
+    cfn = translate(load_template(), {**VPC, **IAM})
+    grants = _connect_grants(cfn)
+    expected = [
+        [
+            {"Fn::Sub": _ARN + "serverlesscache:${RedisIamCache}"},
+            {"Fn::Sub": _ARN + "replicationgroup:${RedisIamCache}"},
+            {"Fn::Sub": _ARN + "user:${RedisIamUser}"},
+        ]
+    ]
+    assert grants == {"ScriptFunctionRole": expected, "PollerFunctionRole": expected}
+    for name, r in cfn["Resources"].items():
+        for policy in r.get("Properties", {}).get("Policies", []):
+            if "Fn::If" in policy and policy["Fn::If"][1]["PolicyName"] == "redis-iam":
+                assert policy["Fn::If"][0] == "UseRedisIam", name
+
+
+def test_iam_parameters_accept_names_and_refuse_wildcards() -> None:
+    import re
+
+    params = load_template()["Parameters"]
+    for name, value in IAM.items():
+        pattern = re.compile(params[name]["AllowedPattern"])
+        assert pattern.match(value) and pattern.match("")
+        assert not pattern.match("*") and not pattern.match(value + "*"), name
