@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from support.aws_emulator import create_table, dynamodb_client
 
 from rhailambda.circle import (
     CircleSession,
@@ -31,7 +32,6 @@ from rhailambda.circle.dynamo_store import DynamoCircleStore
 from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.store import Expectations, RecordWrite
-from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.extension import Receipt, ScriptContext
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import from_url

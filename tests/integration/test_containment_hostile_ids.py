@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import RUNS_KEY
 
 from rhailambda.protocol import KeyLayout, now_rfc3339
-from rhailambda.shim.testing import RUNS_KEY
 
 L = KeyLayout()
 GOOD = [f"g{i}" for i in range(10)]
@@ -47,7 +47,7 @@ def shim(redis_client: redis.Redis, redis_url: str) -> Iterator[Callable[..., No
 
     def start(*workers: str) -> None:
         env = {**os.environ, "REDIS_URL": redis_url, "POWERTOOLS_METRICS_DISABLED": "true",
-               "RHAILAMBDA_EXTENSIONS": "rhailambda.shim.testing:run_counter"}  # fmt: skip
+               "RHAILAMBDA_EXTENSIONS": "support.shim_doubles:run_counter"}  # fmt: skip
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "rhailambda.cli", "shim", "--worker", ",".join(workers),
              "--shim-id", "h1", "--block-s", "1", "--batch-size", "20", "--local-workers", "1"],

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import redis
 from redis_server import RedisServer
+from support.shim_doubles import queue_source, seed_tasks
 
 from rhailambda.client import Client
 from rhailambda.errors import RedisResponseError
 from rhailambda.protocol import ATTEMPT, KeyLayout
-from rhailambda.shim.testing import queue_source, seed_tasks
 
 L = KeyLayout()
 N = 200

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 import redis
+from support.aws_emulator import create_table, dynamodb_client
 
 from rhailambda import protocol as p
 from rhailambda.circle import CircleExtension, CircleSession
 from rhailambda.circle.dynamo_store import DynamoCircleStore
 from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
-from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.extension import Extension, Receipt, ScriptContext, task_fingerprint
 from rhailambda.functions.runner import BatchRunner, TaskResult

@@ -1,4 +1,4 @@
-"""The installable wheel carries every file the package reads at run time."""
+"""The installable wheel carries every file the package reads at run time, and no test code."""
 
 from __future__ import annotations
 
@@ -7,17 +7,26 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+from support.package_content import find_test_code
+
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 
 
-def test_wheel_holds_every_data_file(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, cwd=tmp_path,
+         "-w", str(out), str(ROOT)],
+        check=True, capture_output=True, cwd=out,
     )  # fmt: skip
-    (wheel,) = tmp_path.glob("rhailambda-*.whl")
+    (built,) = out.glob("rhailambda-*.whl")
+    return built
+
+
+def test_wheel_holds_every_data_file(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
         str(path.relative_to(SRC))
@@ -25,3 +34,9 @@ def test_wheel_holds_every_data_file(tmp_path: Path) -> None:
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     }
     assert expected - names == set(), "files the package needs are missing from the wheel"
+
+
+def test_wheel_holds_no_test_code(wheel: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path)
+    assert find_test_code(tmp_path) == []

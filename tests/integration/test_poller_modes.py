@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from support.shim_doubles import FakeInvoker, seed_tasks
 
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import KeyLayout
@@ -23,7 +24,6 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker, seed_tasks
 
 L = KeyLayout()
 WORKERS = ("w1", "w2")

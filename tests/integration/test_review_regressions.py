@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import FakeInvoker, queue_source, seed_tasks, wait_until
 
 from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
@@ -26,7 +27,6 @@ from rhailambda.shim.health import Health
 from rhailambda.shim.limiter import FairLimiter
 from rhailambda.shim.redis_lease import RedisLeaseStore
 from rhailambda.shim.settings import FlowSettings, QueueSettings, RetrySettings, ShimSettings
-from rhailambda.shim.testing import FakeInvoker, queue_source, seed_tasks, wait_until
 from rhailambda.taskstore import TaskStore
 
 L = p.KeyLayout()

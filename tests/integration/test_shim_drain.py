@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import FakeInvoker, seed_tasks, wait_until
 
 from rhailambda.errors import InvocationError, PayloadTooLargeError, ThrottledError
 from rhailambda.event import BatchResponse, InvocationEvent, Outcome
@@ -24,7 +25,6 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker, seed_tasks, wait_until
 
 L = KeyLayout()
 

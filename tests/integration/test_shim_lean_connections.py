@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import redis
+from support.shim_doubles import queue_source, seed_tasks
 
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import parse_url
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.shim.health import Health
-from rhailambda.shim.testing import queue_source, seed_tasks
 
 L = KeyLayout()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from support.shim_doubles import seed_tasks, wait_until
 
 from rhailambda.errors import InvocationError
 from rhailambda.event import InvocationEvent, TaskRef
@@ -20,10 +21,9 @@ from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.local_backend import LocalInvoker
 from rhailambda.shim.settings import FlowSettings, QueueSettings, RetrySettings, ShimSettings
-from rhailambda.shim.testing import seed_tasks, wait_until
 
-BEHAVE = "rhailambda.shim.testing.behaviour_handler"
-ECHO = "rhailambda.shim.testing.echo_handler"
+BEHAVE = "support.shim_doubles.behaviour_handler"
+ECHO = "support.shim_doubles.echo_handler"
 L = KeyLayout()
 
 

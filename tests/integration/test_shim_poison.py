@@ -6,9 +6,9 @@ import asyncio
 import json
 
 import redis
+from support.shim_doubles import queue_source, seed_tasks
 
 from rhailambda import protocol as p
-from rhailambda.shim.testing import queue_source, seed_tasks
 
 L = p.KeyLayout()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import FakeInvoker, queue_source, seed_tasks, wait_until
 
 from rhailambda.errors import InvocationError
 from rhailambda.event import BatchResponse, InvocationEvent
@@ -33,7 +34,6 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker, queue_source, seed_tasks, wait_until
 
 L = KeyLayout()
 

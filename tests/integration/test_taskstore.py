@@ -188,7 +188,7 @@ def test_a_task_whose_finish_died_after_staging_is_taken_again_and_answered(
     preserve: bool, redis_client: redis.Redis, redis_url: str, resp_client: RespClient
 ) -> None:
     """The shim must not drop a final task that holds an unsent reply (a chaos find)."""
-    from rhailambda.shim.testing import queue_source
+    from support.shim_doubles import queue_source
 
     def die(at: str) -> None:
         if at == "staged":

@@ -1,9 +1,10 @@
 """Test doubles for the shim: an in-memory invoker, handlers for the local backend.
 
-Like ``httpx.MockTransport``: shipped with the package so tests (and the local
-worker processes they start, which import handlers by path) can use them.
+Kept under tests/ so they never ship to Lambda: the local worker processes and
+shims that tests start import them by path (tests/conftest.py puts ``tests/`` on
+their ``PYTHONPATH``).
 
-Handlers (import path ``rhailambda.shim.testing.<name>``) read their behaviour
+Handlers (import path ``support.shim_doubles.<name>``) read their behaviour
 from the task ids, so one pool serves every test: an id containing ``crash``
 kills the worker process, ``sleep`` sleeps past any budget, ``raise`` raises,
 ``fail`` is reported in ``batchItemFailures``.
@@ -196,7 +197,7 @@ class RunCounter:
 
     The count lands in Redis the moment the script runs (not at commit), so a run
     cut short by a killed worker is counted too: an id counted twice was executed
-    twice. For chaos tests: ``RHAILAMBDA_EXTENSIONS=rhailambda.shim.testing:run_counter``.
+    twice. For chaos tests: ``RHAILAMBDA_EXTENSIONS=support.shim_doubles:run_counter``.
     """
 
     name = "probe"
