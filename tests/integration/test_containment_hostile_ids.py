@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -114,10 +115,10 @@ def test_an_id_naming_a_queue_is_contained_and_the_queue_keeps_working(
     shim("w1", "w2", "w3")
     assert_ran_once_each(r, GOOD)
     for bad, worker in (("w1", "w2"), ("w3", "w3")):
-        reply = wait_for(lambda b=bad: r.lpop(L.reply(b)), 30, f"{bad}'s error reply")
+        reply = wait_for(partial(r.lpop, L.reply(bad)), 30, f"{bad}'s error reply")
         body = json.loads(reply)
         assert body["status"] == "error" and "queue" in body["error"], body
-        assert bad in wait_for(lambda w=worker: r.lrange(L.dead_letter(w), 0, -1), 30, "dlq")
+        assert bad in wait_for(partial(r.lrange, L.dead_letter(worker), 0, -1), 30, "dlq")
     assert not r.hgetall(RUNS_KEY).get("w1") and not r.hgetall(RUNS_KEY).get("w3")
     for worker in ("w1", "w3"):  # both queues work again
         write_task(r, f"after-{worker}", worker)

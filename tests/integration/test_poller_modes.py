@@ -225,6 +225,7 @@ def test_always_on_runs_hand_over_without_a_gap(
         second.join(30)
     finally:
         server.shutdown()
+        server.server_close()
     assert not second.is_alive()
     assert set(taken) == set(submitted)
     waits = sorted(taken[t] - submitted[t] for t in submitted)

@@ -39,7 +39,7 @@ def test_a_cancelled_ack_does_not_lose_the_others_sharing_its_connection(
             assert acks[6].cancelled()
             return health.outages
         finally:
-            source.close()
+            source.close()  # and its client
             await client.aclose()
 
     outages = asyncio.run(scenario())

@@ -252,11 +252,15 @@ def test_invocations_cancelled_under_contention_never_cost_the_pool_a_slot(
                 queued, cancelled = calls[max_workers:], []
                 for holder in holders:
                     seen = set(inv.worker_pids())
+
+                    def handed_back(before: set[int] = seen) -> set[int]:
+                        return set(inv.worker_pids()) - before
+
                     (gates / holder).touch()  # that holder returns its worker
                     # A worker handed back: cancel the youngest queued call at once, and
                     # the oldest (the one woken for that worker) delay_steps steps later.
                     await _spin_until(
-                        lambda seen=seen: set(inv.worker_pids()) - seen,
+                        handed_back,
                         timeout_s=5,
                         what="a hand-back",
                     )
