@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.function_handler import fresh_handler
 
 from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
@@ -200,14 +200,12 @@ def test_lambda_handler_end_to_end(
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("RHAILAMBDA_CIRCLE_ENABLED", "false")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "rhailambda-test")
-    import rhailambda.functions.handler as handler_module
-
-    handler_module = importlib.reload(handler_module)
     _put(redis_client, "t1", "let x = 10; x * 2")
     _put(redis_client, "t2", "let x = 10; x * ")
-    response = handler_module.handler(
-        {"workerId": "worker1", "tasks": [{"taskId": "t1", "attempt": 1}, "t2"]}, FakeContext()
-    )
+    with fresh_handler() as handler_module:
+        response = handler_module.handler(
+            {"workerId": "worker1", "tasks": [{"taskId": "t1", "attempt": 1}, "t2"]}, FakeContext()
+        )
     assert response == {"batchItemFailures": [], "outcomes": {"t1": "completed", "t2": "error"}}
     assert _reply(redis_client, "t1")["output"] == "20"
     emf = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
