@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
 from support.function_handler import fresh_handler
+from support.lambda_context import FakeContext
 
 from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
@@ -177,18 +177,6 @@ def test_preserve_tasks_keeps_the_hash(resp_client: RespClient, redis_client: re
     _run(runner, "t1")
     task = redis_client.hgetall(LAYOUT.task("t1"))
     assert (task["status"], task["output"]) == ("completed", "42")
-
-
-@dataclass
-class FakeContext:
-    function_name: str = "script-function"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:script-function"
-    aws_request_id: str = "req-1"
-    remaining_ms: int = 30_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 def test_lambda_handler_end_to_end(

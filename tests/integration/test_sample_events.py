@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from support.function_handler import fresh_handler
+from support.lambda_context import FakeContext
 
 from rhailambda.protocol import KeyLayout
 
 EVENTS = Path(__file__).resolve().parents[2] / "functions" / "events"
 LAYOUT = KeyLayout()
-
-
-@dataclass
-class FakeContext:
-    function_name: str = "sample"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:sample"
-    aws_request_id: str = "11111111-2222-3333-4444-555555555555"
-    remaining_ms: int = 300_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 def _event(name: str) -> dict[str, Any]:
@@ -57,7 +45,7 @@ def test_the_script_batch_event_runs_its_tasks(
     monkeypatch.setenv("RHAILAMBDA_CIRCLE_ENABLED", "false")
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     with fresh_handler() as handler_module:
-        response = handler_module.handler(event, FakeContext())
+        response = handler_module.handler(event, FakeContext(remaining_ms=300_000))
     assert response["outcomes"] == dict.fromkeys(ids, "completed")
     for task_id in ids:
         reply = json.loads(str(redis_client.lpop(LAYOUT.reply(task_id))))
@@ -77,5 +65,5 @@ def test_a_poller_event_on_demand_with_no_work_returns_idle(
         monkeypatch.setenv(var, value)
     from rhailambda.shim.poller import handler
 
-    result = handler(_event(name), FakeContext())
+    result = handler(_event(name), FakeContext(remaining_ms=300_000))
     assert result["outcome"] == "idle", result

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
+
+from support.mk_scripts import load
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _devlock() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mk_devlock", ROOT / "mk" / "devlock.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load("devlock")
 
 
 def test_the_lock_matches_its_inputs() -> None:
