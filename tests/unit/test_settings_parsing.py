@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 from collections.abc import Iterator, Mapping
 
@@ -12,7 +13,7 @@ from rhailambda.functions.settings import FunctionSettings
 from rhailambda.protocol import KeyLayout
 from rhailambda.settings import Env, ProtocolSettings, SignatureSettings, WakeSettings
 from rhailambda.shim.poller_modes import mode_from_env
-from rhailambda.shim.settings import PollerSettings
+from rhailambda.shim.settings import PollerSettings, ShimSettings, add_arguments, from_args
 from rhailambda.wake import Waker
 
 
@@ -72,3 +73,12 @@ def test_the_wake_function_is_read_through_env() -> None:
     assert Waker.from_env({"RHAILAMBDA_WAKE_FUNCTION": "  "}, KeyLayout()) is None
     waker = Waker.from_env({"RHAILAMBDA_WAKE_FUNCTION": " poller "}, KeyLayout())
     assert waker is not None and waker.function == "poller"
+
+
+def test_the_poller_reads_shim_settings_from_the_environment_without_flags() -> None:
+    env = Env({"RHAILAMBDA_WORKERS": "w1", "RHAILAMBDA_SHIM_ID": "p1", "RHAILAMBDA_BLOCK_S": "2"})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert ShimSettings.from_env(env) == from_args(parser.parse_args([]), env)
+    with pytest.raises(SettingError, match="RHAILAMBDA_WORKERS"):
+        ShimSettings.from_env(Env({}))

@@ -138,6 +138,11 @@ class ShimSettings:
     #: Variables set for the function's environment (local workers), on top of the shim's.
     function_env: Mapping[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def from_env(cls, env: Env) -> ShimSettings:
+        """From the environment alone (the poller: a Lambda has no flags)."""
+        return _build(env)
+
 
 # (flag, variable, help). The flag's dest is the variable lower-cased.
 _OPTIONS: tuple[tuple[str, str, str], ...] = (
