@@ -10,13 +10,14 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.stamp
 RUN_DIR := .run
 
-.PHONY: help setup run test test-fast lint fmt bench build clean redis-server
+.PHONY: help setup run test test-fast lint lock fmt bench build clean redis-server
 
 help:
 	@echo "make run     local stack: Redis + shim + examples, until Ctrl-C"
 	@echo "make test    set up, then run every test (standalone Redis 7, then the backend matrix)"
 	@echo "make test-cluster CLUSTER=valkey-cluster3   integration + e2e on one cluster backend"
-	@echo "make lint    ruff, mypy --strict, cargo fmt/clippy"
+	@echo "make lint    ruff, mypy --strict (tests relaxed), cargo fmt/clippy, the lock checks"
+	@echo "make lock    requirements-dev.lock from requirements-dev.txt + pyproject.toml"
 	@echo "make bench   benchmarks (rhai-py and end to end)"
 	@echo "make build   the Lambda wheel and sam build"
 
@@ -24,8 +25,10 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP): $(PY) requirements-dev.txt pyproject.toml
-	$(PIP) install -q -r requirements-dev.txt
+# The pinned environment (requirements-dev.lock, from requirements-dev.txt and
+# pyproject.toml by mk/devlock.py; `make lock` after changing either).
+$(STAMP): $(PY) requirements-dev.lock
+	$(PIP) install -q --require-hashes -r requirements-dev.lock
 	touch $@
 
 redis-server:
@@ -55,11 +58,16 @@ test-fast: setup
 
 lint: setup
 	$(PY) mk/requirements.py --check
+	$(PY) mk/devlock.py --check
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 	$(MAKE) -C rhai-py lint VENV=$(abspath $(VENV))
 	$(MAKE) validate
+
+## lock: requirements-dev.lock again from its inputs (LOCK_ARGS=--upgrade: newest versions)
+lock: $(STAMP)
+	$(PY) mk/devlock.py $(LOCK_ARGS)
 
 fmt:
 	$(VENV)/bin/ruff format src tests bench

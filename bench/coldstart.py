@@ -26,8 +26,8 @@ import redis
 from bench.config import REPO, SCRIPT
 from bench.infra import PY, free_port, wait_for
 from rhailambda.protocol import KeyLayout
-from rhailambda.shim.testing import seed_tasks
 from rhailambda.signing import SigningKey
+from tests.support.shim_doubles import seed_tasks
 
 __all__ = ["MIN_RUNS", "cold_start", "rie_binary"]
 

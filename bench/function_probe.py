@@ -23,7 +23,7 @@ from bench.config import SCRIPT
 from rhailambda import resp
 from rhailambda.protocol import KeyLayout
 from rhailambda.shim.local_worker import LocalContext
-from rhailambda.shim.testing import seed_tasks
+from tests.support.shim_doubles import seed_tasks
 
 SENDS = 0
 _round_trip = resp._Connection.round_trip

@@ -19,7 +19,7 @@ from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.settings import BatchSettings, FlowSettings, QueueSettings, ShimSettings
-from rhailambda.shim.testing import seed_tasks
+from tests.support.shim_doubles import seed_tasks
 
 WORKER = "bench-noop"
 

@@ -204,7 +204,8 @@ def aws_endpoint() -> Iterator[str]:
 
 
 def client(service: str, endpoint_url: str) -> Any:
-    return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **FAKE_CREDENTIALS)
+    make: Any = boto3.client  # its overloads want a literal service name
+    return make(service, endpoint_url=endpoint_url, region_name=REGION, **FAKE_CREDENTIALS)
 
 
 def zip_dir(directory: Path) -> bytes:

@@ -40,12 +40,16 @@ import pytest
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
-
 from redis_cluster import ClusterUnderTest
 from redis_server import RedisServer, ServerKind
+from support.aws_emulator import start_moto
 
-from rhailambda.circle.testing import start_moto
 from rhailambda.resp import RespClient, from_url
+
+# The processes tests start (shims, local workers) import test doubles by path
+# ("support.shim_doubles.echo_handler"): they live here, not in the shipped package.
+TESTS_DIR = str(Path(__file__).parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))
 
 
 class Backend(NamedTuple):

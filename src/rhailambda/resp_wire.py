@@ -97,6 +97,7 @@ class Connection:
 
     def _connect(self) -> socket.socket:
         a = self.address
+        sock: socket.socket | None = None
         try:
             if a.unix_path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -110,6 +111,8 @@ class Connection:
                 sock = _wrap_tls(sock, a)
             sock.settimeout(a.socket_timeout_s)
         except OSError as exc:
+            if sock is not None:  # a refused unix socket, a failed TLS setup: not left open
+                sock.close()
             raise RedisConnectionError(f"cannot connect to Redis at {a!r}: {exc}") from exc
         return sock
 

@@ -23,10 +23,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_REDIS_URL",
+    "WAKE_ENV",
     "Env",
     "ProtocolSettings",
     "RedisSettings",
     "SignatureSettings",
+    "WakeSettings",
     "redact_url",
 ]
 
@@ -133,9 +135,10 @@ class RedisSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> RedisSettings:
+        d = cls()
         return cls(
-            url=env.str("REDIS_URL", DEFAULT_REDIS_URL),
-            cluster=env.str("RHAILAMBDA_REDIS_CLUSTER", "auto").strip().lower() or "auto",
+            url=env.str("REDIS_URL", d.url),
+            cluster=env.str("RHAILAMBDA_REDIS_CLUSTER", d.cluster).strip().lower() or d.cluster,
         )
 
 
@@ -177,7 +180,8 @@ class SignatureSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> SignatureSettings:
-        raw = env.str("RHAILAMBDA_SIGNATURES", "verify").strip().lower() or "verify"
+        d = cls()
+        raw = env.str("RHAILAMBDA_SIGNATURES", d.policy).strip().lower() or d.policy
         if raw not in _POLICIES:
             message = f"expected off, verify or require, got {raw!r}"
             raise SettingError("RHAILAMBDA_SIGNATURES", message)
@@ -185,8 +189,8 @@ class SignatureSettings:
         return cls(
             policy=raw,
             require_workers=frozenset(normalize_worker_id(w) for w in workers),
-            max_age_s=env.int("RHAILAMBDA_SIGNATURE_MAX_AGE_S", 3600, minimum=1),
-            clock_skew_s=env.int("RHAILAMBDA_SIGNATURE_CLOCK_SKEW_S", 60, minimum=0),
+            max_age_s=env.int("RHAILAMBDA_SIGNATURE_MAX_AGE_S", d.max_age_s, minimum=1),
+            clock_skew_s=env.int("RHAILAMBDA_SIGNATURE_CLOCK_SKEW_S", d.clock_skew_s, minimum=0),
         )
 
 
@@ -207,18 +211,40 @@ class ProtocolSettings:
         return max(self.reply_ttl_s, self.replay_window_s)
 
     @classmethod
-    def from_env(cls, env: Env) -> ProtocolSettings:
+    def from_env(cls, env: Env, signatures: SignatureSettings | None = None) -> ProtocolSettings:
+        """``signatures``: the process's signature settings when it has parsed them
+        already (the function), else read here for the replay window (the shim)."""
+        d = cls()
         try:
             layout = KeyLayout(
-                prefix=env.str("RHAILAMBDA_KEY_PREFIX", "rhailib:"),
-                reply_template=env.str("RHAILAMBDA_REPLY_KEY_TEMPLATE", "{prefix}reply:{task_id}"),
-                internal_prefix=env.str("RHAILAMBDA_INTERNAL_PREFIX", "rhailambda:"),
+                prefix=env.str("RHAILAMBDA_KEY_PREFIX", d.layout.prefix),
+                reply_template=env.str("RHAILAMBDA_REPLY_KEY_TEMPLATE", d.layout.reply_template),
+                internal_prefix=env.str("RHAILAMBDA_INTERNAL_PREFIX", d.layout.internal_prefix),
             )
         except ValueError as exc:
             raise SettingError("RHAILAMBDA_REPLY_KEY_TEMPLATE", str(exc)) from exc
+        if signatures is None:
+            signatures = SignatureSettings.from_env(env)
         return cls(
             layout=layout,
-            reply_ttl_s=env.int("RHAILAMBDA_REPLY_TTL_S", 3600, minimum=1),
-            preserve_tasks=env.bool("RHAILAMBDA_PRESERVE_TASKS", False),
-            replay_window_s=SignatureSettings.from_env(env).replay_window_s,
+            reply_ttl_s=env.int("RHAILAMBDA_REPLY_TTL_S", d.reply_ttl_s, minimum=1),
+            preserve_tasks=env.bool("RHAILAMBDA_PRESERVE_TASKS", d.preserve_tasks),
+            replay_window_s=signatures.replay_window_s,
         )
+
+
+WAKE_ENV = "RHAILAMBDA_WAKE_FUNCTION"
+
+
+@dataclass(frozen=True, slots=True)
+class WakeSettings:
+    """The poller a client wakes when a submit finds no live shim (see :mod:`rhailambda.wake`).
+
+    ``function``: its name or ARN (``RHAILAMBDA_WAKE_FUNCTION``); empty: wake none.
+    """
+
+    function: str = ""
+
+    @classmethod
+    def from_env(cls, env: Env) -> WakeSettings:
+        return cls(function=env.str(WAKE_ENV, cls().function).strip())

@@ -20,10 +20,10 @@ from collections.abc import Mapping
 
 from rhailambda import protocol as p
 from rhailambda.resp import Arg
+from rhailambda.settings import WAKE_ENV, Env, WakeSettings
 
 __all__ = ["WAKE_ENV", "WAKE_INTERVAL_S", "Waker"]
 
-WAKE_ENV = "RHAILAMBDA_WAKE_FUNCTION"
 WAKE_INTERVAL_S = 5.0
 log = logging.getLogger("rhailambda.wake")
 
@@ -41,12 +41,16 @@ class Waker:
         self._thread: threading.Thread | None = None
 
     @classmethod
+    def from_settings(cls, settings: WakeSettings, layout: p.KeyLayout) -> Waker | None:
+        return cls(settings.function, layout) if settings.function else None
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str], layout: p.KeyLayout) -> Waker | None:
-        function = environ.get(WAKE_ENV, "").strip()
-        return cls(function, layout) if function else None
+        return cls.from_settings(WakeSettings.from_env(Env(environ)), layout)
 
     @classmethod
     def default(cls, layout: p.KeyLayout) -> Waker | None:
+        """The client's edge: a Client built without ``wake_function`` reads its process's."""
         return cls.from_env(os.environ, layout)
 
     def lease_check(self) -> list[Arg]:

@@ -40,10 +40,12 @@ from aws_support import (
     aws_endpoint,
     client,
     deploy_built_stack,
+    load_template,
     missing_tools,
     sam_build,
 )
 from redis_server import RedisServer
+from support.package_content import find_test_code
 
 from rhailambda.client import Client
 from rhailambda.protocol import KeyLayout
@@ -163,6 +165,19 @@ def _policy(iam: Any, role: str, name: str) -> dict[str, Any]:
     statements = document["Statement"]
     document["Statement"] = statements if isinstance(statements, list) else [statements]
     return dict(document)
+
+
+def test_the_built_function_packages_hold_no_test_code_and_no_moto(build_dir: Path) -> None:
+    built = load_template(build_dir / "template.yaml")
+    code_dirs = {
+        logical_id: build_dir / resource["Properties"]["CodeUri"]
+        for logical_id, resource in built["Resources"].items()
+        if resource.get("Type") == "AWS::Serverless::Function"
+    }
+    assert set(code_dirs) == {"ScriptFunction", "PollerFunction"}
+    for logical_id, code_dir in code_dirs.items():
+        assert (code_dir / "rhailambda" / "functions" / "handler.py").is_file(), logical_id
+        assert find_test_code(code_dir) == [], logical_id
 
 
 def test_stack_creates_function_table_alarms_and_roles(endpoint: str, stack: Stack) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from support.shim_doubles import RUNS_KEY
 
 from rhailambda.client import Client
 from rhailambda.protocol import KeyLayout
-from rhailambda.shim.testing import RUNS_KEY
 
 L = KeyLayout()
 N_TASKS = 5000
@@ -46,7 +46,7 @@ def start_shim(redis_url: str, shim_id: str) -> subprocess.Popen[bytes]:
         **os.environ,
         "REDIS_URL": redis_url,
         "RHAILAMBDA_PRESERVE_TASKS": "true",
-        "RHAILAMBDA_EXTENSIONS": "rhailambda.shim.testing:run_counter",
+        "RHAILAMBDA_EXTENSIONS": "support.shim_doubles:run_counter",
         "RHAILAMBDA_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen(

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.aws_emulator import DUMMY_AWS_ENV, create_table, dynamodb_client
 
-from rhailambda.circle.testing import DUMMY_AWS_ENV, create_table, dynamodb_client
 from rhailambda.client import Client, Reply
 
 pytest.importorskip("rhai_py")

@@ -41,7 +41,7 @@ def stack() -> Iterator[redis.Redis]:
 
 
 def _hset_task(r: redis.Redis, tid: str, **fields: str) -> None:
-    r.hset(f"rhailib:{tid}", mapping=fields)
+    r.hset(f"rhailib:{tid}", mapping=dict[Any, Any](fields))
     r.lpush(f"rhailib:{WORKER}", tid)
 
 

@@ -105,7 +105,7 @@ def _run(r: redis.Redis, runner: BatchRunner, script: str, budget_s: float = 60)
                                       "contextId": "alice", "status": "pending",
                                       "createdAt": "now"})  # fmt: skip
     runner.run(InvocationEvent("w", (TaskRef("t", 1),)), budget_s)
-    reply: dict[str, str] = json.loads(r.lpop(LAYOUT.reply("t")) or "{}")
+    reply: dict[str, str] = json.loads(str(r.lpop(LAYOUT.reply("t")) or "{}"))
     return reply
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis import Redis
+from support.aws_emulator import create_table, dynamodb_client
 
 from rhailambda.circle import (
     CircleSession,
@@ -31,10 +31,9 @@ from rhailambda.circle.dynamo_store import DynamoCircleStore
 from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
 from rhailambda.circle.store import Expectations, RecordWrite
-from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.extension import Receipt, ScriptContext
 from rhailambda.protocol import KeyLayout
-from rhailambda.resp import from_url
+from rhailambda.resp import RespClient, from_url
 
 TRICKY_CONTEXTS = ["alice", "alice}", "{alice}", "alice:rec:todo", "alice%3A", "alice:", "é {x}#"]
 
@@ -44,14 +43,13 @@ def store(request: pytest.FixtureRequest) -> Iterator[CircleStore]:
     if request.param == "memory":
         yield MemoryCircleStore()
     elif request.param == "redis":
-        client = from_url(request.getfixturevalue("redis_url"))
-        yield RedisCircleStore(client)
-        client.close()
+        with from_url(request.getfixturevalue("redis_url")) as client:
+            yield RedisCircleStore(client)
     else:
-        client = dynamodb_client(request.getfixturevalue("moto_endpoint"))
+        dynamo = dynamodb_client(request.getfixturevalue("moto_endpoint"))
         table = f"circle-{uuid.uuid4().hex[:12]}"
-        create_table(client, table)
-        yield DynamoCircleStore(client, table)
+        create_table(dynamo, table)
+        yield DynamoCircleStore(dynamo, table)
 
 
 def session(
@@ -133,9 +131,11 @@ def test_circles_never_see_each_others_data(store: CircleStore) -> None:
 
 
 @pytest.mark.standalone_only("KEYS * reads one node of a cluster")
-def test_redis_keys_stay_under_the_circles_hash_tag(redis_url: str) -> None:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    store = RedisCircleStore(from_url(redis_url))
+def test_redis_keys_stay_under_the_circles_hash_tag(
+    redis_client: Any, resp_client: RespClient
+) -> None:
+    client = redis_client
+    store = RedisCircleStore(resp_client)
     for context in TRICKY_CONTEXTS:
         committed(store, context, lambda s: s.save("todo", "a}:{b", {"v": 1}))
     keys = [str(k) for k in client.keys("*")]  # a test may look at everything
@@ -363,9 +363,9 @@ def test_memory_receipts_expire_after_their_ttl() -> None:
 
 @pytest.mark.standalone_only("KEYS * reads one node of a cluster")
 def test_redis_receipt_expires_with_the_reply_ttl_in_the_circles_slot(
-    redis_url: str, redis_client: Any
+    resp_client: RespClient, redis_client: Any
 ) -> None:
-    store = RedisCircleStore(from_url(redis_url), receipt_ttl_s=120)
+    store = RedisCircleStore(resp_client, receipt_ttl_s=120)
     s = session(store, "al:ice}", task_id="t1")
     increment(s)
     s.commit(Receipt("t1", "1", 1, "c1"))

@@ -2,6 +2,7 @@
 
 import json
 import threading
+from typing import Any
 
 import pytest
 import redis
@@ -16,7 +17,7 @@ def test_submit_writes_what_the_dispatcher_writes(
     with Client(redis_url) as client:
         task_id = client.submit("40 + 2", worker_id="Worker One", context_id="c1", caller_id="a1")
     assert redis_client.lrange("rhailib:worker_one", 0, -1) == [task_id]
-    task = redis_client.hgetall(f"rhailib:{task_id}")
+    task: dict[Any, Any] = redis_client.hgetall(f"rhailib:{task_id}")
     assert task["script"] == "40 + 2"
     assert (task["callerId"], task["contextId"], task["status"]) == ("a1", "c1", "pending")
     assert task["taskId"] == task_id and task["createdAt"].endswith("+00:00")

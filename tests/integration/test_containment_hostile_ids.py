@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import RUNS_KEY
 
 from rhailambda.protocol import KeyLayout, now_rfc3339
-from rhailambda.shim.testing import RUNS_KEY
 
 L = KeyLayout()
 GOOD = [f"g{i}" for i in range(10)]
@@ -47,7 +48,7 @@ def shim(redis_client: redis.Redis, redis_url: str) -> Iterator[Callable[..., No
 
     def start(*workers: str) -> None:
         env = {**os.environ, "REDIS_URL": redis_url, "POWERTOOLS_METRICS_DISABLED": "true",
-               "RHAILAMBDA_EXTENSIONS": "rhailambda.shim.testing:run_counter"}  # fmt: skip
+               "RHAILAMBDA_EXTENSIONS": "support.shim_doubles:run_counter"}  # fmt: skip
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "rhailambda.cli", "shim", "--worker", ",".join(workers),
              "--shim-id", "h1", "--block-s", "1", "--batch-size", "20", "--local-workers", "1"],
@@ -114,10 +115,10 @@ def test_an_id_naming_a_queue_is_contained_and_the_queue_keeps_working(
     shim("w1", "w2", "w3")
     assert_ran_once_each(r, GOOD)
     for bad, worker in (("w1", "w2"), ("w3", "w3")):
-        reply = wait_for(lambda b=bad: r.lpop(L.reply(b)), 30, f"{bad}'s error reply")
+        reply = wait_for(partial(r.lpop, L.reply(bad)), 30, f"{bad}'s error reply")
         body = json.loads(reply)
         assert body["status"] == "error" and "queue" in body["error"], body
-        assert bad in wait_for(lambda w=worker: r.lrange(L.dead_letter(w), 0, -1), 30, "dlq")
+        assert bad in wait_for(partial(r.lrange, L.dead_letter(worker), 0, -1), 30, "dlq")
     assert not r.hgetall(RUNS_KEY).get("w1") and not r.hgetall(RUNS_KEY).get("w3")
     for worker in ("w1", "w3"):  # both queues work again
         write_task(r, f"after-{worker}", worker)

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import redis
 from redis_server import RedisServer
+from support.shim_doubles import queue_source, seed_tasks
 
 from rhailambda.client import Client
 from rhailambda.errors import RedisResponseError
 from rhailambda.protocol import ATTEMPT, KeyLayout
-from rhailambda.shim.testing import queue_source, seed_tasks
 
 L = KeyLayout()
 N = 200
@@ -118,7 +118,8 @@ def test_a_deliver_redis_refuses_raises_redis_error_and_counts_no_attempt(
         async def once(what: str, op: Callable[[], Any]) -> Any:
             return await op()  # no health retries: the refusal comes straight back
 
-        await source._delivered("w1", ids, once)
+        with source:
+            await source._delivered("w1", ids, once)
 
     r.config_set("maxmemory-policy", "noeviction")
     r.config_set("maxmemory", "1")

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import redis
+from support.shim_doubles import seed_tasks
 
 from rhailambda.protocol import KeyLayout
-from rhailambda.shim.testing import seed_tasks
 
 L = KeyLayout()
 

@@ -72,3 +72,6 @@ def test_a_signal_to_the_dev_stack_leaves_nothing_running(tmp_path: Path, signum
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()

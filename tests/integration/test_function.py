@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
+from support.function_handler import fresh_handler
+from support.lambda_context import FakeContext
 
 from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.functions.runner import BatchRunner
 from rhailambda.functions.settings import FunctionSettings
-from rhailambda.resp import from_url
+from rhailambda.resp import RespClient, from_url
 from rhailambda.settings import ProtocolSettings
 from rhailambda.taskstore import TaskStore
 
@@ -25,7 +25,7 @@ LAYOUT = p.KeyLayout()
 
 
 def _put(r: redis.Redis, task_id: str, script: str | None = "40 + 2", **fields: str) -> None:
-    body = {
+    body: dict[Any, Any] = {
         "taskId": task_id,
         "callerId": "alice",
         "contextId": "alice",
@@ -48,9 +48,8 @@ def _reply(r: redis.Redis, task_id: str) -> dict[str, Any]:
 @pytest.fixture
 def runner(redis_url: str) -> Iterator[BatchRunner]:
     settings = FunctionSettings(circle_enabled=False)
-    client = from_url(redis_url)
-    yield BatchRunner(settings, TaskStore(client, settings.protocol))
-    client.close()
+    with from_url(redis_url) as client:
+        yield BatchRunner(settings, TaskStore(client, settings.protocol))
 
 
 def _run(runner: BatchRunner, *ids: str, attempt: int = 1, budget_s: float = 30) -> dict[str, str]:
@@ -169,27 +168,15 @@ def test_two_contexts_on_one_queue(runner: BatchRunner, redis_client: redis.Redi
     assert _reply(redis_client, "b")["output"] == "circle-b"
 
 
-def test_preserve_tasks_keeps_the_hash(redis_url: str, redis_client: redis.Redis) -> None:
+def test_preserve_tasks_keeps_the_hash(resp_client: RespClient, redis_client: redis.Redis) -> None:
     settings = FunctionSettings(
         circle_enabled=False, protocol=ProtocolSettings(preserve_tasks=True)
     )
-    runner = BatchRunner(settings, TaskStore(from_url(redis_url), settings.protocol))
+    runner = BatchRunner(settings, TaskStore(resp_client, settings.protocol))
     _put(redis_client, "t1", "6 * 7")
     _run(runner, "t1")
     task = redis_client.hgetall(LAYOUT.task("t1"))
     assert (task["status"], task["output"]) == ("completed", "42")
-
-
-@dataclass
-class FakeContext:
-    function_name: str = "script-function"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:script-function"
-    aws_request_id: str = "req-1"
-    remaining_ms: int = 30_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 def test_lambda_handler_end_to_end(
@@ -201,14 +188,12 @@ def test_lambda_handler_end_to_end(
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("RHAILAMBDA_CIRCLE_ENABLED", "false")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "rhailambda-test")
-    import rhailambda.functions.handler as handler_module
-
-    handler_module = importlib.reload(handler_module)
     _put(redis_client, "t1", "let x = 10; x * 2")
     _put(redis_client, "t2", "let x = 10; x * ")
-    response = handler_module.handler(
-        {"workerId": "worker1", "tasks": [{"taskId": "t1", "attempt": 1}, "t2"]}, FakeContext()
-    )
+    with fresh_handler() as handler_module:
+        response = handler_module.handler(
+            {"workerId": "worker1", "tasks": [{"taskId": "t1", "attempt": 1}, "t2"]}, FakeContext()
+        )
     assert response == {"batchItemFailures": [], "outcomes": {"t1": "completed", "t2": "error"}}
     assert _reply(redis_client, "t1")["output"] == "20"
     emf = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -216,14 +201,14 @@ def test_lambda_handler_end_to_end(
 
 
 def test_print_and_debug_reach_the_hooks_with_their_task(
-    redis_url: str, redis_client: redis.Redis
+    resp_client: RespClient, redis_client: redis.Redis
 ) -> None:
     printed: list[tuple[str, str, str]] = []
     debugged: list[tuple[str, str, int | None]] = []
     settings = FunctionSettings(circle_enabled=False)
     runner = BatchRunner(
         settings,
-        TaskStore(from_url(redis_url), settings.protocol),
+        TaskStore(resp_client, settings.protocol),
         on_print=lambda ctx, text: printed.append((ctx.task_id, ctx.context_id, text)),
         on_debug=lambda ctx, text, src, line, col: debugged.append((ctx.task_id, text, line)),
     )
@@ -236,15 +221,17 @@ def test_print_and_debug_reach_the_hooks_with_their_task(
     assert _reply(redis_client, "p2")["output"] == "2"
 
 
-def test_oversized_script_gets_an_error_reply(redis_url: str, redis_client: redis.Redis) -> None:
+def test_oversized_script_gets_an_error_reply(
+    resp_client: RespClient, redis_client: redis.Redis
+) -> None:
     settings = FunctionSettings(circle_enabled=False, max_script_bytes=1000)
-    runner = BatchRunner(settings, TaskStore(from_url(redis_url), settings.protocol))
+    runner = BatchRunner(settings, TaskStore(resp_client, settings.protocol))
     _put(redis_client, "big", "1 + " * 400 + "1")
     _put(redis_client, "large-but-fine", "// " + "x" * 20_000 + "\n6 * 7")
     settings_ok = FunctionSettings(circle_enabled=False)
     assert _run(runner, "big") == {"big": "error"}
     assert "script too large" in _reply(redis_client, "big")["error"]
-    ok_runner = BatchRunner(settings_ok, TaskStore(from_url(redis_url), settings_ok.protocol))
+    ok_runner = BatchRunner(settings_ok, TaskStore(resp_client, settings_ok.protocol))
     assert _run(ok_runner, "large-but-fine") == {"large-but-fine": "completed"}
     assert _reply(redis_client, "large-but-fine")["output"] == "42"
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 import redis
+from support.aws_emulator import create_table, dynamodb_client
 
 from rhailambda import protocol as p
 from rhailambda.circle import CircleExtension, CircleSession
 from rhailambda.circle.dynamo_store import DynamoCircleStore
 from rhailambda.circle.memory_store import MemoryCircleStore
 from rhailambda.circle.redis_store import RedisCircleStore
-from rhailambda.circle.testing import create_table, dynamodb_client
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.extension import Extension, Receipt, ScriptContext, task_fingerprint
 from rhailambda.functions.runner import BatchRunner, TaskResult
@@ -48,7 +48,7 @@ class Killed(Exception):
 
 
 class DiesBeforeFinish(TaskStore):
-    def finish(self, finishes: Sequence[Finish]) -> list[bool]:
+    def finish(self, finishes: Sequence[Finish]) -> list[int]:
         raise Killed
 
 
@@ -165,10 +165,16 @@ def test_a_task_run_again_after_a_crash_applies_its_writes_once(
     assert len(_replies(redis_client, "t1")) == 1
 
 
+@pytest.fixture
+def circle_client(redis_url: str) -> Iterator[RespClient]:
+    """A client of the circle store's own (the task store has the session's)."""
+    with from_url(redis_url) as client:
+        yield client
+
+
 def test_only_deliveries_after_the_first_look_for_receipts_once_per_batch(
-    redis_url: str, tasks: TaskStore, redis_client: redis.Redis
+    circle_client: RespClient, tasks: TaskStore, redis_client: redis.Redis
 ) -> None:
-    circle_client = from_url(redis_url)
     round_trips: list[int] = []
     real_round_trip = circle_client.round_trip
 

@@ -80,7 +80,7 @@ def _reply(r: redis.Redis, task_id: str) -> dict[str, Any]:
 
 
 def _circle_keys(r: redis.Redis) -> list[str]:
-    return sorted(r.keys(f"{LAYOUT.internal_prefix}circle:*"))
+    return sorted(str(k) for k in r.keys(f"{LAYOUT.internal_prefix}circle:*"))
 
 
 def _submit(client: Client, script: str = WRITE, **kw: str) -> str:
@@ -122,8 +122,10 @@ def test_unsigned_tasks_still_run_under_verify(
                  "contextId": "alice", "status": "pending", "createdAt": "2026-01-01T00:00:00Z",
                  "updatedAt": "2026-01-01T00:00:00Z"},
     )  # fmt: skip
-    redis_client.hset(LAYOUT.task("t2"), mapping={**redis_client.hgetall(LAYOUT.task("t1")),
-                      "taskId": "t2", "script": "CALLER_VERIFIED"})  # fmt: skip
+    t1: dict[Any, Any] = redis_client.hgetall(LAYOUT.task("t1"))
+    redis_client.hset(
+        LAYOUT.task("t2"), mapping={**t1, "taskId": "t2", "script": "CALLER_VERIFIED"}
+    )
     assert _run(runner, "t1", "t2") == {"t1": "completed", "t2": "completed"}
     assert _reply(redis_client, "t1")["output"] == "20"
     assert _reply(redis_client, "t2")["output"] == "false"
@@ -136,7 +138,7 @@ def test_one_flipped_bit_in_a_signed_field_is_refused(
     task_id = _submit(client)
     value = redis_client.hget(LAYOUT.task(task_id), field)
     assert value is not None
-    redis_client.hset(LAYOUT.task(task_id), field, _flip_last_bit(value))
+    redis_client.hset(LAYOUT.task(task_id), field, _flip_last_bit(str(value)))
     _assert_refused(redis_client, task_id, "invalid signature", _run(runner, task_id))
 
 
@@ -145,7 +147,7 @@ def test_a_hash_copied_under_a_new_id_is_refused(
     runner: BatchRunner, client: Client, redis_client: redis.Redis, keep_task_id_field: bool
 ) -> None:
     task_id = _submit(client)
-    copied = redis_client.hgetall(LAYOUT.task(task_id))
+    copied: dict[Any, Any] = redis_client.hgetall(LAYOUT.task(task_id))
     redis_client.delete(LAYOUT.task(task_id))
     new_id = _flip_last_bit(task_id)
     if not keep_task_id_field:
@@ -169,7 +171,7 @@ def test_a_signature_by_another_key_is_refused(
 def test_a_stale_created_at_is_refused(runner: BatchRunner, redis_client: redis.Redis) -> None:
     created = (datetime.now(UTC) - timedelta(seconds=3600 + 60 + 30)).isoformat()
     task_id = "stale-1"
-    fields = {"taskId": task_id, "script": WRITE, "callerId": OWNER.public_key,
+    fields: dict[Any, Any] = {"taskId": task_id, "script": WRITE, "callerId": OWNER.public_key,
               "contextId": OWNER.public_key, "status": "pending", "createdAt": created,
               "updatedAt": created}  # fmt: skip
     fields["signature"] = OWNER.sign_task(
@@ -185,7 +187,7 @@ def test_a_finished_task_id_is_never_run_again(
 ) -> None:
     """The whole hash written again, signature and all, after the task finished (a replay)."""
     task_id = _submit(client)
-    original = redis_client.hgetall(LAYOUT.task(task_id))
+    original: dict[Any, Any] = redis_client.hgetall(LAYOUT.task(task_id))
     assert _run(runner, task_id) == {task_id: "completed"}
     assert redis_client.lpop(LAYOUT.reply(task_id)) is not None  # the client took its reply
     data = {k: redis_client.dump(k) for k in _circle_keys(redis_client)}
@@ -264,7 +266,8 @@ def test_keygen_then_submit_with_the_key(
     )  # fmt: skip
     assert sent.returncode == 0, sent.stderr
     task_id = sent.stdout.strip()
-    fields = p.TaskFields.from_hash(task_id, redis_client.hgetall(LAYOUT.task(task_id)))
+    stored: dict[Any, Any] = redis_client.hgetall(LAYOUT.task(task_id))
+    fields = p.TaskFields.from_hash(task_id, stored)
     assert fields.caller_id == public
     now = datetime.now(UTC).timestamp()
     assert check_task(SignatureSettings(), WORKER, task_id, fields, now).verified

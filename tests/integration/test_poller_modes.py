@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from support.shim_doubles import FakeInvoker, seed_tasks
 
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import KeyLayout
@@ -23,7 +24,6 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker, seed_tasks
 
 L = KeyLayout()
 WORKERS = ("w1", "w2")
@@ -225,6 +225,7 @@ def test_always_on_runs_hand_over_without_a_gap(
         second.join(30)
     finally:
         server.shutdown()
+        server.server_close()
     assert not second.is_alive()
     assert set(taken) == set(submitted)
     waits = sorted(taken[t] - submitted[t] for t in submitted)

@@ -130,8 +130,8 @@ def test_password_db_and_name(tmp_path: Path) -> None:
             client.execute("SET", "k", "v")
             names = client.execute("CLIENT", "LIST")
         assert "name=rhailambda-function" in names
-        admin = redis.Redis(port=server.port, password="s3cret", db=5, decode_responses=True)
-        assert admin.get("k") == "v", "SELECT 5 took effect"
+        with redis.Redis(port=server.port, password="s3cret", db=5, decode_responses=True) as admin:
+            assert admin.get("k") == "v", "SELECT 5 took effect"
         with pytest.raises(RedisConnectionError) as info:
             from_url(f"redis://:wrong@127.0.0.1:{server.port}/0").execute("PING")
         assert "AUTH refused" in str(info.value)
@@ -162,10 +162,10 @@ def test_unreachable_redis_is_a_connection_error() -> None:
 
 
 def test_no_reply_in_time_is_a_connection_error(redis_url: str) -> None:
-    client = from_url(f"{redis_url}?socket_timeout=0.2")
-    with pytest.raises(RedisConnectionError, match="no reply"):
-        client.execute("BLPOP", "never", 2)
-    assert client.execute("PING") == "PONG", "the broken connection was replaced"
+    with from_url(f"{redis_url}?socket_timeout=0.2") as client:
+        with pytest.raises(RedisConnectionError, match="no reply"):
+            client.execute("BLPOP", "never", 2)
+        assert client.execute("PING") == "PONG", "the broken connection was replaced"
 
 
 @pytest.fixture
@@ -177,44 +177,47 @@ def server() -> Iterator[RedisServer]:
 def test_connection_dropped_while_idle_is_replaced(server: RedisServer) -> None:
     """A Lambda sandbox thawed after Redis dropped its connection: the health check
     PING notices it and the command runs once on a new connection."""
-    client = RespClient(from_url(server.url).address, health_check_s=0.0)
-    client.execute("SET", "n", "0")
-    server.restart()
-    assert client.execute("INCR", "n") == 1  # the data is gone with the restart
-    assert client.execute("INCR", "n") == 2
+    with RespClient(from_url(server.url).address, health_check_s=0.0) as client:
+        client.execute("SET", "n", "0")
+        server.restart()
+        assert client.execute("INCR", "n") == 1  # the data is gone with the restart
+        assert client.execute("INCR", "n") == 2
 
 
 def _kill_clients_soon(server: RedisServer, delay_s: float = 0.3) -> threading.Timer:
-    admin = redis.Redis(port=server.port, decode_responses=True)
-    timer = threading.Timer(delay_s, admin.client_kill_filter, kwargs={"_type": "normal"})
+    def kill() -> None:
+        with redis.Redis(port=server.port, decode_responses=True) as admin:
+            admin.client_kill_filter(_type="normal")
+
+    timer = threading.Timer(delay_s, kill)
     timer.start()
     return timer
 
 
 def test_only_idempotent_commands_are_resent(server: RedisServer) -> None:
     """The connection breaks while the command is in flight: its reply is lost."""
-    client = RespClient(from_url(server.url).address, health_check_s=3600)
-    client.execute("PING")
-    timer = _kill_clients_soon(server)
-    with pytest.raises(RedisConnectionError):
-        client.execute("BLPOP", "never", 2)  # not sent again: it would pop
-    timer.join()
-    timer = _kill_clients_soon(server)
-    assert client.execute("BLPOP", "never", 1, idempotent=True) is None  # sent again
-    timer.join()
+    with RespClient(from_url(server.url).address, health_check_s=3600) as client:
+        client.execute("PING")
+        timer = _kill_clients_soon(server)
+        with pytest.raises(RedisConnectionError):
+            client.execute("BLPOP", "never", 2)  # not sent again: it would pop
+        timer.join()
+        timer = _kill_clients_soon(server)
+        assert client.execute("BLPOP", "never", 1, idempotent=True) is None  # sent again
+        timer.join()
 
 
 def test_a_connection_redis_closed_while_idle_is_not_used(server: RedisServer) -> None:
     """Redis closed a pooled connection within the health-check interval (CLIENT KILL,
     its ``timeout``, a failover): nothing was sent on it, so even a command that is
     never re-sent runs, once, on a new connection (redis-py checks this too)."""
-    client = RespClient(from_url(server.url).address, health_check_s=3600)
-    client.execute("SET", "n", "0")
-    admin = redis.Redis(port=server.port, decode_responses=True)
-    admin.client_kill_filter(skipme=True, _type="normal")  # drop the client's connection
-    time.sleep(0.1)
-    assert client.execute("INCR", "n") == 1
-    assert client.execute("GET", "n") == "1"
+    with RespClient(from_url(server.url).address, health_check_s=3600) as client:
+        client.execute("SET", "n", "0")
+        with redis.Redis(port=server.port, decode_responses=True) as admin:
+            admin.client_kill_filter(skipme=True, _type="normal")  # drop the client's connection
+        time.sleep(0.1)
+        assert client.execute("INCR", "n") == 1
+        assert client.execute("GET", "n") == "1"
 
 
 def test_an_interrupted_command_leaves_no_reply_behind(resp_client: RespClient) -> None:
@@ -307,13 +310,14 @@ def test_tls_verifies_the_server(tmp_path: Path) -> None:
             assert client.execute("SET", "k", "over tls") == "OK"
             assert client.execute("GET", "k") == "over tls"
             assert client.execute("CLIENT", "ID") == client.execute("CLIENT", "ID"), "reused"
-        bare = RespClient(
+        with RespClient(
             parse_url(f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca}"), client_name=None
-        )
-        assert bare.execute("CLIENT", "ID") == bare.execute("CLIENT", "ID"), "reused"
+        ) as bare:
+            assert bare.execute("CLIENT", "ID") == bare.execute("CLIENT", "ID"), "reused"
         with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             from_url(f"rediss://localhost:{tls_port}/0").execute("PING")  # unknown CA
         with pytest.raises(RedisConnectionError, match=r"match|mismatch"):
             from_url(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}").execute("PING")
         unchecked = f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=none"
-        assert from_url(unchecked).execute("PING") == "PONG"
+        with from_url(unchecked) as client:
+            assert client.execute("PING") == "PONG"

@@ -8,11 +8,13 @@ a URL's query string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import FakeInvoker, queue_source, seed_tasks, wait_until
 
 from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
@@ -26,7 +28,6 @@ from rhailambda.shim.health import Health
 from rhailambda.shim.limiter import FairLimiter
 from rhailambda.shim.redis_lease import RedisLeaseStore
 from rhailambda.shim.settings import FlowSettings, QueueSettings, RetrySettings, ShimSettings
-from rhailambda.shim.testing import FakeInvoker, queue_source, seed_tasks, wait_until
 from rhailambda.taskstore import TaskStore
 
 L = p.KeyLayout()
@@ -111,22 +112,31 @@ def test_redelivery_after_finish_pushes_a_second_reply(
         client = AsyncRespClient(parse_url(redis_url))
         health = Health(redis_url=redis_url)
         proto = ProtocolSettings()
-        a = queue_source(client, redis_url, "shimA", health=health, protocol=proto)
-        a_lease = RedisLeaseStore(client, L, "shimA", health)
-        await a_lease.heartbeat({"workers": "w1"}, lease_s=0.05)
-        taken = (await a.take("w1", 10, block_s=0)).items
-        runner.run(InvocationEvent("w1", tuple(TaskRef(t.task_id, t.attempt) for t in taken)), 30)
-        first = redis_client.blpop([L.reply("t1")], timeout=1)  # the client gets its reply
-        assert first is not None and json.loads(first[1])["status"] == "completed"
-        # shim A crashes here, before ack; its lease expires; shim B reaps and takes
-        await asyncio.sleep(0.1)
-        b_lease = RedisLeaseStore(client, L, "shimB", health)
-        await b_lease.reap_expired(["w1"])
-        b = queue_source(client, redis_url, "shimB", health=health, protocol=proto)
-        taken2 = (await b.take("w1", 10, block_s=0)).items
-        runner.run(InvocationEvent("w1", tuple(TaskRef(t.task_id, t.attempt) for t in taken2)), 30)
-        extra = redis_client.lrange(L.reply("t1"), 0, -1)
-        await client.aclose()
+        with contextlib.ExitStack() as sources:
+            sources.callback(client.close)  # last, after the sources
+            a = sources.enter_context(
+                queue_source(client, redis_url, "shimA", health=health, protocol=proto)
+            )
+            a_lease = RedisLeaseStore(client, L, "shimA", health)
+            await a_lease.heartbeat({"workers": "w1"}, lease_s=0.05)
+            taken = (await a.take("w1", 10, block_s=0)).items
+            runner.run(
+                InvocationEvent("w1", tuple(TaskRef(t.task_id, t.attempt) for t in taken)), 30
+            )
+            first = redis_client.blpop([L.reply("t1")], timeout=1)  # the client gets its reply
+            assert first is not None and json.loads(first[1])["status"] == "completed"
+            # shim A crashes here, before ack; its lease expires; shim B reaps and takes
+            await asyncio.sleep(0.1)
+            b_lease = RedisLeaseStore(client, L, "shimB", health)
+            await b_lease.reap_expired(["w1"])
+            b = sources.enter_context(
+                queue_source(client, redis_url, "shimB", health=health, protocol=proto)
+            )
+            taken2 = (await b.take("w1", 10, block_s=0)).items
+            runner.run(
+                InvocationEvent("w1", tuple(TaskRef(t.task_id, t.attempt) for t in taken2)), 30
+            )
+            extra = [str(r) for r in redis_client.lrange(L.reply("t1"), 0, -1)]
         return len(taken2), extra
 
     n, extra = asyncio.run(scenario())
@@ -152,11 +162,8 @@ def test_duplicate_id_in_a_batch_runs_the_script_twice(
     )
 
     async def take() -> tuple[Any, ...]:
-        client = AsyncRespClient(parse_url(redis_url))
-        src = queue_source(client, redis_url)
-        items = (await src.take("w1", 10, block_s=0)).items
-        await client.aclose()
-        return items
+        with queue_source(redis_client, redis_url) as src:
+            return (await src.take("w1", 10, block_s=0)).items
 
     items = asyncio.run(take())
     runner.run(InvocationEvent("w1", tuple(TaskRef(t.task_id, t.attempt) for t in items)), 30)
@@ -205,16 +212,21 @@ def test_stale_ack_after_reap_loses_the_task(redis_client: redis.Redis, redis_ur
         health = Health(redis_url=redis_url)
         proto = ProtocolSettings()
         b = queue_source(client, redis_url, "shimB", health=health, protocol=proto)
-        await RedisLeaseStore(client, L, "shimB", health).heartbeat({"workers": "w1"}, lease_s=0.05)
-        first = (await b.take("w1", 10, block_s=0)).items  # delivery 1 (invoking)
-        await asyncio.sleep(0.1)  # B stalls: lease lapses
-        await RedisLeaseStore(client, L, "shimA", health).reap_expired(["w1"])  # A reaps B
-        second = (await b.take("w1", 10, block_s=0)).items  # B takes t1 again
-        assert [t.attempt for t in first] == [1] and [t.attempt for t in second] == [2]
-        await b.ack("w1", first)  # delivery 1's function found the claim taken: "skipped"
-        again = await b.redeliver("w1", ["t1"])  # delivery 2 failed (worker crash): retry
-        assert again, "the retry of delivery 2 was dropped"
-        await client.aclose()
+        try:
+            await RedisLeaseStore(client, L, "shimB", health).heartbeat(
+                {"workers": "w1"}, lease_s=0.05
+            )
+            first = (await b.take("w1", 10, block_s=0)).items  # delivery 1 (invoking)
+            await asyncio.sleep(0.1)  # B stalls: lease lapses
+            await RedisLeaseStore(client, L, "shimA", health).reap_expired(["w1"])  # A reaps B
+            second = (await b.take("w1", 10, block_s=0)).items  # B takes t1 again
+            assert [t.attempt for t in first] == [1] and [t.attempt for t in second] == [2]
+            await b.ack("w1", first)  # delivery 1's function found the claim taken: "skipped"
+            again = await b.redeliver("w1", ["t1"])  # delivery 2 failed (worker crash): retry
+            assert again, "the retry of delivery 2 was dropped"
+        finally:
+            b.close()
+            await client.aclose()
 
     try:
         asyncio.run(scenario())

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import FakeInvoker, seed_tasks, wait_until
 
 from rhailambda.errors import InvocationError, PayloadTooLargeError, ThrottledError
 from rhailambda.event import BatchResponse, InvocationEvent, Outcome
@@ -24,7 +25,6 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker, seed_tasks, wait_until
 
 L = KeyLayout()
 
@@ -237,7 +237,7 @@ def test_non_retryable_error_dead_letters_at_once(
         run_shim(make_settings(redis_url), invoker, lambda: redis_client.llen(L.reply("huge1")))
     )
     assert len(invoker.events) == 1
-    assert "not retryable" in redis_client.lindex(L.reply("huge1"), 0)
+    assert "not retryable" in str(redis_client.lindex(L.reply("huge1"), 0))
     assert redis_client.lrange(L.dead_letter("w1"), 0, -1) == ["huge1"]
 
 
@@ -249,7 +249,7 @@ def test_too_old_tasks_are_dead_lettered_unrun(redis_client: redis.Redis, redis_
     )
     asyncio.run(run_shim(settings, invoker, lambda: redis_client.llen(L.reply("old1"))))
     assert invoker.events == []
-    assert "older than the maximum task age 60 s" in redis_client.lindex(L.reply("old1"), 0)
+    assert "older than the maximum task age 60 s" in str(redis_client.lindex(L.reply("old1"), 0))
 
 
 def test_pause_and_resume(redis_client: redis.Redis, redis_url: str) -> None:

@@ -7,9 +7,9 @@ import sys
 import time
 
 import redis
+from support.shim_doubles import seed_tasks
 
 from rhailambda.protocol import KeyLayout
-from rhailambda.shim.testing import seed_tasks
 
 L = KeyLayout()
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import redis
+from support.shim_doubles import queue_source, seed_tasks
 
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import parse_url
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.shim.health import Health
-from rhailambda.shim.testing import queue_source, seed_tasks
 
 L = KeyLayout()
 
@@ -39,7 +39,7 @@ def test_a_cancelled_ack_does_not_lose_the_others_sharing_its_connection(
             assert acks[6].cancelled()
             return health.outages
         finally:
-            source.close()
+            source.close()  # and its client
             await client.aclose()
 
     outages = asyncio.run(scenario())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from support.shim_doubles import seed_tasks, wait_until
 
 from rhailambda.errors import InvocationError
 from rhailambda.event import InvocationEvent, TaskRef
@@ -20,10 +21,9 @@ from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.local_backend import LocalInvoker
 from rhailambda.shim.settings import FlowSettings, QueueSettings, RetrySettings, ShimSettings
-from rhailambda.shim.testing import seed_tasks, wait_until
 
-BEHAVE = "rhailambda.shim.testing.behaviour_handler"
-ECHO = "rhailambda.shim.testing.echo_handler"
+BEHAVE = "support.shim_doubles.behaviour_handler"
+ECHO = "support.shim_doubles.echo_handler"
 L = KeyLayout()
 
 
@@ -252,11 +252,15 @@ def test_invocations_cancelled_under_contention_never_cost_the_pool_a_slot(
                 queued, cancelled = calls[max_workers:], []
                 for holder in holders:
                     seen = set(inv.worker_pids())
+
+                    def handed_back(before: set[int] = seen) -> set[int]:
+                        return set(inv.worker_pids()) - before
+
                     (gates / holder).touch()  # that holder returns its worker
                     # A worker handed back: cancel the youngest queued call at once, and
                     # the oldest (the one woken for that worker) delay_steps steps later.
                     await _spin_until(
-                        lambda seen=seen: set(inv.worker_pids()) - seen,
+                        handed_back,
                         timeout_s=5,
                         what="a hand-back",
                     )

@@ -14,13 +14,13 @@ from typing import Any
 
 import redis
 from redis_server import RedisServer
+from support.shim_doubles import FakeInvoker, seed_tasks, wait_until
 
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import KeyLayout
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.settings import FlowSettings, QueueSettings, RetrySettings, ShimSettings
-from rhailambda.shim.testing import FakeInvoker, seed_tasks, wait_until
 
 L = KeyLayout()
 
@@ -45,7 +45,7 @@ def test_shim_process_status_pause_and_sigterm(redis_client: redis.Redis, redis_
         **os.environ,
         "REDIS_URL": redis_url,
         "RHAILAMBDA_WORKERS": "Worker One,w2",
-        "RHAILAMBDA_HANDLER": "rhailambda.shim.testing.echo_handler",
+        "RHAILAMBDA_HANDLER": "support.shim_doubles.echo_handler",
         "RHAILAMBDA_LOCAL_WORKERS": "2",
         "RHAILAMBDA_BLOCK_S": "1",
     }

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import FakeInvoker, queue_source, seed_tasks, wait_until
 
 from rhailambda.errors import InvocationError
 from rhailambda.event import BatchResponse, InvocationEvent
@@ -33,7 +34,6 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker, queue_source, seed_tasks, wait_until
 
 L = KeyLayout()
 
@@ -107,6 +107,7 @@ def test_a_retry_due_during_the_shutdown_wait_is_handed_back_not_started(
             assert await asyncio.wait_for(finishing, 5) == 0  # "slow" was awaited, not cut
             assert invoker.running == 0 and drainer.running_invocations == 0
         finally:
+            source.close()
             await client.aclose()
 
     asyncio.run(scenario())
@@ -149,6 +150,7 @@ def test_a_pending_retry_goes_back_to_the_queue_when_shutdown_begins(
             release_slow.set()
             assert await asyncio.wait_for(drainer.finish_invocations(5), 5) == 0
         finally:
+            source.close()
             await client.aclose()
         assert started(invoker) == [("fails", 1), ("slow", 1)]
 
@@ -225,11 +227,14 @@ def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_ur
         client = AsyncRespClient(parse_url(redis_url))
         in_blmove: list[asyncio.Event] = []
         slow: list[tuple[int, float]] = []
+        sources = contextlib.ExitStack()
         try:
             for steps in range(12):
                 in_blmove.append(asyncio.Event())
                 health = Health(redis_url=redis_url)
-                source = queue_source(client, redis_url, health=health, protocol=settings.protocol)
+                source = sources.enter_context(
+                    queue_source(client, redis_url, health=health, protocol=settings.protocol)
+                )
                 channel = source._channel("w1")
                 real_execute = channel.execute
 
@@ -251,6 +256,7 @@ def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_ur
                 if took_s > 1.0:
                     slow.append((steps, round(took_s, 2)))
         finally:
+            sources.close()
             await client.aclose()
         return slow
 

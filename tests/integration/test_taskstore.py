@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import redis
@@ -19,7 +20,7 @@ LAYOUT = p.KeyLayout()
 
 
 def _task(r: redis.Redis, task_id: str, **extra: str) -> None:
-    fields = {
+    fields: dict[Any, Any] = {
         "taskId": task_id,
         "script": "40 + 2",
         "callerId": "a",
@@ -102,7 +103,7 @@ def test_fail_tasks_replies_once_and_spares_final_tasks(
     assert asyncio.run(fail(["t1", "t2", "ghost"], "dead-lettered")) == ["t1", "ghost"]
     assert redis_client.ttl(LAYOUT.done("t1")) > 3600 - 5
     assert asyncio.run(fail(["t1", "ghost"], "again")) == []
-    reply = json.loads(redis_client.lpop(LAYOUT.reply("t1")) or "{}")
+    reply = json.loads(str(redis_client.lpop(LAYOUT.reply("t1")) or "{}"))
     assert (reply["status"], reply["error"]) == ("error", "dead-lettered")
     assert redis_client.llen(LAYOUT.reply("t2")) == 0
 
@@ -188,7 +189,7 @@ def test_a_task_whose_finish_died_after_staging_is_taken_again_and_answered(
     preserve: bool, redis_client: redis.Redis, redis_url: str, resp_client: RespClient
 ) -> None:
     """The shim must not drop a final task that holds an unsent reply (a chaos find)."""
-    from rhailambda.shim.testing import queue_source
+    from support.shim_doubles import queue_source
 
     def die(at: str) -> None:
         if at == "staged":
@@ -200,15 +201,15 @@ def test_a_task_whose_finish_died_after_staging_is_taken_again_and_answered(
     dying = TaskStore(resp_client, protocol, fault=die, steps=True)
 
     async def scenario() -> list[Taken]:
-        source = queue_source(redis_client, redis_url, protocol=protocol)
-        (taken,) = (await source.take("w1", 10, block_s=0)).items
-        claim = dying.claim([TaskRef("t1", taken.attempt)])[0]
-        assert claim.fields is not None
-        with pytest.raises(_Crash):
-            dying.finish([_finish(claim.ref, claim.fields)])
-        await source.hand_back("w1")  # the shim died too: its ids go back on the queue
-        other = queue_source(redis_client, redis_url, "s2", protocol=protocol)
-        return list((await other.take("w1", 10, block_s=0)).items)
+        with queue_source(redis_client, redis_url, protocol=protocol) as source:
+            (taken,) = (await source.take("w1", 10, block_s=0)).items
+            claim = dying.claim([TaskRef("t1", taken.attempt)])[0]
+            assert claim.fields is not None
+            with pytest.raises(_Crash):
+                dying.finish([_finish(claim.ref, claim.fields)])
+            await source.hand_back("w1")  # the shim died too: its ids go back on the queue
+        with queue_source(redis_client, redis_url, "s2", protocol=protocol) as other:
+            return list((await other.take("w1", 10, block_s=0)).items)
 
     again = asyncio.run(scenario())
     assert [t.task_id for t in again] == ["t1"], "delivered, not dropped as final"

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from memory_source import MemoryQueueSource
+from support.shim_doubles import FakeInvoker
 
 from rhailambda.errors import InvocationError, PayloadTooLargeError, ThrottledError
 from rhailambda.event import BatchResponse, InvocationEvent, Outcome
@@ -28,7 +29,6 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
-from rhailambda.shim.testing import FakeInvoker
 
 W = "w1"
 SETTINGS = ShimSettings(

@@ -233,7 +233,7 @@ def test_a_payload_that_is_no_batch_response_is_retryable(
 
 
 def test_the_sdk_does_not_retry() -> None:
-    config = lambda_client_config(max_concurrency=32, read_timeout_s=65)
+    config: Any = lambda_client_config(max_concurrency=32, read_timeout_s=65)
     assert config.retries == {"mode": "standard", "total_max_attempts": 1}
     assert config.max_pool_connections == 32
     assert config.read_timeout == 65
@@ -257,7 +257,8 @@ def test_from_settings_uses_the_function_name_and_timeouts() -> None:
         assert invoker.function_name.endswith(":function:fn")
         client = invoker._client
         assert client.meta.region_name == "eu-west-1"  # taken from the ARN
-        assert client.meta.config.read_timeout == 60 + settings.function.timeout_margin_s
-        assert client.meta.config.max_pool_connections == 16
+        config: Any = client.meta.config
+        assert config.read_timeout == 60 + settings.function.timeout_margin_s
+        assert config.max_pool_connections == 16
     finally:
         asyncio.run(invoker.aclose())

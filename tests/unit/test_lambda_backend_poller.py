@@ -6,9 +6,8 @@ under the Runtime Interface Emulator in tests/e2e/test_aws_stack.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
+from support.lambda_context import FakeContext
 
 from rhailambda.shim import poller
 
@@ -20,18 +19,6 @@ ENV = {
     "REDIS_URL": "redis://127.0.0.1:1/0",
     "AWS_REGION": "us-east-1",  # Lambda always sets it
 }
-
-
-@dataclass
-class FakeContext:
-    remaining_ms: int
-    function_name: str = "poller"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:poller"
-    aws_request_id: str = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 def test_settings_default_to_the_lambda_backend() -> None:
@@ -66,6 +53,6 @@ def test_a_run_too_short_to_drain_returns_at_once(monkeypatch: pytest.MonkeyPatc
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RHAILAMBDA_SHIM_ID", "stack-poller")
-    result = poller.handler({}, FakeContext(remaining_ms=30_000))
+    result = poller.handler({}, FakeContext(remaining_ms=30_000, function_name="poller"))
     assert result["outcome"] == "skipped" and result["drainedS"] == 0.0
     assert result["shimId"].startswith("stack-poller-")  # always on: one id per run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis.connection
@@ -105,7 +106,8 @@ def test_the_function_does_not_import_redis_py_asyncio_or_ssl() -> None:
         "print(json.dumps(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('redis', 'asyncio', 'ssl', 'boto3', '_hashlib', 'coincurve'))))"
     )
-    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}
+    src = str(Path(__file__).resolve().parents[2] / "src")  # this tree, not the venv's install
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin", "PYTHONPATH": src}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -14,7 +15,7 @@ from rhailambda.errors import SettingError
 from rhailambda.settings import Env
 from rhailambda.shim.limiter import FairLimiter
 from rhailambda.shim.policy import backoff_s, window_wait_s
-from rhailambda.shim.settings import add_arguments, from_args
+from rhailambda.shim.settings import ShimSettings, add_arguments, from_args
 
 
 @given(st.integers(1, 200), st.floats(0.001, 5), st.floats(5, 100))
@@ -34,7 +35,7 @@ def test_backoff_grows_then_caps() -> None:
 
 
 def test_window_only_on_a_busy_queue() -> None:
-    kw = {"batch_size": 10, "window_s": 1.0}
+    kw: dict[str, Any] = {"batch_size": 10, "window_s": 1.0}
     assert window_wait_s(taken=1, since_last_dispatch_s=None, **kw) == 0  # idle: go at once
     assert window_wait_s(taken=1, since_last_dispatch_s=5.0, **kw) == 0  # idle for a while
     assert window_wait_s(taken=1, since_last_dispatch_s=0.2, **kw) == 1.0  # busy: fill
@@ -87,7 +88,7 @@ def test_cancelled_waiter_gives_its_slot_back() -> None:
     asyncio.run(scenario())
 
 
-def parse(argv: list[str], environ: dict[str, str]):  # type: ignore[no-untyped-def]
+def parse(argv: list[str], environ: dict[str, str]) -> ShimSettings:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return from_args(parser.parse_args(argv), Env(environ))

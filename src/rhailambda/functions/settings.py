@@ -84,17 +84,23 @@ class FunctionSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> FunctionSettings:
+        d = cls()
+        signatures = SignatureSettings.from_env(env)  # once: the protocol needs its window
         return cls(
             redis=RedisSettings.from_env(env),
             redis_secret_arn=env.optional_str("REDIS_SECRET_ARN"),
-            protocol=ProtocolSettings.from_env(env),
+            protocol=ProtocolSettings.from_env(env, signatures),
             limits=EngineLimits.from_env(env),
             extensions=env.list("RHAILAMBDA_EXTENSIONS"),
-            circle_enabled=env.bool("RHAILAMBDA_CIRCLE_ENABLED", True),
-            reserve_s=env.float("RHAILAMBDA_RESERVE_S", 0.5, minimum=0.0),
-            max_conflict_retries=env.int("RHAILAMBDA_MAX_CONFLICT_RETRIES", 20, minimum=0),
-            compile_cache_size=env.int("RHAILAMBDA_COMPILE_CACHE_SIZE", 512, minimum=0),
-            max_script_bytes=env.int("RHAILAMBDA_MAX_SCRIPT_BYTES", 1024 * 1024, minimum=1),
-            max_output_bytes=env.int("RHAILAMBDA_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=64),
-            signatures=SignatureSettings.from_env(env),
+            circle_enabled=env.bool("RHAILAMBDA_CIRCLE_ENABLED", d.circle_enabled),
+            reserve_s=env.float("RHAILAMBDA_RESERVE_S", d.reserve_s, minimum=0.0),
+            max_conflict_retries=env.int(
+                "RHAILAMBDA_MAX_CONFLICT_RETRIES", d.max_conflict_retries, minimum=0
+            ),
+            compile_cache_size=env.int(
+                "RHAILAMBDA_COMPILE_CACHE_SIZE", d.compile_cache_size, minimum=0
+            ),
+            max_script_bytes=env.int("RHAILAMBDA_MAX_SCRIPT_BYTES", d.max_script_bytes, minimum=1),
+            max_output_bytes=env.int("RHAILAMBDA_MAX_OUTPUT_BYTES", d.max_output_bytes, minimum=64),
+            signatures=signatures,
         )

@@ -28,7 +28,6 @@ through Powertools parameters (cached five minutes) and used instead of
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -45,7 +44,6 @@ from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import Env
 from rhailambda.shim import poller_modes
-from rhailambda.shim import settings as shim_settings
 from rhailambda.shim.app import build_invoker, serve
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.poller_modes import PollerMode, hand_over, live_pollers, probe, watch_idle
@@ -100,9 +98,7 @@ def settings_from_env(environ: Mapping[str, str]) -> ShimSettings:
     if secret_arn:
         env["REDIS_URL"] = _secret_url(secret_arn)
     env.setdefault("RHAILAMBDA_BACKEND", "lambda")
-    parser = argparse.ArgumentParser(add_help=False)
-    shim_settings.add_arguments(parser)
-    return shim_settings.from_args(parser.parse_args([]), Env(env))
+    return ShimSettings.from_env(Env(env))
 
 
 def _secret_url(secret_arn: str) -> str:

@@ -23,16 +23,18 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient
+from rhailambda.settings import Env
 from rhailambda.shim.redis_lease import now_ms
+from rhailambda.shim.settings import ALWAYS_ON, ON_DEMAND, PollerSettings
 
 __all__ = [
+    "ALWAYS_ON",
     "HANDOVER_WAIT_S",
+    "ON_DEMAND",
     "PollerMode",
     "hand_over",
     "live_pollers",
@@ -42,36 +44,17 @@ __all__ = [
 ]
 
 log = logging.getLogger("rhailambda.shim")
-ALWAYS_ON = "always-on"
-ON_DEMAND = "on-demand"
 HANDOVER_WAIT_S = 30.0
 HANDOVER_OVERLAP_S = 2.0  # both runs drain this long once the successor's lease is live
 IDLE_PROBE_S = 1.0
 HANDOVER_EVENT = "rhailambda-handover"
 
 
-@dataclass(frozen=True, slots=True)
-class PollerMode:
-    mode: str
-    idle_exit_s: float
-
-    @property
-    def on_demand(self) -> bool:
-        return self.mode == ON_DEMAND
+PollerMode = PollerSettings  # the poller's settings object (rhailambda.shim.settings)
 
 
 def mode_from_env(environ: Mapping[str, str]) -> PollerMode:
-    mode = environ.get("RHAILAMBDA_POLLER_MODE", ALWAYS_ON).strip() or ALWAYS_ON
-    if mode not in (ALWAYS_ON, ON_DEMAND):
-        raise SettingError("RHAILAMBDA_POLLER_MODE", f"{mode!r} is not always-on or on-demand")
-    raw = environ.get("RHAILAMBDA_POLLER_IDLE_EXIT_S", "60").strip() or "60"
-    try:
-        idle = float(raw)
-    except ValueError:
-        raise SettingError("RHAILAMBDA_POLLER_IDLE_EXIT_S", f"{raw!r} is not a number") from None
-    if not 0 < idle <= 900:
-        raise SettingError("RHAILAMBDA_POLLER_IDLE_EXIT_S", "must be in (0, 900] seconds")
-    return PollerMode(mode, idle)
+    return PollerSettings.from_env(Env(environ))
 
 
 def is_handover(event: Mapping[str, Any]) -> bool:

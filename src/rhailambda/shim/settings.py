@@ -28,6 +28,7 @@ __all__ = [
     "FlowSettings",
     "FunctionSettings",
     "LocalBackendSettings",
+    "PollerSettings",
     "QueueSettings",
     "RetrySettings",
     "ShimSettings",
@@ -93,6 +94,34 @@ class LocalBackendSettings:
     memory_limit_mb: int = 1024
 
 
+ALWAYS_ON = "always-on"
+ON_DEMAND = "on-demand"
+
+
+@dataclass(frozen=True, slots=True)
+class PollerSettings:
+    """The poller's mode (see :mod:`rhailambda.shim.poller_modes`): ``RHAILAMBDA_POLLER_MODE``
+    and, on demand, the idle time after which a run stops (``RHAILAMBDA_POLLER_IDLE_EXIT_S``)."""
+
+    mode: str = ALWAYS_ON
+    idle_exit_s: float = 60.0
+
+    @property
+    def on_demand(self) -> bool:
+        return self.mode == ON_DEMAND
+
+    @classmethod
+    def from_env(cls, env: Env) -> PollerSettings:
+        d = cls()
+        mode = env.str("RHAILAMBDA_POLLER_MODE", d.mode).strip() or d.mode
+        if mode not in (ALWAYS_ON, ON_DEMAND):
+            raise SettingError("RHAILAMBDA_POLLER_MODE", f"{mode!r} is not always-on or on-demand")
+        idle = env.float("RHAILAMBDA_POLLER_IDLE_EXIT_S", d.idle_exit_s)
+        if not 0 < idle <= 900:
+            raise SettingError("RHAILAMBDA_POLLER_IDLE_EXIT_S", "must be in (0, 900] seconds")
+        return cls(mode, idle)
+
+
 @dataclass(frozen=True, slots=True)
 class ShimSettings:
     redis: RedisSettings
@@ -108,6 +137,11 @@ class ShimSettings:
     log_format: str = "text"
     #: Variables set for the function's environment (local workers), on top of the shim's.
     function_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Env) -> ShimSettings:
+        """From the environment alone (the poller: a Lambda has no flags)."""
+        return _build(env)
 
 
 # (flag, variable, help). The flag's dest is the variable lower-cased.

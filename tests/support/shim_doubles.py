@@ -1,9 +1,10 @@
 """Test doubles for the shim: an in-memory invoker, handlers for the local backend.
 
-Like ``httpx.MockTransport``: shipped with the package so tests (and the local
-worker processes they start, which import handlers by path) can use them.
+Kept under tests/ so they never ship to Lambda: the local worker processes and
+shims that tests start import them by path (tests/conftest.py puts ``tests/`` on
+their ``PYTHONPATH``).
 
-Handlers (import path ``rhailambda.shim.testing.<name>``) read their behaviour
+Handlers (import path ``support.shim_doubles.<name>``) read their behaviour
 from the task ids, so one pool serves every test: an id containing ``crash``
 kills the worker process, ``sleep`` sleeps past any budget, ``raise`` raises,
 ``fail`` is reported in ``batchItemFailures``.
@@ -18,10 +19,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rhailambda.event import BatchResponse, InvocationEvent
+from rhailambda.resp import parse_url
+from rhailambda.resp_async import AsyncRespClient
+from rhailambda.settings import ProtocolSettings
+from rhailambda.shim.health import Health
+from rhailambda.shim.redis_queue import RedisQueueSource
 
 __all__ = [
     "RUNS_KEY",
     "FakeInvoker",
+    "OwnedQueueSource",
     "RunCounter",
     "behaviour_handler",
     "echo_handler",
@@ -120,22 +127,38 @@ def behaviour_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"batchItemFailures": failures}
 
 
+class OwnedQueueSource(RedisQueueSource):
+    """A :class:`RedisQueueSource` that owns its client: :meth:`close` closes both.
+
+    Close it in the event loop that used it (``with source:`` inside the coroutine):
+    a transport still open when ``asyncio.run`` closes its loop is a ResourceWarning.
+    """
+
+    def __init__(self, client: AsyncRespClient, *args: Any) -> None:
+        super().__init__(client, *args)
+        self._owned_client = client
+
+    def close(self) -> None:
+        super().close()
+        self._owned_client.close()
+
+    def __enter__(self) -> OwnedQueueSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def queue_source(
     client: Any, redis_url: str, shim_id: str = "s1", *, health: Any = None, protocol: Any = None
-) -> Any:
-    """A :class:`RedisQueueSource` on its own shim client for ``redis_url``.
+) -> OwnedQueueSource:
+    """A queue source on its own shim client for ``redis_url`` (close it: ``with``).
 
-    ``client`` (a redis-py client of the test) is not used by the source: the shim
-    speaks through :class:`~rhailambda.resp_async.AsyncRespClient` only.
+    ``client`` (a client of the test) is not used by the source: the shim speaks
+    through an :class:`~rhailambda.resp_async.AsyncRespClient` of its own.
     """
-    from rhailambda.resp import parse_url
-    from rhailambda.resp_async import AsyncRespClient
-    from rhailambda.settings import ProtocolSettings
-    from rhailambda.shim.health import Health
-    from rhailambda.shim.redis_queue import RedisQueueSource
-
     del client
-    return RedisQueueSource(
+    return OwnedQueueSource(
         AsyncRespClient(parse_url(redis_url)),
         protocol or ProtocolSettings(),
         shim_id,
@@ -196,7 +219,7 @@ class RunCounter:
 
     The count lands in Redis the moment the script runs (not at commit), so a run
     cut short by a killed worker is counted too: an id counted twice was executed
-    twice. For chaos tests: ``RHAILAMBDA_EXTENSIONS=rhailambda.shim.testing:run_counter``.
+    twice. For chaos tests: ``RHAILAMBDA_EXTENSIONS=support.shim_doubles:run_counter``.
     """
 
     name = "probe"

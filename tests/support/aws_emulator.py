@@ -1,4 +1,4 @@
-"""Helpers for tests and local runs: a DynamoDB emulator in process, and the table.
+"""Helpers for tests: a DynamoDB emulator (moto) in process, and the circle table.
 
 ``moto``'s in-process server handles requests on several threads without making
 a transaction atomic against concurrent requests (it validates, writes, and rolls
