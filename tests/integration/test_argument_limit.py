@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.shim_doubles import queue_source
 
 from rhailambda import resp_async, resp_wire
 from rhailambda.client import Client, Submission
@@ -18,7 +19,6 @@ from rhailambda.functions.settings import FunctionSettings
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import from_url
 from rhailambda.shim.health import Health
-from rhailambda.shim.testing import queue_source
 from rhailambda.slots import MAX_ARGS
 from rhailambda.taskstore import TaskStore
 
@@ -50,13 +50,9 @@ def test_a_huge_batch_never_sends_a_command_over_3999_arguments(
     assert widest[0] <= MAX_ARGS, "submit"
 
     async def take() -> list[TaskRef]:
-        source = queue_source(None, redis_url, health=Health(redis_url=redis_url))
-        try:
+        with queue_source(None, redis_url, health=Health(redis_url=redis_url)) as source:
             taken = (await source.take("w1", N, block_s=0)).items
             return [TaskRef(t.task_id, t.attempt) for t in taken]
-        finally:
-            source.close()
-            await source._client.aclose()
 
     refs = asyncio.run(take())
     assert len(refs) == N and widest[0] <= MAX_ARGS, "take and deliver"

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from rhailambda.tenancy import MAX_TENANT_ID_CHARS, tenant_id_for
 
 _MODEL = botocore.session.get_session().get_service_model("lambda")
-_TENANT_SHAPE = _MODEL.operation_model("Invoke").input_shape.members["TenantId"]
+_INPUT = _MODEL.operation_model("Invoke").input_shape
+assert _INPUT is not None
+_TENANT_SHAPE = _INPUT.members["TenantId"]
 #: Lambda's own rule for TenantId, from botocore's service model (not copied by hand)
 PATTERN = re.compile(_TENANT_SHAPE.metadata["pattern"])
 
