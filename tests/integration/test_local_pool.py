@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from rhailambda.errors import InvocationError, SettingError
+from rhailambda.errors import InvocationError, RedisConnectionError, SettingError
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.protocol import KeyLayout, now_rfc3339
 from rhailambda.settings import Env
@@ -370,3 +370,22 @@ def test_the_shim_with_isolate_circles_keeps_circles_apart(
     by_pid = served(redis_client)
     assert all(len(cs) == 1 for cs in by_pid.values()), by_pid
     assert {c for cs in by_pid.values() for c in cs} == {f"circle{i}" for i in range(5)}
+
+
+def test_a_mixed_batch_whose_circles_cannot_be_read_fails_as_a_retryable_invocation() -> None:
+    async def unreachable(task_ids: object) -> list[str]:
+        raise RedisConnectionError("cannot connect to Redis at 127.0.0.1:1")
+
+    async def scenario() -> None:
+        inv = LocalInvoker(handler="rhailambda.shim.testing.echo_handler", max_workers=1,
+                           idle_timeout_s=60, isolate_circles=True,
+                           circle_lookup=unreachable)  # fmt: skip
+        try:
+            with pytest.raises(InvocationError, match="cannot read the batch's circles") as err:
+                await inv.invoke(event("t1", "t2"), timeout_s=5)
+            assert err.value.retryable
+            assert inv.spawned == 0  # no worker saw the batch
+        finally:
+            await inv.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

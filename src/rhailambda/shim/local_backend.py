@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from rhailambda.errors import InvocationError
+from rhailambda.errors import InvocationError, RhailambdaError
 from rhailambda.event import BatchResponse, EventError, InvocationEvent, Outcome, TaskRef
 from rhailambda.shim.forkserver import ForkServer
 from rhailambda.shim.local_worker import circle_queries, encode_frame
@@ -354,7 +354,10 @@ class LocalInvoker:
             raise InvocationError(
                 "isolate_circles needs the batch's tenant_id or a circle lookup", retryable=False
             )
-        circles = await self._circle_lookup([t.task_id for t in event.tasks])
+        try:
+            circles = await self._circle_lookup([t.task_id for t in event.tasks])
+        except (ConnectionError, TimeoutError, RhailambdaError) as exc:
+            raise InvocationError(f"cannot read the batch's circles: {exc}") from exc
         parts: dict[str, list[TaskRef]] = {}
         for task, circle in zip(event.tasks, circles, strict=True):
             parts.setdefault(circle, []).append(task)
