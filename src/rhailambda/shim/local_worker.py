@@ -7,9 +7,13 @@ Frames are a 4-byte big-endian length and a JSON body, on stdin / stdout; the
 handler's own prints go to stderr so they cannot corrupt a frame. EOF on stdin
 means "retire": the process exits 0.
 
-Request ``{"event": {...}, "requestId": "...", "deadlineMs": <epoch ms>}``;
+Request ``{"event": {...}, "requestId": "...", "deadlineMs": <epoch ms>}``, plus
+``"tenantId": <circle>`` when the pool isolates circles (the worker then serves that
+circle only: :class:`CircleGuard`; the handler sees it as ``context.tenant_id``);
 response ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "errorType": "...", "errorMessage": "..."}`` (Lambda's FunctionError).
+The same loop (:func:`serve`) runs in workers forked by the pool's template
+process (:mod:`rhailambda.shim.forkserver`), on the pipes it was handed.
 """
 
 from __future__ import annotations
