@@ -81,6 +81,24 @@ def handler(event, context):
     return {"batchItemFailures": []}
 """
 
+# A handler whose import, once the gate file exists, notes its pid and blocks reading
+# stdin (a worker's request pipe) until the pool closes it.
+GATED_START = """
+import os
+import sys
+
+gate = os.environ["RHAILAMBDA_TEST_GATE"]
+if os.path.exists(gate):
+    with open(gate + ".pid.tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(gate + ".pid.tmp", gate + ".pid")
+    sys.stdin.buffer.read()
+
+
+def handler(event, context):
+    return {"batchItemFailures": []}
+"""
+
 # A handler whose import starts a thread: such a process cannot be forked safely.
 THREADED = """
 import threading
@@ -119,11 +137,12 @@ def event(*task_ids: str, tenant_id: str | None = None) -> InvocationEvent:
 @pytest.fixture
 def handler_dir(tmp_path: Path) -> Iterator[dict[str, str]]:
     for name, text in (("probe_ext", PROBE), ("noted_handler", NOTED),
-                       ("threaded_handler", THREADED)):  # fmt: skip
+                       ("threaded_handler", THREADED), ("gated_start", GATED_START)):  # fmt: skip
         (tmp_path / f"{name}.py").write_text(text)
     yield {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
         "RHAILAMBDA_TEST_IMPORTS": str(tmp_path / "imports.txt"),
+        "RHAILAMBDA_TEST_GATE": str(tmp_path / "gate"),
     }
 
 
@@ -161,6 +180,39 @@ def test_the_first_task_after_scale_to_zero_runs_in_a_worker_forked_from_the_tem
         finally:
             await inv.aclose()
         assert not alive(template.pid)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_cancelled_while_a_forked_worker_starts_leaves_no_process(
+    handler_dir: dict[str, str], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    pid_file = tmp_path / "gate.pid"
+
+    async def scenario() -> None:
+        inv = LocalInvoker(handler="gated_start.handler", max_workers=1, idle_timeout_s=0.3,
+                           env=handler_dir)  # fmt: skip
+        try:
+            await inv.invoke(event("t1"), timeout_s=5)
+            template = inv.template
+            assert template is not None
+            await wait_until(lambda: inv.worker_count == 0, timeout_s=10, what="scale to zero")
+            gate.touch()  # the next worker's import blocks
+            call = asyncio.create_task(inv.invoke(event("t2"), timeout_s=5))
+            await wait_until(pid_file.exists, timeout_s=20, what="the forked worker to import")
+            pid = int(pid_file.read_text())
+            assert parent_of(pid) == template.pid and not call.done()
+            call.cancel()
+            await asyncio.wait({call})
+            assert call.cancelled()
+            # Once the cancellation has settled, killed and reaped (by the template):
+            assert not alive(pid)
+            assert inv.worker_count == 0 and template.alive
+            gate.unlink()
+            assert (await inv.invoke(event("t3"), timeout_s=5)).outcomes == {"t3": "completed"}
+        finally:
+            await inv.aclose()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 

@@ -25,7 +25,9 @@ has one thread and no socket but its control socket (a handler that starts a
 thread or opens a connection at import cannot be forked safely): if not, it
 says why and exits, and the pool starts workers by ``exec`` as before. It never
 creates an event loop; a worker closes the template's control socket and
-signal plumbing first thing.
+signal plumbing first thing. The template's stdin is a pipe the pool never writes
+(a handler that reads stdin at import waits there, as it did in an exec'd worker,
+whose stdin was its request pipe); a forked worker's stdin is its request pipe.
 
 Control channel: a ``SOCK_SEQPACKET`` socket pair, one JSON object per message.
 The pool sends ``{"op": "fork"}`` with two file descriptors (the worker's request
@@ -98,6 +100,7 @@ def _child(
             plumbing.close()
         for fd in wake:
             os.close(fd)
+        os.dup2(fds[0], 0)  # stdin is the request pipe, as in an exec'd worker
         inp = os.fdopen(fds[0], "rb", buffering=0)
         out = os.fdopen(fds[1], "wb", buffering=0)
         name = argv[1] if len(argv) > 1 else "rhailambda"
@@ -245,7 +248,7 @@ class ForkServer:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "rhailambda.shim.forkserver", str(theirs.fileno()), *argv,
-                stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=dict(env),
+                stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),), env=dict(env),
             )  # fmt: skip
         finally:
             theirs.close()
@@ -362,6 +365,8 @@ class ForkServer:
         return out
 
     async def aclose(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self._sock.close()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
