@@ -8,8 +8,9 @@ handler's own prints go to stderr so they cannot corrupt a frame. EOF on stdin
 means "retire": the process exits 0.
 
 Request ``{"event": {...}, "requestId": "...", "deadlineMs": <epoch ms>}``, plus
-``"tenantId": <circle>`` when the pool isolates circles (the worker then serves that
-circle only: :class:`CircleGuard`; the handler sees it as ``context.tenant_id``);
+``"tenantId": <circle>`` (the raw circle id) when the pool isolates circles: the
+worker then serves that circle only (:class:`CircleGuard`). The context has no
+``tenant_id``: Lambda's is the circle's mapped ``TenantId`` spelling, not the raw id;
 response ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "errorType": "...", "errorMessage": "..."}`` (Lambda's FunctionError).
 The same loop (:func:`serve`) runs in workers forked by the pool's template
@@ -27,9 +28,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from rhailambda.protocol import CONTEXT_ID
+from rhailambda.protocol import CONTEXT_ID, KeyLayout
+
+if TYPE_CHECKING:
+    from rhailambda.resp import RespClient
 
 __all__ = [
     "CircleGuard",
@@ -66,15 +70,7 @@ def read_frame(stream: IO[bytes]) -> Any | None:
 class LocalContext:
     """The parts of Lambda's context object a handler uses."""
 
-    def __init__(
-        self,
-        *,
-        function_name: str,
-        request_id: str,
-        memory_mb: int,
-        deadline_ms: int,
-        tenant_id: str | None = None,
-    ) -> None:
+    def __init__(self, *, function_name: str, request_id: str, memory_mb: int, deadline_ms: int):
         self.function_name = function_name
         self.function_version = "$LATEST"
         self.aws_request_id = request_id
@@ -82,7 +78,6 @@ class LocalContext:
         self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = f"local/{os.getpid()}"
-        self.tenant_id = tenant_id  # Lambda's, under tenant isolation: the circle
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self) -> int:
@@ -111,8 +106,8 @@ class CircleGuard:
 
     def __init__(self) -> None:
         self.circle: str | None = None
-        self._client: Any = None
-        self._layout: Any = None
+        self._client: RespClient | None = None
+        self._layout = KeyLayout()
 
     def refusal(self, request: dict[str, Any]) -> str | None:
         """Why this worker must not run ``request``, or None."""
@@ -142,11 +137,12 @@ class CircleGuard:
                 redis.url, cluster=redis.cluster, client_name="rhailambda-guard"
             )
             self._layout = ProtocolSettings.from_env(env).layout
-        replies = self._client.round_trip(circle_queries(self._layout, task_ids), idempotent=True)
+        commands = circle_queries(self._layout, task_ids)
+        replies = self._client.round_trip(commands, idempotent=True)
         return [r if isinstance(r, str) else "" for r in replies]
 
 
-def circle_queries(layout: Any, task_ids: list[str]) -> list[list[str]]:
+def circle_queries(layout: KeyLayout, task_ids: list[str]) -> list[list[str]]:
     """The commands reading each task's circle (its ``contextId``), one reply each."""
     return [["HGET", layout.task(t), CONTEXT_ID] for t in task_ids]
 
@@ -168,7 +164,6 @@ def serve(
             request_id=str(request.get("requestId", "")),
             memory_mb=memory_mb,
             deadline_ms=int(request["deadlineMs"]),
-            tenant_id=request.get("tenantId"),
         )
         try:
             refusal = guard.refusal(request)
