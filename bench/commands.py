@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from bench.config import BenchConfig
-from bench.infra import PY, Shim, children, commandstats, cpu_s, delta, run_json
+from bench.infra import PY, Shim, commandstats, cpu_s, delta, descendants, run_json
 from rhailambda import client, taskstore
 from rhailambda.shim import redis_queue
 
@@ -149,7 +149,7 @@ def idle_cost(cfg: BenchConfig, url: str, shim_args: Sequence[str], log: Path) -
         run_json([PY, "-m", "bench.load", url, "bench-idle", "50"], timeout_s=120)  # workers up
         time.sleep(2)
         shim_pid = shim.pid
-        workers = children(shim_pid)
+        workers = descendants(shim_pid)
         cpu0 = {pid: cpu_s(pid) for pid in [shim_pid, *workers]}
         admin.config_resetstat()
         before = commandstats(admin)

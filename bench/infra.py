@@ -80,6 +80,15 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ...: the local pool forks its workers from a template
+    process (a child of the shim), so the workers are the shim's grandchildren."""
+    out = children(pid)
+    for child in list(out):
+        out += descendants(child)
+    return out
+
+
 def run_json(
     cmd: Sequence[str],
     *,

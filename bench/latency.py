@@ -3,7 +3,10 @@
 ``warm``: submit, wait for the reply, repeat (after a warm-up); p50 / p99 of
 submit-to-reply. ``idle``: the first task after a pause shorter than the local
 pool's idle timeout (the shim blocks in BLMOVE, the workers are warm), and after
-a pause longer than it (the pool scaled to zero: a worker cold start is included).
+a pause longer than it (the pool scaled to zero: a worker is forked from the
+pool's template process, which imported the handler once). Beside them, the
+template's own memory while the pool is at zero (RSS and PSS): what the fast
+start costs at idle.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import SCRIPT, BenchConfig
-from bench.infra import Shim
+from bench.infra import Shim, descendants
 from rhailambda.client import Client
 
 __all__ = ["IDLE_TIMEOUT_S", "WORKER", "latency", "warm"]
@@ -41,6 +44,31 @@ def _ping_ms(client: Client) -> float:
     started = time.perf_counter()
     client._redis.execute("PING")
     return (time.perf_counter() - started) * 1e3
+
+
+def template_memory(shim_pid: int) -> dict[str, Any] | None:
+    """RSS / PSS / USS (kB) of the shim's fork-server template, and how many workers
+    it has now; None if there is none (a handler that cannot be forked safely)."""
+    for pid in descendants(shim_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        if b"rhailambda.shim.forkserver" not in cmdline:
+            continue
+        kb = {}
+        for line in rollup.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                kb[key] = int(value.split()[0])
+        return {
+            "rss_kb": kb["Rss"],
+            "pss_kb": kb["Pss"],
+            "uss_kb": kb["Private_Clean"] + kb["Private_Dirty"],
+            "workers_now": len(descendants(pid)),
+        }
+    return None
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -94,11 +122,13 @@ def latency(
             ("after_short_pause", SHORT_PAUSE_S),
             ("after_long_pause", LONG_PAUSE_S),
         ):
-            samples, pings = [], []
+            samples, pings, memory = [], [], []
             for _ in range(reps):
                 time.sleep(pause)
                 pings.append(_ping_ms(client))  # baseline: a PING after the same pause
                 time.sleep(pause)
+                if pause > IDLE_TIMEOUT_S:  # the pool is at zero: the template alone
+                    memory.append(template_memory(shim.pid))
                 samples.append(_one(client))
                 shim.check()
             out[name] = {
@@ -108,6 +138,8 @@ def latency(
                 "samples_ms": samples,
                 "ping_after_pause_ms": statistics.median(pings),
             }
+            if memory and all(memory):
+                out["template_idle"] = memory[-1]
             if tick:
                 tick()
     return out

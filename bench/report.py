@@ -53,6 +53,12 @@ def floors(r: dict[str, Any]) -> list[dict[str, Any]]:
             "{:.1f} ms",
         ),
         (
+            "first task after the local pool scaled to zero ≤ 50 ms",
+            _get(r, "latency", "after_long_pause", "median_ms"),
+            lambda v: v <= 50,
+            "{:.1f} ms",
+        ),
+        (
             "standalone ≥ 13,000 tasks/s (deployments)",
             _get(r, "deployments", STANDALONE, "rate"),
             lambda v: v >= 13000,
@@ -302,6 +308,13 @@ def markdown(r: dict[str, Any]) -> str:
                     f"| {label} ({v['pause_s']:g} s) | {v['median_ms']:.1f} ms | "
                     f"{v['ping_after_pause_ms']:.2f} ms |"
                 )
+        mem = lat.get("template_idle")
+        if mem:
+            lines.append(
+                f"| the pool's template process at idle (RSS / PSS / USS) | "
+                f"{mem['rss_kb'] / 1024:.1f} / {mem['pss_kb'] / 1024:.1f} / "
+                f"{mem['uss_kb'] / 1024:.1f} MB | |"
+            )
     cold = r.get("coldstart") or {}
     if cold:
         d = cold.get("direct", {})

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from bench.config import BenchConfig
-from bench.infra import PY, Shim, children, cpu_s, run_json
+from bench.infra import PY, Shim, cpu_s, descendants, run_json
 from bench.peers import PEER_NOTES, PeerWorkers, commands
 
 __all__ = ["ours", "peer", "sweep"]
@@ -43,7 +43,7 @@ class CpuMeter:
         self._pids = {
             "redis": [redis_pid] if redis_pid else [],
             "shim": [shim_pid],
-            "workers": children(shim_pid),
+            "workers": descendants(shim_pid),
         }
         self._before = self._read()
 

@@ -4,9 +4,23 @@ Each worker (:mod:`rhailambda.shim.local_worker`) is a warm environment: it
 imports the handler once and serves invocations one at a time over pipes. The
 pool scales up on demand to ``max_workers``, retires workers idle longer than
 ``idle_timeout_s`` (an idle stack scales to zero), and replaces a worker that
-crashed or overran its budget (killed). Failures map onto the invoker contract:
+crashed or overran its budget (killed). Workers are forked from a template
+process that imported the handler's modules once (:mod:`rhailambda.shim.forkserver`),
+so one started after the pool scaled to zero is ready in a few ms; the template
+stays for the pool's life. Failures map onto the invoker contract:
 a crash or timeout is a retryable :class:`InvocationError`; an exception from the
 handler is an :class:`InvocationError` carrying its type and message.
+
+``isolate_circles`` (``--isolate-circles``): a worker serves one circle (the
+batch's ``tenant_id``) for its whole life and is never handed another's batch; a
+batch for a circle without an idle worker gets a fresh one, retiring the least
+recently used idle worker when the pool is full. A batch without ``tenant_id``
+(the drain loop does not build one-circle batches yet) is split by each task's
+``contextId``, read from its hash in one round trip, and its parts run one after
+the other, each on its circle's worker (each within the time left of the batch's
+budget); their answers are merged (a part that failed as a whole reports its ids
+failed, unless every part failed: then its error is raised). Each worker checks
+its batches itself too (:class:`~rhailambda.shim.local_worker.CircleGuard`).
 """
 
 from __future__ import annotations
@@ -21,13 +35,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-from rhailambda.errors import InvocationError
-from rhailambda.event import BatchResponse, EventError, InvocationEvent
-from rhailambda.shim.local_worker import encode_frame
+from rhailambda.errors import InvocationError, RhailambdaError
+from rhailambda.event import BatchResponse, EventError, InvocationEvent, Outcome, TaskRef
+from rhailambda.shim.forkserver import ForkServer
+from rhailambda.shim.local_worker import circle_queries, encode_frame
 from rhailambda.shim.settings import ShimSettings
 
 __all__ = ["LocalInvoker", "check_handler"]
@@ -37,9 +52,33 @@ _HEADER = struct.Struct(">I")
 _INIT_TIMEOUT_S = 60.0
 
 
+#: The circle of each task id (``""``: none known), in order.
+CircleLookup = Callable[[Sequence[str]], Awaitable[list[str]]]
+
+
+class _Proc(Protocol):
+    """What the pool uses of a worker process (exec'd, or forked by the template)."""
+
+    pid: int
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None: ...
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
 @dataclass(eq=False)
 class _Worker:
-    proc: asyncio.subprocess.Process
+    proc: _Proc
+    circle: str | None = None  # the one circle it serves (isolate_circles)
     last_used: float = field(default_factory=time.monotonic)
     invocations: int = 0
 
@@ -105,13 +144,17 @@ class LocalInvoker:
         memory_mb: int = 1024,
         timeout_margin_s: float = 1.0,
         python: str = sys.executable,
+        fork_server: bool = True,
+        isolate_circles: bool = False,
+        circle_lookup: CircleLookup | None = None,
     ) -> None:
-        self._argv = [python, "-m", "rhailambda.shim.local_worker", handler, function_name,
-                      str(memory_mb)]  # fmt: skip
+        self._worker_args = [handler, function_name, str(memory_mb)]
+        self._argv = [python, "-m", "rhailambda.shim.local_worker", *self._worker_args]
         self._idle_timeout_s = idle_timeout_s
         # The workers inherit the shim's environment plus the function's settings.
         self._env = {**os.environ, **(env or {})}
         self._margin_s = timeout_margin_s
+        self._max_workers = max_workers
         self._idle: list[_Worker] = []
         self._count = 0
         # One slot per invocation. A slot is taken by awaiting and given back without
@@ -119,11 +162,18 @@ class LocalInvoker:
         self._slots = asyncio.Semaphore(max_workers)
         self._retirer: asyncio.Task[None] | None = None
         self._closed = False
+        self._fork = fork_server
+        self._template: ForkServer | None = None
+        self._template_lock = asyncio.Lock()
+        self._isolate = isolate_circles
+        self._circle_lookup = circle_lookup
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._lookup_client: Any = None
         self.spawned = 0
 
     @classmethod
     def from_settings(cls, settings: ShimSettings) -> LocalInvoker:
-        return cls(
+        invoker = cls(
             handler=settings.local.handler,
             max_workers=settings.local.max_workers,
             idle_timeout_s=settings.local.idle_timeout_s,
@@ -131,7 +181,25 @@ class LocalInvoker:
             function_name=settings.function.function_name,
             memory_mb=settings.local.memory_limit_mb,
             timeout_margin_s=min(settings.function.timeout_margin_s, 2.0),
+            isolate_circles=settings.local.isolate_circles,
         )
+        if settings.local.isolate_circles:
+            invoker.read_circles_from(settings)
+        return invoker
+
+    def read_circles_from(self, settings: ShimSettings) -> None:
+        """Read the circles of batches without ``tenant_id`` from the shim's Redis."""
+        from rhailambda.resp_async import AsyncRespClient
+
+        client = AsyncRespClient(settings.redis.address(), client_name="rhailambda-shim-circles")
+        layout = settings.protocol.layout
+
+        async def lookup(task_ids: Sequence[str]) -> list[str]:
+            replies = await client.round_trip(circle_queries(layout, list(task_ids)))
+            return [r if isinstance(r, str) else "" for r in replies]
+
+        self._lookup_client = client
+        self._circle_lookup = lookup
 
     @property
     def worker_count(self) -> int:
@@ -140,13 +208,22 @@ class LocalInvoker:
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._idle]
 
+    def worker_circles(self) -> dict[int, str | None]:
+        """The circle each idle worker serves, by pid."""
+        return {w.proc.pid: w.circle for w in self._idle}
+
+    @property
+    def template(self) -> ForkServer | None:
+        """The template process workers are forked from (None: not started, or exec)."""
+        return self._template
+
     # --- the pool ------------------------------------------------------------------
     def _start_retirer(self) -> None:
         if self._retirer is None:
             self._retirer = asyncio.create_task(self._retire_idle())
 
-    async def _acquire(self) -> _Worker:
-        """A slot, then an idle worker (the warmest) or a new one.
+    async def _acquire(self, circle: str | None) -> _Worker:
+        """A slot, then an idle worker (the warmest, of ``circle``) or a new one.
 
         Cancellation-proof: a waiter cancelled just after being handed a slot passes it
         on (asyncio.Semaphore does), and once owned the slot is given back on every
@@ -156,16 +233,26 @@ class LocalInvoker:
         """
         self._start_retirer()
         await self._slots.acquire()
-        if self._idle:
-            return self._idle.pop()  # the most recently used: the warmest
+        for i in range(len(self._idle) - 1, -1, -1):  # the most recently used: the warmest
+            if self._idle[i].circle == circle:
+                return self._idle.pop(i)
+        if self._count >= self._max_workers:
+            # Isolating circles, every worker idle or busy, none of this circle: the
+            # least recently used idle one (we hold a slot, so one is idle) makes room.
+            lru = min(self._idle, key=lambda w: w.last_used)
+            self._idle.remove(lru)
+            self._count -= 1
+            self._stop_later(lru)
         # Idle and running workers together never exceed the slots: spawn only when
-        # no idle worker is left.
+        # no idle worker is left (or none of the circle).
         self._count += 1
         try:
-            return await self._spawn()
+            worker = await self._spawn()
         except BaseException:
             self._release(None)
             raise
+        worker.circle = circle
+        return worker
 
     def _release(self, worker: _Worker | None) -> None:
         """Give the slot back, with the worker to keep or None (a worker gone or killed).
@@ -177,14 +264,30 @@ class LocalInvoker:
             self._idle.append(worker)
         self._slots.release()
 
-    async def _spawn(self) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
+    async def _new_process(self) -> _Proc:
+        """Forked from the template (started on first use) or, if it cannot be, exec'd."""
+        if self._fork:
+            async with self._template_lock:
+                if self._template is None or not self._template.alive:
+                    if self._template is not None:
+                        await self._template.aclose()
+                        self._template = None
+                    self._template = await ForkServer.start(
+                        self._worker_args, self._env, timeout_s=_INIT_TIMEOUT_S
+                    )
+                    self._fork = self._template is not None
+                template = self._template
+            if template is not None:
+                return await template.fork(timeout_s=_INIT_TIMEOUT_S)
+        return await asyncio.create_subprocess_exec(
             *self._argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=self._env,
         )
-        worker = _Worker(proc)
+
+    async def _spawn(self) -> _Worker:
+        worker = _Worker(await self._new_process())
         self.spawned += 1
         try:
             ready = await asyncio.wait_for(worker.receive(), timeout=_INIT_TIMEOUT_S)
@@ -202,7 +305,7 @@ class LocalInvoker:
             raise InvocationError(
                 f"local worker failed to import the handler: {ready.get('error')}"
             )
-        log.debug("local worker %d started", proc.pid)
+        log.debug("local worker %d started", worker.proc.pid)
         return worker
 
     async def _retire_idle(self) -> None:
@@ -220,6 +323,13 @@ class LocalInvoker:
                 log.info("local worker %d retired after %.0f s idle", worker.proc.pid,
                          now - worker.last_used)  # fmt: skip
 
+    def _stop_later(self, worker: _Worker) -> None:
+        task = asyncio.create_task(self._stop_worker(worker))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        log.debug("local worker %d of circle %r retired for another circle", worker.proc.pid,
+                  worker.circle)  # fmt: skip
+
     async def _stop_worker(self, worker: _Worker) -> None:
         if worker.proc.stdin is not None and worker.proc.returncode is None:
             worker.proc.stdin.close()  # EOF: the worker exits on its own
@@ -232,11 +342,56 @@ class LocalInvoker:
     async def invoke(self, event: InvocationEvent, *, timeout_s: float) -> BatchResponse:
         if self._closed:
             raise InvocationError("the local backend is closed")
-        worker = await self._acquire()
+        if not self._isolate:
+            return await self._invoke_on(None, event, timeout_s)
+        if event.tenant_id is not None:
+            return await self._invoke_on(event.tenant_id, event, timeout_s)
+        return await self._invoke_split(event, timeout_s)
+
+    async def _invoke_split(self, event: InvocationEvent, timeout_s: float) -> BatchResponse:
+        """A batch of several circles, one part per circle (see the module docstring)."""
+        if self._circle_lookup is None:
+            raise InvocationError(
+                "isolate_circles needs the batch's tenant_id or a circle lookup", retryable=False
+            )
+        try:
+            circles = await self._circle_lookup([t.task_id for t in event.tasks])
+        except (ConnectionError, TimeoutError, RhailambdaError) as exc:
+            raise InvocationError(f"cannot read the batch's circles: {exc}") from exc
+        parts: dict[str, list[TaskRef]] = {}
+        for task, circle in zip(event.tasks, circles, strict=True):
+            parts.setdefault(circle, []).append(task)
+        if not parts:  # only invalid entries: the function rejects them, no script runs
+            parts[""] = []
+        deadline = time.monotonic() + timeout_s
+        outcomes: dict[str, Outcome] = {}
+        reasons: dict[str, str] = {}
+        errors: list[InvocationError] = []
+        for n, (circle, tasks) in enumerate(parts.items()):
+            part = replace(event, tasks=tuple(tasks), invalid=event.invalid if n == 0 else (),
+                           tenant_id=circle)  # fmt: skip
+            try:
+                left_s = max(0.001, deadline - time.monotonic())
+                got = await self._invoke_on(circle, part, left_s)
+            except InvocationError as exc:
+                errors.append(exc)
+                outcomes |= {t.task_id: "failed" for t in tasks}
+                continue
+            outcomes |= got.outcomes
+            reasons |= got.reasons
+        if len(errors) == len(parts):
+            raise errors[0]
+        return BatchResponse(outcomes, reasons)
+
+    async def _invoke_on(
+        self, circle: str | None, event: InvocationEvent, timeout_s: float
+    ) -> BatchResponse:
+        worker = await self._acquire(circle)
         request = {
             "event": event.to_json(),
             "requestId": str(uuid.uuid4()),
             "deadlineMs": int((time.time() + timeout_s) * 1000),
+            **({"tenantId": circle} if circle is not None else {}),
         }
         healthy = False
         try:
@@ -273,4 +428,9 @@ class LocalInvoker:
             await asyncio.gather(self._retirer, return_exceptions=True)
         idle, self._idle = self._idle, []
         self._count -= len(idle)
-        await asyncio.gather(*(self._stop_worker(w) for w in idle), return_exceptions=True)
+        await asyncio.gather(*(self._stop_worker(w) for w in idle), *self._stopping,
+                             return_exceptions=True)  # fmt: skip
+        if self._template is not None:
+            await self._template.aclose()
+        if self._lookup_client is not None:
+            self._lookup_client.close()

@@ -7,9 +7,14 @@ Frames are a 4-byte big-endian length and a JSON body, on stdin / stdout; the
 handler's own prints go to stderr so they cannot corrupt a frame. EOF on stdin
 means "retire": the process exits 0.
 
-Request ``{"event": {...}, "requestId": "...", "deadlineMs": <epoch ms>}``;
+Request ``{"event": {...}, "requestId": "...", "deadlineMs": <epoch ms>}``, plus
+``"tenantId": <circle>`` (the raw circle id) when the pool isolates circles: the
+worker then serves that circle only (:class:`CircleGuard`). The context has no
+``tenant_id``: Lambda's is the circle's mapped ``TenantId`` spelling, not the raw id;
 response ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "errorType": "...", "errorMessage": "..."}`` (Lambda's FunctionError).
+The same loop (:func:`serve`) runs in workers forked by the pool's template
+process (:mod:`rhailambda.shim.forkserver`), on the pipes it was handed.
 """
 
 from __future__ import annotations
@@ -23,9 +28,23 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-__all__ = ["LocalContext", "encode_frame", "load_handler", "main", "read_frame"]
+from rhailambda.protocol import CONTEXT_ID, KeyLayout
+
+if TYPE_CHECKING:
+    from rhailambda.resp import RespClient
+
+__all__ = [
+    "CircleGuard",
+    "LocalContext",
+    "circle_queries",
+    "encode_frame",
+    "load_handler",
+    "main",
+    "read_frame",
+    "serve",
+]
 
 _HEADER = struct.Struct(">I")
 Handler = Callable[[Any, Any], Any]
@@ -76,6 +95,94 @@ def load_handler(path: str) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
+class CircleGuard:
+    """A worker's pin to one circle (``--isolate-circles``): it serves no other.
+
+    The first request that names a circle (``tenantId``) pins the worker; later
+    requests must name the same one, and every task's ``contextId`` (read from its
+    hash in one round trip, on a client made in this process) must be that circle.
+    A task whose hash is gone has no circle and runs no script: it passes.
+    """
+
+    def __init__(self) -> None:
+        self.circle: str | None = None
+        self._client: RespClient | None = None
+        self._layout = KeyLayout()
+
+    def refusal(self, request: dict[str, Any]) -> str | None:
+        """Why this worker must not run ``request``, or None."""
+        circle = request.get("tenantId")
+        if self.circle is None:
+            if circle is None:
+                return None
+            self.circle = str(circle)
+        if circle != self.circle:
+            return f"this worker serves circle {self.circle!r}, the batch is for {circle!r}"
+        ids = [str(t.get("taskId", "")) for t in request["event"].get("tasks", [])]
+        others = sorted({c for c in self._circles(ids) if c and c != self.circle})
+        if others:
+            return f"this worker serves circle {self.circle!r}, the batch has tasks of {others!r}"
+        return None
+
+    def _circles(self, task_ids: list[str]) -> list[str]:
+        if not task_ids:
+            return []
+        if self._client is None:
+            from rhailambda.resp import from_url
+            from rhailambda.settings import Env, ProtocolSettings, RedisSettings
+
+            env = Env(os.environ)
+            redis = RedisSettings.from_env(env)
+            self._client = from_url(
+                redis.url, cluster=redis.cluster, client_name="rhailambda-guard"
+            )
+            self._layout = ProtocolSettings.from_env(env).layout
+        commands = circle_queries(self._layout, task_ids)
+        replies = self._client.round_trip(commands, idempotent=True)
+        return [r if isinstance(r, str) else "" for r in replies]
+
+
+def circle_queries(layout: KeyLayout, task_ids: list[str]) -> list[list[str]]:
+    """The commands reading each task's circle (its ``contextId``), one reply each."""
+    return [["HGET", layout.task(t), CONTEXT_ID] for t in task_ids]
+
+
+def serve(
+    handler_path: str, inp: IO[bytes], out: IO[bytes], *, function_name: str, memory_mb: int
+) -> int:
+    """Import the handler, say ready, then answer requests until EOF (exit code)."""
+    try:
+        handler = load_handler(handler_path)
+    except BaseException as exc:
+        out.write(encode_frame({"ready": False, "error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    out.write(encode_frame({"ready": True, "pid": os.getpid()}))
+    guard = CircleGuard()
+    while (request := read_frame(inp)) is not None:
+        context = LocalContext(
+            function_name=function_name,
+            request_id=str(request.get("requestId", "")),
+            memory_mb=memory_mb,
+            deadline_ms=int(request["deadlineMs"]),
+        )
+        try:
+            refusal = guard.refusal(request)
+            if refusal is not None:
+                frame = encode_frame(
+                    {"ok": False, "errorType": "CircleMismatch", "errorMessage": refusal}
+                )
+            else:
+                response = {"ok": True, "result": handler(request["event"], context)}
+                frame = encode_frame(response)
+        except Exception as exc:
+            traceback.print_exc()
+            frame = encode_frame(
+                {"ok": False, "errorType": type(exc).__name__, "errorMessage": str(exc)}
+            )
+        out.write(frame)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print("usage: python -m rhailambda.shim.local_worker <handler path> [function name]",
@@ -89,29 +196,7 @@ def main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # the handler's prints go to stderr
     inp = os.fdopen(os.dup(0), "rb", buffering=0)
-    try:
-        handler = load_handler(argv[1])
-    except BaseException as exc:
-        out.write(encode_frame({"ready": False, "error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    out.write(encode_frame({"ready": True, "pid": os.getpid()}))
-    while (request := read_frame(inp)) is not None:
-        context = LocalContext(
-            function_name=function_name,
-            request_id=str(request.get("requestId", "")),
-            memory_mb=memory_mb,
-            deadline_ms=int(request["deadlineMs"]),
-        )
-        try:
-            response = {"ok": True, "result": handler(request["event"], context)}
-            frame = encode_frame(response)
-        except Exception as exc:
-            traceback.print_exc()
-            frame = encode_frame(
-                {"ok": False, "errorType": type(exc).__name__, "errorMessage": str(exc)}
-            )
-        out.write(frame)
-    return 0
+    return serve(argv[1], inp, out, function_name=function_name, memory_mb=memory_mb)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ class LocalBackendSettings:
     max_workers: int = 2
     idle_timeout_s: float = 300.0
     memory_limit_mb: int = 1024
+    #: each worker serves one circle for its life (``--isolate-circles``)
+    isolate_circles: bool = False
 
 
 ALWAYS_ON = "always-on"
@@ -223,6 +225,11 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
         "shim lease; renewed every third of it, 1 to 3600 (default 30)",
     ),
     ("--block-s", "RHAILAMBDA_BLOCK_S", "BLMOVE block on an empty queue, 0.1 to 300 (default 20)"),
+    (
+        "--isolate-circles",
+        "RHAILAMBDA_ISOLATE_CIRCLES",
+        "local backend: a worker process serves one circle and no other (default off)",
+    ),
     ("--log-level", "RHAILAMBDA_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
     ("--log-format", "RHAILAMBDA_LOG_FORMAT", "json | text (default json unless on a terminal)"),
 )
@@ -246,6 +253,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, f"{flag}s", dest=var.lower(), action="append", default=None,
                 help=f"{help_text} [{var}]",
             )  # fmt: skip
+            continue
+        if var == "RHAILAMBDA_ISOLATE_CIRCLES":  # a switch: --isolate-circles means true
+            parser.add_argument(flag, dest=var.lower(), action="store_const", const="true",
+                                default=None, help=f"{help_text} [{var}]")  # fmt: skip
             continue
         parser.add_argument(flag, dest=var.lower(), default=None, help=f"{help_text} [{var}]")
 
@@ -347,6 +358,11 @@ def _build(env: Env) -> ShimSettings:
     if backend == "lambda":
         _region(env, function_name)
     local_workers = _count(env, "RHAILAMBDA_LOCAL_WORKERS", os.cpu_count() or 2, 1, 1024)
+    isolate_circles = env.bool("RHAILAMBDA_ISOLATE_CIRCLES", False)
+    if isolate_circles and backend != "local":
+        raise SettingError(
+            "RHAILAMBDA_ISOLATE_CIRCLES", "isolates local workers: local backend only"
+        )
     default_concurrency = local_workers if backend == "local" else 10
     # Local workers are cheap to feed and batches amortise the pipe and Redis round
     # trips (5.8k tasks/s at 10, 16k at 200); Lambda keeps SQS's 10 so one batch of
@@ -398,6 +414,7 @@ def _build(env: Env) -> ShimSettings:
             handler=env.str("RHAILAMBDA_HANDLER", DEFAULT_HANDLER),
             max_workers=local_workers,
             idle_timeout_s=_seconds(env, "RHAILAMBDA_IDLE_TIMEOUT_S", 300.0, 0.1, 86400.0),
+            isolate_circles=isolate_circles,
         ),
         log_level=level,
         log_format=_log_format(env),
