@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from support.shim_doubles import wait_until
 
 from rhailambda.errors import InvocationError, RedisConnectionError, SettingError
 from rhailambda.event import InvocationEvent, TaskRef
@@ -26,7 +27,6 @@ from rhailambda.protocol import KeyLayout, now_rfc3339
 from rhailambda.settings import Env
 from rhailambda.shim import settings as shim_settings
 from rhailambda.shim.local_backend import LocalInvoker
-from rhailambda.shim.testing import wait_until
 
 L = KeyLayout()
 PROBE_KEY = "rhailambda:test:circle-pids"
@@ -301,7 +301,7 @@ def isolating_invoker(redis_url: str, env: dict[str, str], max_workers: int) -> 
 def served(r: redis.Redis) -> dict[int, set[str]]:
     out: dict[int, set[str]] = {}
     for entry in r.lrange(PROBE_KEY, 0, -1):
-        pid, _, circle = entry.partition(" ")
+        pid, _, circle = str(entry).partition(" ")
         out.setdefault(int(pid), set()).add(circle)
     return out
 
@@ -429,7 +429,7 @@ def test_a_mixed_batch_whose_circles_cannot_be_read_fails_as_a_retryable_invocat
         raise RedisConnectionError("cannot connect to Redis at 127.0.0.1:1")
 
     async def scenario() -> None:
-        inv = LocalInvoker(handler="rhailambda.shim.testing.echo_handler", max_workers=1,
+        inv = LocalInvoker(handler="support.shim_doubles.echo_handler", max_workers=1,
                            idle_timeout_s=60, isolate_circles=True,
                            circle_lookup=unreachable)  # fmt: skip
         try:
