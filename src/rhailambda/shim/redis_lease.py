@@ -14,6 +14,9 @@ repeats step 1 (which moves whatever is still there) and step 2. A shim that wak
 up after a stall while it is being reaped may find its in-flight ids delivered
 again by others: fencing by attempt keeps one reply per task, and its heartbeat
 reports the lapse when it was removed.
+
+Each pass also adopts what shims of the previous key layout left
+(:mod:`rhailambda.shim.upgrade`) until none of them holds a lease.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient, AsyncScript
 from rhailambda.resp_wire import raise_error
 from rhailambda.shim.health import Health
+from rhailambda.shim.upgrade import LegacyKeys
 
 __all__ = ["WORKERS_FIELD", "RedisLeaseStore"]
 
@@ -78,6 +82,7 @@ class RedisLeaseStore:
         self._return = AsyncScript(_RETURN_LUA)
         self._remove = AsyncScript(_REMOVE_LUA)
         self._registered = False
+        self._legacy = LegacyKeys(client, layout, health)  # the previous key layout's
 
     async def heartbeat(self, info: Mapping[str, str], *, lease_s: float) -> bool:
         expiry = now_ms() + int(lease_s * 1000)
@@ -122,6 +127,10 @@ class RedisLeaseStore:
             lambda: self._client.execute("ZRANGEBYSCORE", self._layout.shims(), "-inf", now_ms()),
         )
         reaped: dict[str, int] = {}
+        if self._legacy.pending:
+            adopted = await self._legacy.adopt(worker_ids)
+            if adopted:
+                reaped["(old key layout)"] = adopted
         for shim_id in expired:
             if shim_id == self._shim_id:
                 continue  # our own lease is renewed by our heartbeat, not reaped by us

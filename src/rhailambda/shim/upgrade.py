@@ -1,0 +1,122 @@
+"""Adopting what a shim of the previous key layout left in Redis (the upgrade step).
+
+Before the cluster work our own keys had no hash tags: in-flight lists
+``rhailambda:inflight:<worker>:<shim>``, dead letters ``rhailambda:dlq:<worker>``,
+one set of paused worker ids ``rhailambda:paused``, leases in ``rhailambda:shims``
+with info hashes ``rhailambda:shim:<id>`` (``internal_prefix`` in front of each).
+That version ran on a standalone server only (on a cluster it failed every take), so
+old keys can only be found on one, and every step here is a standalone script.
+
+A new shim, at start and then with each reaper pass while old leases remain:
+
+* moves the in-flight ids of every old shim whose lease has expired back to the
+  front of their queues (the reaper's rule: a live old shim keeps its ids), and
+  removes its registration;
+* appends the old dead letters of its queues to the new dead-letter lists;
+* carries the old pause switches over to the new per-queue keys.
+
+So the upgrade is: stop the old shims (or let them die), start the new ones; no id
+is lost and nothing must be drained first. A mixed fleet is not supported: an old
+shim does not see the new pause keys and takes no part in the new leases.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from rhailambda.protocol import KeyLayout
+from rhailambda.resp_async import AsyncRespClient, AsyncScript
+from rhailambda.resp_wire import raise_error
+from rhailambda.shim.health import Health
+
+__all__ = ["LegacyKeys"]
+
+log = logging.getLogger("rhailambda.shim")
+
+# KEYS: from-list, to-list. Appends the whole from-list at the to-list's right end
+# (a queue's front, taken next; a dead-letter list's oldest end), then deletes it.
+_APPEND_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, #items, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+end
+redis.call('DEL', KEYS[1])
+return #items
+"""
+
+# KEYS: old paused set, new paused key. ARGV: worker id.
+_PAUSE_LUA = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  redis.call('SET', KEYS[2], '1')
+  redis.call('SREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class LegacyKeys:
+    """The previous layout's keys of one shim's queues, adopted until none is left."""
+
+    def __init__(self, client: AsyncRespClient, layout: KeyLayout, health: Health) -> None:
+        self._client = client
+        self._layout = layout
+        self._health = health
+        self._old = layout.internal_prefix
+        self._append = AsyncScript(_APPEND_LUA)
+        self._pause = AsyncScript(_PAUSE_LUA)
+        self.pending = True  # until a pass found no old lease left
+
+    async def adopt(self, worker_ids: Sequence[str]) -> int:
+        """One pass; returns how many ids came back onto queues or dead-letter lists."""
+        if not self.pending:
+            return 0
+        await self._client.execute("PING")  # learn the topology
+        if self._client.cluster:
+            self.pending = False  # the old layout never ran on a cluster
+            return 0
+        return await self._health.call("upgrade", lambda: self._pass(worker_ids))
+
+    async def _pass(self, worker_ids: Sequence[str]) -> int:
+        shims_key, paused_key = f"{self._old}shims", f"{self._old}paused"
+        leases, kinds = await self._client.round_trip(
+            [["ZRANGE", shims_key, 0, -1, "WITHSCORES"], ["TYPE", paused_key]]
+        )
+        leases = raise_error(leases)
+        moved = 0
+        for worker in worker_ids:
+            moved += int(
+                await self._append(
+                    self._client,
+                    [f"{self._old}dlq:{worker}", self._layout.dead_letter(worker)],
+                )
+            )
+            if raise_error(kinds) == "set":
+                keys = [paused_key, self._layout.paused(worker)]
+                if await self._pause(self._client, keys, [worker]):
+                    log.warning("upgrade: queue %s was paused by an old shim: still paused", worker)
+        now_ms = time.time() * 1000
+        live = 0
+        for shim_id, score in zip(leases[::2], leases[1::2], strict=True):
+            if float(score) > now_ms:
+                live += 1
+                continue
+            info = f"{self._old}shim:{shim_id}"
+            listed = raise_error(await self._client.execute("HGET", info, "workers")) or ""
+            workers = [w for w in dict.fromkeys([*str(listed).split(","), *worker_ids]) if w]
+            for worker in workers:
+                old = f"{self._old}inflight:{worker}:{shim_id}"
+                got = int(await self._append(self._client, [old, self._layout.queue(worker)]))
+                if got:
+                    log.warning(
+                        "upgrade: %d ids left in flight by old shim %s back on %s",
+                        got, shim_id, worker,
+                    )  # fmt: skip
+                moved += got
+            await self._client.round_trip([["ZREM", shims_key, shim_id], ["DEL", info]])
+        if live:
+            log.warning("upgrade: %d shims of the old version still hold a lease", live)
+        self.pending = live > 0
+        return moved
