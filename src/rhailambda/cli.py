@@ -127,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_subparsers(dest="command", required=True),
     )
     from rhailambda.keys_cli import configure as configure_keys
+    from rhailambda.ops.cli import configure as configure_ops
     from rhailambda.shim.cli import configure as configure_shim
 
     configure_shim(subparsers)
     _add_submit(subparsers)
     configure_keys(subparsers)
+    configure_ops(subparsers)
     return parser
 
 

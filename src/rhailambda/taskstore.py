@@ -26,7 +26,9 @@ delivery completes it without running the script.
    set the marker to the token (both with the reply TTL). A task id reused after its
    task finished is a new run with a new token: it is answered again.
 3. *clean* (hash slot): delete the hash (or, preserving tasks, drop the staged
-   reply) and leave the done marker.
+   reply) and leave the done marker. A dead letter (``force``) keeps its hash, minus
+   the staged reply, with an expiry of ``RHAILAMBDA_DLQ_RETENTION_S``, so that
+   ``rhailambda dlq show`` and ``redrive`` find it (:mod:`rhailambda.ops.dlq`).
 
 Why a function dying between any two steps still gives exactly one reply:
 
@@ -182,13 +184,15 @@ local function push(rkey, mkey, ttl, reply, run)
   return 1
 end
 
--- 3. clean: drop the hash (or its staged reply), leave the done marker
-local function clean(tkey, dkey, ttl, preserve)
+-- 3. clean: drop the hash (or its staged reply), leave the done marker. A dead letter
+-- (mode force) keeps its hash, without the staged reply, for the retention (keep_s).
+local function clean(tkey, dkey, ttl, preserve, mode, keep_s)
   if redis.call('TYPE', tkey)['ok'] == 'hash' then
     local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaReply')
     if not (is_final(cur[1]) and cur[2]) then return 0 end
-    if preserve then redis.call('HDEL', tkey, 'rhailambdaReply')
+    if preserve or mode == 'force' then redis.call('HDEL', tkey, 'rhailambdaReply')
     else redis.call('DEL', tkey) end
+    if mode == 'force' and not preserve then redis.call('EXPIRE', tkey, keep_s) end
   end
   redis.call('SET', dkey, '1', 'EX', ttl)
   return 1
@@ -222,13 +226,14 @@ return out
 """
 )
 
-# KEYS: task1, done1, task2, done2, ... ARGV: reply ttl, preserve, done-marker ttl.
+# KEYS: task1, done1, task2, done2, ... ARGV: reply ttl, preserve, done-marker ttl,
+# dead-letter retention, then the mode of each finish.
 CLEAN_LUA = (
     _STEPS_LUA
     + """
 local out = {}
 for i = 1, #KEYS / 2 do
-  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3], ARGV[2] == '1')
+  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3], ARGV[2] == '1', ARGV[4 + i], ARGV[4])
 end
 return out
 """
@@ -236,20 +241,22 @@ return out
 
 # Standalone: all three steps per task in one script.
 # KEYS: task, reply, done, sent per finish. ARGV: reply ttl, preserve, done-marker ttl,
-# then 7 per finish.
+# dead-letter retention, then 7 per finish.
 FINISH_LUA = (
     _STEPS_LUA
     + """
-local ttl, preserve, done_ttl = ARGV[1], ARGV[2] == '1', ARGV[3]
+local ttl, preserve, done_ttl, keep_s = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
 local out = {}
 for i = 1, #KEYS / 4 do
-  local k, b = 4 * (i - 1), 3 + (i - 1) * 7
+  local k, b = 4 * (i - 1), 4 + (i - 1) * 7
   local staged = stage(KEYS[k + 1], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
                        ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
   out[i] = 0
   if staged then
     out[i] = push(KEYS[k + 2], KEYS[k + 4], ttl, staged[1], staged[2])
-    if out[i] >= 0 then clean(KEYS[k + 1], KEYS[k + 3], done_ttl, preserve) end
+    if out[i] >= 0 then
+      clean(KEYS[k + 1], KEYS[k + 3], done_ttl, preserve, ARGV[b + 1], keep_s)
+    end
   end
 end
 return out
@@ -340,7 +347,8 @@ class FinishPlan:
     @property
     def head(self) -> list[str | int]:
         preserve = "1" if self.protocol.preserve_tasks else "0"
-        return [self.protocol.reply_ttl_s, preserve, self.protocol.done_ttl_s]
+        return [self.protocol.reply_ttl_s, preserve, self.protocol.done_ttl_s,
+                self.protocol.dlq_retention_s]  # fmt: skip
 
     def _groups(self, indexes: Iterable[int], keys: list[str]) -> list[list[int]]:
         return by_group(indexes, keys, self.group)
@@ -376,7 +384,7 @@ class FinishPlan:
         calls = []
         for idx in self._groups(indexes, self.task_keys):
             keys = [k for i in idx for k in (self.task_keys[i], self.done_keys[i])]
-            calls.append((idx, keys, self.head))
+            calls.append((idx, keys, [*self.head, *(self.args[i][0] for i in idx)]))
         return calls
 
 
