@@ -152,7 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it
+        extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"rhailambda: this command needs {exc.name}, which is not installed: "
+              f"pip install 'rhailambda[{extra}]'", file=sys.stderr)  # fmt: skip
+        return 1
     return code
+
+
+#: optional dependencies, by the extra of pyproject.toml that installs them
+_EXTRAS = {"rich": "cli", "boto3": "aws"}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -182,3 +182,19 @@ def test_redrive_resets_the_hash_and_queues_it_with_fresh_attempts(
     with Client(redis_url) as client:
         reply = client.wait(task_id, timeout_s=60)
     assert reply.status == "completed" and reply.output == "42", reply.raw
+
+
+@pytest.mark.parametrize("command", [["status"], ["dlq", "list", "--worker", WORKER]])
+def test_without_the_cli_extra_the_install_command_is_named(
+    redis_url: str, command: list[str]
+) -> None:
+    hide_rich = (
+        "import sys; sys.modules['rich'] = None; from rhailambda.cli import main; "
+        f"sys.exit(main({[*command, '--redis-url', redis_url]!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide_rich], capture_output=True, text=True, timeout=60
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pip install 'rhailambda[cli]'" in done.stderr
