@@ -122,3 +122,21 @@ def test_task_show_reports_each_of_the_five_places(
 
     unknown = cli("task", "show", "no-such-task", env=env)
     assert unknown.returncode == 1 and "unknown" in unknown.stderr
+
+
+def test_protocol_md_names_every_key_field_and_status() -> None:
+    """The keys ``task show`` and ``dlq`` read, and every field, are in PROTOCOL.md."""
+    from rhailambda import protocol
+
+    text = (Path(__file__).resolve().parents[2] / "PROTOCOL.md").read_text()
+    keys = [
+        L.queue("<worker_id>"), L.task("<task_id>"), L.reply("<task_id>"),
+        L.inflight("<worker>", "<shim>"), L.dead_letter("<worker>"), L.paused("<worker>"),
+        L.done("<task>"), L.replied("<task>"), L.shims(), L.shim_info("<shim>"),
+        L.circle("<circle>", "rec", "<collection>"), L.circle("<circle>", "idx", "<collection>"),
+        L.circle_receipt("<circle>", "<task>"),
+    ]  # fmt: skip
+    fields = [v for k, v in vars(protocol).items() if k.isupper() and isinstance(v, str)]
+    fields += [*protocol.FIELD_ALIASES, "rhailambdaRun", "RHAILAMBDA_DLQ_RETENTION_S"]
+    missing = [f"`{name}`" for name in [*keys, *fields] if f"`{name}`" not in text]
+    assert not missing, missing
