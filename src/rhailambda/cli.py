@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn, cast
 
 from rhailambda.errors import InvalidIdError, ReplyTimeoutError, RhailambdaError, SettingError
+from rhailambda.ops.script_file import read_script as _read_script
 from rhailambda.settings import DEFAULT_REDIS_URL, Env, ProtocolSettings, RedisSettings
 
 __all__ = ["main"]
@@ -98,17 +99,6 @@ def _submit(args: argparse.Namespace) -> int:
             return 3
     print(json.dumps(reply.raw, ensure_ascii=False))
     return 0 if reply.ok else 1
-
-
-def _read_script(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SettingError(f"script file {path}", f"not UTF-8 text (byte {exc.start})") from None
-    except IsADirectoryError:
-        raise SettingError(f"script file {path}", "is a directory, not a script file") from None
-    except OSError as exc:
-        raise SettingError(f"script file {path}", exc.strerror or type(exc).__name__) from None
 
 
 class _Parser(argparse.ArgumentParser):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 from rhailambda import protocol as p
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.extension import Extension, ScriptContext
+from rhailambda.ops.script_file import read_script
 from rhailambda.settings import Env
 from rhailambda.taskstore import REPLIED, Claim, Finish, TaskStore
 
@@ -141,22 +142,8 @@ def _debug(
     print(f"[debug{where}] {text}", file=sys.stderr, flush=True)
 
 
-def _read(file: str) -> str:
-    if file == "-":
-        data = sys.stdin.buffer.read()
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            from rhailambda.errors import SettingError
-
-            raise SettingError("stdin", f"not UTF-8 text (byte {exc.start})") from None
-    from rhailambda.cli import _read_script  # the same messages as submit FILE
-
-    return _read_script(Path(file))
-
-
 def _run(args: argparse.Namespace) -> int:
-    script = _read(args.file)
+    script = read_script(Path(args.file))
     task_id = args.task_id or str(uuid.uuid4())
     result = run_script(
         script, context_id=args.context, caller_id=args.caller or args.context,
