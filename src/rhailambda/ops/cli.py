@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def configure(subparsers: Subparsers) -> None:
     """Add ``dlq``, ``task`` and ``run`` to the ``rhailambda`` command."""
     dlq = subparsers.add_parser("dlq", help="list, show, redrive or purge dead-lettered tasks")
-    verbs = dlq.add_subparsers(dest="dlq_command", required=True)
+    verbs = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND", required=True)
     listing = verbs.add_parser("list", help="the dead letters of a queue, newest first")
     _worker(listing, required=True)
     listing.add_argument("--limit", type=int, default=1000, help="show at most N (0: all)")
@@ -47,7 +47,7 @@ def configure(subparsers: Subparsers) -> None:
         sub.set_defaults(func=_redrive if name == "redrive" else _purge)
 
     task = subparsers.add_parser("task", help="inspect a task")
-    task_verbs = task.add_subparsers(dest="task_command", required=True)
+    task_verbs = task.add_subparsers(dest="task_command", metavar="COMMAND", required=True)
     where = task_verbs.add_parser(
         "show", help="a task's hash, where its id is, and its uncollected reply"
     )
@@ -116,8 +116,6 @@ def _show(args: argparse.Namespace) -> int:
 def _act(args: argparse.Namespace, verb: str) -> int:
     from rhailambda.ops import dlq
 
-    if not args.all and not args.task_ids:
-        raise SettingError("ID", "name the dead letters (ID ...) or give --all")
     worker = normalize_worker_id(args.worker)
     action = dlq.redrive if verb == "redriven" else dlq.purge
     with connect(args) as (client, protocol):

@@ -56,7 +56,9 @@ class Place:
                 "(a shim keeps its retries in memory)"
             )
         if self.kind == "dead_lettered":
-            kept = "no expiry" if self.kept_s == -1 else f"hash kept {self.kept_s} s more"
+            kept = {-1: "hash kept, no expiry", -2: "its hash is gone"}.get(
+                self.kept_s, f"hash kept {self.kept_s} s more"
+            )
             return f"dead-lettered on {self.worker_id} ({kept}; rhailambda dlq redrive)"
         return f"done: finished, its done marker lives {self.kept_s} s more"
 
