@@ -24,6 +24,7 @@ import redis
 
 from rhailambda.client import Client
 from rhailambda.protocol import KeyLayout
+from rhailambda.signing import SigningKey
 
 CLI = [sys.executable, "-m", "rhailambda.cli"]
 L = KeyLayout()
@@ -161,9 +162,13 @@ def test_redrive_resets_the_hash_and_queues_it_with_fresh_attempts(
     stack: dict[str, str], redis_url: str, redis_client: redis.Redis
 ) -> None:
     env = stack
-    with Client(redis_url) as client:
-        task_id = client.submit(SCRIPT, worker_id=WORKER, context_id="alice", caller_id="alice")
+    key = SigningKey.generate()  # signed: a done marker left behind would refuse it as a replay
+    with Client(redis_url, signing_key=key) as client:
+        task_id = client.submit(
+            SCRIPT, worker_id=WORKER, context_id="alice", caller_id=key.public_key
+        )
         assert client.wait(task_id, timeout_s=90).status == "error"
+    assert redis_client.exists(L.done(task_id))
     # the uncollected copy of the error reply a second client would find
     redis_client.lpush(L.reply(task_id), '{"status":"error"}')
     assert cli("pause", "--worker", WORKER, env=env).returncode == 0
