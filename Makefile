@@ -15,6 +15,7 @@ RUN_DIR := .run
 help:
 	@echo "make run     local stack: Redis + shim + examples, until Ctrl-C"
 	@echo "make test    set up, then run every test (standalone Redis 7, then the backend matrix)"
+	@echo "make test-fast  set up, then the quick tests (no slow e2e/chaos, no AWS emulation)"
 	@echo "make test-cluster CLUSTER=valkey-cluster3   integration + e2e on one cluster backend"
 	@echo "make lint    ruff, mypy --strict (tests relaxed), cargo fmt/clippy, the lock checks"
 	@echo "make lock    requirements-dev.lock from requirements-dev.txt + pyproject.toml"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn, cast
 
 from rhailambda.errors import InvalidIdError, ReplyTimeoutError, RhailambdaError, SettingError
+from rhailambda.ops.script_file import read_script as _read_script
 from rhailambda.settings import DEFAULT_REDIS_URL, Env, ProtocolSettings, RedisSettings
 
 __all__ = ["main"]
@@ -100,17 +101,6 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if reply.ok else 1
 
 
-def _read_script(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SettingError(f"script file {path}", f"not UTF-8 text (byte {exc.start})") from None
-    except IsADirectoryError:
-        raise SettingError(f"script file {path}", "is a directory, not a script file") from None
-    except OSError as exc:
-        raise SettingError(f"script file {path}", exc.strerror or type(exc).__name__) from None
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (``rhailambda submit: error: ...``), exit 2."""
 
@@ -127,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_subparsers(dest="command", required=True),
     )
     from rhailambda.keys_cli import configure as configure_keys
+    from rhailambda.ops.cli import configure as configure_ops
     from rhailambda.shim.cli import configure as configure_shim
 
     configure_shim(subparsers)
     _add_submit(subparsers)
     configure_keys(subparsers)
+    configure_ops(subparsers)
     return parser
 
 
@@ -150,7 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it
+        extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"rhailambda: this command needs {exc.name}, which is not installed: "
+              f"pip install 'rhailambda[{extra}]'", file=sys.stderr)  # fmt: skip
+        return 1
     return code
+
+
+#: optional dependencies, by the extra of pyproject.toml that installs them
+_EXTRAS = {"rich": "cli", "boto3": "aws"}
 
 
 def _one_line(exc: BaseException) -> str:

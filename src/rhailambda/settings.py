@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: how long a dead-lettered task keeps its hash (RHAILAMBDA_DLQ_RETENTION_S): 14 days
+DEFAULT_DLQ_RETENTION_S = 14 * 24 * 3600
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -203,6 +205,8 @@ class ProtocolSettings:
     preserve_tasks: bool = False
     #: finished ids are remembered at least this long (SignatureSettings.replay_window_s)
     replay_window_s: int = 0
+    #: a dead-lettered task keeps its hash this long (to be shown and redriven)
+    dlq_retention_s: int = DEFAULT_DLQ_RETENTION_S
 
     @property
     def done_ttl_s(self) -> int:
@@ -230,6 +234,7 @@ class ProtocolSettings:
             reply_ttl_s=env.int("RHAILAMBDA_REPLY_TTL_S", d.reply_ttl_s, minimum=1),
             preserve_tasks=env.bool("RHAILAMBDA_PRESERVE_TASKS", d.preserve_tasks),
             replay_window_s=signatures.replay_window_s,
+            dlq_retention_s=env.int("RHAILAMBDA_DLQ_RETENTION_S", d.dlq_retention_s, minimum=1),
         )
 
 

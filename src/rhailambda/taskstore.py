@@ -26,7 +26,10 @@ delivery completes it without running the script.
    set the marker to the token (both with the reply TTL). A task id reused after its
    task finished is a new run with a new token: it is answered again.
 3. *clean* (hash slot): delete the hash (or, preserving tasks, drop the staged
-   reply) and leave the done marker.
+   reply) and leave the done marker. A dead letter (``force``) keeps its hash, minus
+   the staged reply, with an expiry of ``RHAILAMBDA_DLQ_RETENTION_S``, so that
+   ``rhailambda dlq show`` and ``redrive`` find it (:mod:`rhailambda.ops.dlq`); not a
+   malformed one (its key may be another task's reply list or a queue).
 
 Why a function dying between any two steps still gives exactly one reply:
 
@@ -182,13 +185,16 @@ local function push(rkey, mkey, ttl, reply, run)
   return 1
 end
 
--- 3. clean: drop the hash (or its staged reply), leave the done marker
-local function clean(tkey, dkey, ttl, preserve)
+-- 3. clean: drop the hash (or its staged reply), leave the done marker. A dead letter
+-- keeps its hash, without the staged reply, for keep_s seconds ('0': not a dead letter).
+local function clean(tkey, dkey, ttl, preserve, keep_s)
   if redis.call('TYPE', tkey)['ok'] == 'hash' then
     local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaReply')
     if not (is_final(cur[1]) and cur[2]) then return 0 end
-    if preserve then redis.call('HDEL', tkey, 'rhailambdaReply')
+    local keep = keep_s ~= '0'
+    if preserve or keep then redis.call('HDEL', tkey, 'rhailambdaReply')
     else redis.call('DEL', tkey) end
+    if keep and not preserve then redis.call('EXPIRE', tkey, keep_s) end
   end
   redis.call('SET', dkey, '1', 'EX', ttl)
   return 1
@@ -222,13 +228,14 @@ return out
 """
 )
 
-# KEYS: task1, done1, task2, done2, ... ARGV: reply ttl, preserve, done-marker ttl.
+# KEYS: task1, done1, task2, done2, ... ARGV: reply ttl, preserve, done-marker ttl,
+# then how long each finish keeps its hash ('0': deleted).
 CLEAN_LUA = (
     _STEPS_LUA
     + """
 local out = {}
 for i = 1, #KEYS / 2 do
-  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3], ARGV[2] == '1')
+  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3], ARGV[2] == '1', ARGV[3 + i])
 end
 return out
 """
@@ -236,20 +243,22 @@ return out
 
 # Standalone: all three steps per task in one script.
 # KEYS: task, reply, done, sent per finish. ARGV: reply ttl, preserve, done-marker ttl,
-# then 7 per finish.
+# then 8 per finish (the 7 of STAGE_LUA, then how long it keeps its hash).
 FINISH_LUA = (
     _STEPS_LUA
     + """
 local ttl, preserve, done_ttl = ARGV[1], ARGV[2] == '1', ARGV[3]
 local out = {}
 for i = 1, #KEYS / 4 do
-  local k, b = 4 * (i - 1), 3 + (i - 1) * 7
+  local k, b = 4 * (i - 1), 3 + (i - 1) * 8
   local staged = stage(KEYS[k + 1], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
                        ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
   out[i] = 0
   if staged then
     out[i] = push(KEYS[k + 2], KEYS[k + 4], ttl, staged[1], staged[2])
-    if out[i] >= 0 then clean(KEYS[k + 1], KEYS[k + 3], done_ttl, preserve) end
+    if out[i] >= 0 then
+      clean(KEYS[k + 1], KEYS[k + 3], done_ttl, preserve, ARGV[b + 8])
+    end
   end
 end
 return out
@@ -308,6 +317,11 @@ def _parse_claims(tasks: Sequence[TaskRef], raw: list[Any]) -> list[Claim]:
     return claims
 
 
+def _kept(f: Finish) -> bool:
+    """A dead letter keeps its hash; not a malformed one (its key may be a reply or queue)."""
+    return f.mode == "force" and not (f.error or "").startswith("malformed task:")
+
+
 class FinishPlan:
     """The keys and arguments of one finish batch, per step, grouped by slot."""
 
@@ -325,6 +339,8 @@ class FinishPlan:
         self.done_keys = [layout.done(f.ref.task_id) for f in finishes]
         self.sent_keys = [layout.replied(f.ref.task_id) for f in finishes]
         self.args: list[list[str]] = []
+        #: per finish, how long its hash is kept (0: deleted): a dead letter's for the retention
+        self.keep_s = [protocol.dlq_retention_s if _kept(f) else 0 for f in finishes]
         for f in finishes:
             now = p.now_rfc3339()
             reply = p.build_reply(
@@ -353,7 +369,10 @@ class FinishPlan:
         for idx in self._groups(range(len(self.args)), self.task_keys, 4 + 7, len(self.head)):
             keys = [k for i in idx for k in (self.task_keys[i], self.reply_keys[i],
                                              self.done_keys[i], self.sent_keys[i])]  # fmt: skip
-            calls.append((idx, keys, [*self.head, *(a for i in idx for a in self.args[i])]))
+            args: list[str | int] = []
+            for i in idx:
+                args += [*self.args[i], self.keep_s[i]]
+            calls.append((idx, keys, [*self.head, *args]))
         return calls
 
     def stage(self) -> list[tuple[list[int], list[str], list[str | int]]]:
@@ -378,7 +397,7 @@ class FinishPlan:
         calls = []
         for idx in self._groups(indexes, self.task_keys, 2, len(self.head)):
             keys = [k for i in idx for k in (self.task_keys[i], self.done_keys[i])]
-            calls.append((idx, keys, self.head))
+            calls.append((idx, keys, [*self.head, *(self.keep_s[i] for i in idx)]))
         return calls
 
 
