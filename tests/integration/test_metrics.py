@@ -1,0 +1,306 @@
+"""The shim's metrics and health port against a real Redis (standalone or cluster).
+
+Values are checked as a user reads them: the Prometheus endpoint scraped over HTTP
+and parsed with prometheus-client's own parser, EMF lines parsed as JSON from the
+process's stdout, ``/healthz`` and ``/readyz`` answered over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+from redis_server import RedisServer, free_port
+
+from rhailambda.errors import InvocationError, ThrottledError
+from rhailambda.event import BatchResponse, InvocationEvent
+from rhailambda.protocol import KeyLayout
+from rhailambda.settings import ProtocolSettings, RedisSettings
+from rhailambda.shim.app import serve
+from rhailambda.shim.metrics import METRICS
+from rhailambda.shim.settings import (
+    FlowSettings,
+    MetricsSettings,
+    QueueSettings,
+    RetrySettings,
+    ShimSettings,
+)
+from rhailambda.shim.testing import FakeInvoker, seed_tasks, wait_until
+
+L = KeyLayout()
+QUEUE_NAMES = {m.name for m in METRICS if m.kind == "queue"}
+ALL_NAMES = {m.name for m in METRICS}
+
+Scrape = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def scrape(port: int) -> Scrape:
+    """Every sample of /metrics by name, then by sorted labels."""
+    status, text = get(port, "/metrics")
+    assert status == 200, text
+    out: Scrape = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def worker(scraped: Scrape, name: str, worker_id: str) -> float | None:
+    return scraped.get(name, {}).get((("worker", worker_id),))
+
+
+def wait_sync(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)  # polling another process's state, with a deadline
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rhailambda", *args],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+
+
+def emf_lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"_aws"')]
+
+
+def emf_names(line: dict[str, Any]) -> set[str]:
+    (directive,) = line["_aws"]["CloudWatchMetrics"]
+    return {m["Name"] for m in directive["Metrics"]}
+
+
+def test_oldest_task_age_rises_while_paused_and_drops_after_resume(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The whole path a user takes: `rhailambda pause`, `rhailambda shim --metrics-port
+    --metrics-emf true`, a Prometheus scrape, `rhailambda resume`, the EMF log."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "RHAILAMBDA_HANDLER": "rhailambda.shim.testing.echo_handler",
+        "RHAILAMBDA_LOCAL_WORKERS": "1",
+        "RHAILAMBDA_BLOCK_S": "1",
+        "POWERTOOLS_METRICS_NAMESPACE": "rhailambda-test",
+    }
+    assert cli("pause", "--worker", "w1", env=env).returncode == 0
+    ids = [f"age{i}" for i in range(5)]
+    seed_tasks(redis_client, L, "w1", ids)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rhailambda", "shim", "--worker", "w1", "--shim-id", "m1",
+         "--metrics-port", str(port), "--metrics-emf", "true", "--metrics-interval-s", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_sync(lambda: _ready(port), 30, "/readyz 200")
+        first = scrape(port)
+        assert worker(first, "rhailambda_queue_depth", "w1") == 5
+        assert worker(first, "rhailambda_in_flight", "w1") == 0
+        assert worker(first, "rhailambda_dead_letter_depth", "w1") == 0
+        age0 = worker(first, "rhailambda_oldest_task_age_seconds", "w1")
+        assert age0 is not None and age0 >= 0
+        # Paused: nothing is taken, and the oldest task only gets older.
+        later = wait_sync(
+            lambda: (
+                (s := scrape(port))
+                and (worker(s, "rhailambda_oldest_task_age_seconds", "w1") or 0) >= age0 + 1.0
+                and s
+            ),
+            30,
+            "the oldest task's age to rise",
+        )
+        assert worker(later, "rhailambda_queue_depth", "w1") == 5
+        assert later["rhailambda_invocations_total"][()] == 0
+
+        assert cli("resume", "--worker", "w1", env=env).returncode == 0
+        drained = wait_sync(
+            lambda: (
+                (s := scrape(port))
+                and worker(s, "rhailambda_queue_depth", "w1") == 0
+                and worker(s, "rhailambda_in_flight", "w1") == 0
+                and s
+            ),
+            30,
+            "the queue to drain after resume",
+        )
+        assert worker(drained, "rhailambda_oldest_task_age_seconds", "w1") == 0
+        assert drained["rhailambda_invocations_total"][()] >= 1
+        assert drained["rhailambda_batch_duration_seconds_count"][()] >= 1
+        assert drained["rhailambda_batch_duration_seconds_sum"][()] > 0
+        # Every family of the table, under its Prometheus name, and nothing unnamed.
+        families = {f.name for f in text_string_to_metric_families(get(port, "/metrics")[1])}
+        assert families == {m.prom for m in METRICS}
+    finally:  # the last EMF publish comes at shutdown, after the drain
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    lines = emf_lines(stdout)
+    queue_lines = [line for line in lines if line.get("worker") == "w1"]
+    shim_lines = [line for line in lines if "worker" not in line]
+    assert queue_lines and shim_lines
+    assert all(
+        line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "rhailambda-test" for line in lines
+    )
+    assert {n for line in queue_lines for n in emf_names(line)} == QUEUE_NAMES
+    assert {n for line in shim_lines for n in emf_names(line)} == ALL_NAMES
+    ages = [line["OldestTaskAge"][0] for line in queue_lines]
+    depths = [line["QueueDepth"][0] for line in queue_lines]
+    assert max(ages) >= 1.0 and depths[0] == 5  # seen while paused
+    assert ages[-1] == 0 and depths[-1] == 0  # the last publish: after the drain
+    assert sum(line["Invocations"][0] for line in shim_lines) >= 1
+
+
+def _ready(port: int) -> bool:
+    try:
+        return get(port, "/readyz")[0] == 200
+    except OSError:
+        return False  # not listening yet
+
+
+def _settings(url: str, port: int, **retry: Any) -> ShimSettings:
+    return ShimSettings(
+        redis=RedisSettings(url),
+        protocol=ProtocolSettings(),
+        queues=QueueSettings(
+            worker_ids=("w1", "w2", "w3"),
+            shim_id="m2",
+            lease_s=3.0,
+            block_s=0.5,
+            pause_poll_s=0.1,
+        ),
+        flow=FlowSettings(max_concurrency=4, per_queue_concurrency=2, shutdown_timeout_s=2),
+        retry=RetrySettings(**retry),
+        metrics=MetricsSettings(port=port),
+    )
+
+
+def test_retries_dead_letters_errors_and_throttles_by_value(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """w1's invocations fail (their ids wait out a long backoff), w2's tasks are past
+    their attempts (dead-lettered), w3 is throttled: each shows in its own series."""
+
+    async def behaviour(event: InvocationEvent) -> BatchResponse:
+        if event.worker_id == "w1":
+            raise InvocationError("boom")
+        raise ThrottledError("slow down", retry_after_s=60)
+
+    seed_tasks(redis_client, L, "w1", ["r1", "r2", "r3"])
+    seed_tasks(redis_client, L, "w2", ["d1", "d2"])
+    for t in ("d1", "d2"):
+        redis_client.hset(L.task(t), "rhailambdaAttempt", 7)
+    seed_tasks(redis_client, L, "w3", ["th1"])
+    port = free_port()
+    settings = _settings(redis_url, port, max_attempts=3, backoff_base_s=60, backoff_cap_s=60)
+
+    async def scenario() -> Scrape:
+        stop = asyncio.Event()
+        shim = asyncio.create_task(serve(settings, FakeInvoker(behaviour), stop=stop))
+        scraped: Scrape = {}
+
+        async def settled() -> bool:
+            nonlocal scraped
+            try:
+                scraped = await asyncio.to_thread(scrape, port)
+            except OSError:
+                return False
+            return (
+                worker(scraped, "rhailambda_retries_waiting", "w1") == 3
+                and worker(scraped, "rhailambda_dead_letter_depth", "w2") == 2
+                and scraped["rhailambda_throttles_total"][()] >= 1
+            )
+
+        try:
+            await wait_until(settled, timeout_s=30, interval_s=0.1, what="the metrics")
+        finally:
+            stop.set()
+            await shim
+        return scraped
+
+    scraped = asyncio.run(scenario())
+    assert worker(scraped, "rhailambda_in_flight", "w1") == 3  # held while they wait
+    assert worker(scraped, "rhailambda_queue_depth", "w1") == 0
+    assert worker(scraped, "rhailambda_in_flight", "w2") == 0
+    assert worker(scraped, "rhailambda_queue_depth", "w2") == 0
+    assert worker(scraped, "rhailambda_retries_waiting", "w3") == 1  # throttled: waits too
+    assert worker(scraped, "rhailambda_dead_letter_depth", "w1") == 0
+    assert scraped["rhailambda_invocation_errors_total"][()] >= 1
+    assert scraped["rhailambda_invocations_total"][()] >= 2
+
+
+def _wait_http(port: int, path: str, status: int, *, timeout_s: float = 30) -> str:
+    def answered() -> str | None:
+        try:
+            got, body = get(port, path)
+        except OSError:
+            return None
+        return body if got == status else None
+
+    return str(wait_sync(answered, timeout_s, f"{path} {status}"))
+
+
+def test_healthz_and_readyz_follow_redis(private_redis_server: RedisServer) -> None:
+    """/readyz fails while Redis is down and recovers with it; /healthz stays up."""
+    port = free_port()
+    settings = _settings(private_redis_server.url, port)
+
+    async def scenario() -> tuple[str, str, str, str]:
+        stop = asyncio.Event()
+        shim = asyncio.create_task(serve(settings, FakeInvoker(), stop=stop))
+        try:
+            ready = await asyncio.to_thread(_wait_http, port, "/readyz", 200)
+            await asyncio.to_thread(private_redis_server.stop)
+            down = await asyncio.to_thread(_wait_http, port, "/readyz", 503)
+            alive = await asyncio.to_thread(_wait_http, port, "/healthz", 200, timeout_s=5)
+            await asyncio.to_thread(private_redis_server.start)
+            back = await asyncio.to_thread(_wait_http, port, "/readyz", 200)
+        finally:
+            stop.set()
+            await shim
+        return ready, down, alive, back
+
+    ready, down, alive, back = asyncio.run(scenario())
+    assert ready == "ok\n" and alive == "ok\n" and back == "ok\n"
+    assert down.startswith("redis unreachable")
+    with pytest.raises(OSError):  # the port closes with the shim
+        get(port, "/healthz")
+
+
+def test_a_metrics_port_in_use_stops_the_shim_by_name(redis_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "REDIS_URL": redis_url}
+        done = cli("shim", "--worker", "w1", "--metrics-port", str(port), env=env)
+    assert done.returncode != 0
+    assert f"--metrics-port {port}" in done.stderr and "Traceback" not in done.stderr
