@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -304,3 +306,52 @@ def test_a_metrics_port_in_use_stops_the_shim_by_name(redis_url: str) -> None:
         done = cli("shim", "--worker", "w1", "--metrics-port", str(port), env=env)
     assert done.returncode != 0
     assert f"--metrics-port {port}" in done.stderr and "Traceback" not in done.stderr
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dockerfile_env_and_healthcheck() -> tuple[dict[str, str], list[str]]:
+    """infra/Dockerfile.shim's runtime ENV (one ENV block) and HEALTHCHECK CMD."""
+    text = (REPO / "infra" / "Dockerfile.shim").read_text().replace("\\\n", " ")
+    runtime = text.rsplit("\nFROM ", 1)[1]
+    (env_line,) = [line for line in runtime.splitlines() if line.startswith("ENV ")]
+    env = dict(shlex.split(kv)[0].split("=", 1) for kv in shlex.split(env_line[4:]))
+    (check,) = [line for line in runtime.splitlines() if line.startswith("HEALTHCHECK ")]
+    return env, json.loads(check.split(" CMD ", 1)[1])
+
+
+def test_the_container_healthcheck_passes_on_a_live_shim_and_fails_after(
+    redis_url: str,
+) -> None:
+    """The image's own HEALTHCHECK command (no curl: python and urllib), run against
+    a shim started with the image's own metrics settings."""
+    image_env, check = dockerfile_env_and_healthcheck()
+    assert image_env["RHAILAMBDA_METRICS_EMF"] == "true"
+    port = free_port()
+    env = {
+        **os.environ,
+        **{k: v for k, v in image_env.items() if k.startswith("RHAILAMBDA_METRICS_")},
+        "RHAILAMBDA_METRICS_PORT": str(port),
+        "RHAILAMBDA_METRICS_HOST": "127.0.0.1",  # the image listens on 0.0.0.0; tests: loopback
+        "REDIS_URL": redis_url,
+        "RHAILAMBDA_HANDLER": "rhailambda.shim.testing.echo_handler",
+        "RHAILAMBDA_LOCAL_WORKERS": "1",
+    }
+    assert check[0] == "python"
+    probe = [sys.executable, *check[1:]]
+
+    def healthy() -> bool:
+        return subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rhailambda", "shim", "--worker", "w1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_sync(healthy, 30, "the HEALTHCHECK command to pass")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert not healthy()

@@ -95,11 +95,13 @@ async def serve(
         }
 
     keeper = LeaseKeeper(store, settings, info)
-    telemetry = Telemetry(settings, redis_client, drainer, lease_held=lambda: keeper.held)
+    telemetry: Telemetry | None = None
     try:
+        telemetry = Telemetry(settings, redis_client, drainer, lease_held=lambda: keeper.held)
         await telemetry.start()
     except BaseException:
-        await telemetry.close()
+        if telemetry is not None:
+            await telemetry.close()
         source.close()
         if own_client:
             redis_client.close()

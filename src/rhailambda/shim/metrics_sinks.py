@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rhailambda.errors import SettingError
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.resp_wire import Arg, raise_error
-from rhailambda.shim.healthz import HealthServer
 from rhailambda.shim.metrics import DrainView, Sample, Sampler
 from rhailambda.shim.settings import ShimSettings
+
+if TYPE_CHECKING:
+    from rhailambda.shim.healthz import HealthServer
 
 __all__ = ["Telemetry"]
 
@@ -66,6 +69,13 @@ class Telemetry:
             self._emf = EmfPublisher(self._m.namespace, self._m.service)
         self._server: HealthServer | None = None
         if self._m.port is not None:
+            try:  # prometheus-client: the `metrics` extra (the poller never needs it)
+                from rhailambda.shim.healthz import HealthServer
+            except ImportError as exc:
+                raise SettingError(
+                    "--metrics-port (RHAILAMBDA_METRICS_PORT)",
+                    f"needs prometheus-client ({exc}): pip install 'rhailambda[metrics]'",
+                ) from None
             self._server = HealthServer(
                 self._m.host, self._m.port, self._sampler, live=self._live, ready=self._ready
             )

@@ -49,6 +49,7 @@ from rhailambda.shim.app import build_invoker, serve
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.poller_modes import PollerMode, hand_over, live_pollers, probe, watch_idle
 from rhailambda.shim.settings import ShimSettings
+from rhailambda.tracing import lambda_tracer, traced
 
 __all__ = [
     "HAND_BACK_RESERVE_S",
@@ -65,6 +66,7 @@ HAND_BACK_RESERVE_S = 15.0
 MIN_DRAIN_S = 5.0
 
 logger = Logger(service="rhailambda-shim")
+tracer = lambda_tracer(Env(os.environ), "rhailambda-shim")  # RHAILAMBDA_TRACING (template: Tracing)
 
 
 class LambdaContextLike(Protocol):
@@ -194,6 +196,7 @@ def drain_budget_s(settings: ShimSettings, remaining_s: float) -> float:
     return remaining_s - settings.flow.shutdown_timeout_s - HAND_BACK_RESERVE_S
 
 
+@traced(tracer)
 @logger.inject_lambda_context(log_event=False)
 def handler(event: Mapping[str, Any], context: LambdaContextLike) -> dict[str, Any]:
     # The edge: the poller's settings come from its environment, once per run.
