@@ -355,3 +355,67 @@ def test_the_container_healthcheck_passes_on_a_live_shim_and_fails_after(
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
     assert not healthy()
+
+
+def test_a_poller_run_publishes_the_same_names_and_its_dead_letter_depth(
+    redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The poller (on demand, exiting when idle) writes the self-run shim's EMF lines:
+    the same names, and its result's deadLetterDepth is the last line's total."""
+    from rhailambda.shim import poller
+    from rhailambda.shim.poller_modes import PollerMode
+
+    seed_tasks(redis_client, L, "w1", ["p1", "p2"])
+    seed_tasks(redis_client, L, "w2", ["dead1"])
+    redis_client.hset(L.task("dead1"), "rhailambdaAttempt", 9)  # past its attempts
+    env = {
+        "REDIS_URL": redis_url,
+        "RHAILAMBDA_WORKERS": "w1,w2",
+        "RHAILAMBDA_FUNCTION_NAME": "stack-ScriptFunction",
+        "RHAILAMBDA_SHIM_ID": "stack-poller",
+        "RHAILAMBDA_BLOCK_S": "0.5",
+        "RHAILAMBDA_SHUTDOWN_TIMEOUT_S": "2",
+        "AWS_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "rhailambda-shim",
+    }
+    settings = poller.settings_from_env(env)
+    assert settings.metrics.emf and settings.metrics.port is None
+    capsys.readouterr()
+    run = asyncio.run(
+        asyncio.wait_for(
+            poller.run_poller(
+                settings, 600.0, invoker=FakeInvoker(), mode=PollerMode("on-demand", 0.5)
+            ),
+            timeout=120,
+        )
+    )
+    lines = emf_lines(capsys.readouterr().out)
+    assert run.dead_letter_depth == 1
+    totals = [line for line in lines if "worker" not in line]
+    assert totals and totals[-1]["DeadLetterDepth"] == [1.0]
+    assert totals[-1]["QueueDepth"] == [0.0] and totals[-1]["OldestTaskAge"] == [0.0]
+    assert {n for line in totals for n in emf_names(line)} == ALL_NAMES
+    per_queue = {line["worker"]: line for line in lines if "worker" in line}
+    assert set(per_queue) == {"w1", "w2"}
+    assert all(emf_names(line) == QUEUE_NAMES for line in per_queue.values())
+    assert per_queue["w2"]["DeadLetterDepth"] == [1.0]
+    assert all(line["service"] == "rhailambda-shim" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--metrics-port", "70000", "must be from 1 to 65535"),
+        ("--metrics-port", "http", "expected an integer"),
+        ("--metrics-emf", "maybe", "expected true or false"),
+        ("--metrics-interval-s", "0", "must be from 1 to 3600"),
+    ],
+)
+def test_bad_metrics_settings_stop_the_shim_by_name(
+    flag: str, value: str, message: str, redis_url: str
+) -> None:
+    env = {**os.environ, "REDIS_URL": redis_url}
+    done = cli("shim", "--worker", "w1", flag, value, env=env)
+    assert done.returncode != 0
+    assert flag in done.stderr and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
