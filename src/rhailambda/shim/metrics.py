@@ -213,11 +213,12 @@ class Sampler:
         self._drain = drain
 
     async def sample(self) -> Sample:
-        counters = ShimCounters.of(self._drain.stats)
+        # The counters are read after Redis answered: a batch whose ids are gone from
+        # the lists is then (nearly always) counted too.
         try:
             queues = await read_queues(
                 self._client, self._layout, self._worker_ids, self._drain.retries_waiting()
             )
         except Exception as exc:  # Redis down: the counters still go out
-            return Sample((), counters, f"{type(exc).__name__}: {exc}")
-        return Sample(queues, counters)
+            return Sample((), ShimCounters.of(self._drain.stats), f"{type(exc).__name__}: {exc}")
+        return Sample(queues, ShimCounters.of(self._drain.stats))
