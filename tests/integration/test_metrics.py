@@ -278,6 +278,7 @@ def test_healthz_and_readyz_follow_redis(private_redis_server: RedisServer) -> N
         shim = asyncio.create_task(serve(settings, FakeInvoker(), stop=stop))
         try:
             ready = await asyncio.to_thread(_wait_http, port, "/readyz", 200)
+            assert (await asyncio.to_thread(get, port, "/nope"))[0] == 404
             await asyncio.to_thread(private_redis_server.stop)
             down = await asyncio.to_thread(_wait_http, port, "/readyz", 503)
             alive = await asyncio.to_thread(_wait_http, port, "/healthz", 200, timeout_s=5)
@@ -419,3 +420,32 @@ def test_bad_metrics_settings_stop_the_shim_by_name(
     assert done.returncode != 0
     assert flag in done.stderr and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_readyz_fails_while_the_lease_cannot_be_renewed(private_redis_server: RedisServer) -> None:
+    """Redis answers PING but refuses writes (out of memory): the heartbeat cannot
+    renew the lease, and /readyz says so once the lease has run out."""
+    port = free_port()
+    settings = _settings(private_redis_server.url, port)
+    admin = redis.Redis.from_url(private_redis_server.url, decode_responses=True)
+
+    async def scenario() -> tuple[str, str]:
+        stop = asyncio.Event()
+        shim = asyncio.create_task(serve(settings, FakeInvoker(), stop=stop))
+        try:
+            await asyncio.to_thread(_wait_http, port, "/readyz", 200)
+            admin.config_set("maxmemory", 1)  # every write now fails with OOM
+            lapsed = await asyncio.to_thread(_wait_http, port, "/readyz", 503)
+            admin.config_set("maxmemory", 0)
+            back = await asyncio.to_thread(_wait_http, port, "/readyz", 200)
+        finally:
+            admin.config_set("maxmemory", 0)
+            stop.set()
+            await shim
+        return lapsed, back
+
+    try:
+        lapsed, back = asyncio.run(scenario())
+    finally:
+        admin.close()
+    assert lapsed.startswith("lease not held") and back == "ok\n"
