@@ -244,9 +244,10 @@ def deploy_built_stack(
     cfn_template = translate(built, parameters, code_uris=uris)
     cfn = client("cloudformation", endpoint_url)
     name = f"rhailambda-{uuid.uuid4().hex[:6]}"
+    pre = _Resolver(cfn_template, {**_defaults(cfn_template), **parameters}, {}, name)
     cfn.create_stack(
         StackName=name,
-        TemplateBody=json.dumps(cfn_template),
+        TemplateBody=json.dumps(_drop_no_values(cfn_template, pre)),
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
     )
@@ -323,6 +324,28 @@ class _Resolver:
 
 
 _NO_VALUE = object()
+_NO_VALUE_REF = {"Ref": "AWS::NoValue"}
+
+
+def _drop_no_values(node: Any, resolver: _Resolver) -> Any:
+    """The list items that are an ``Fn::If`` choosing ``AWS::NoValue``, removed.
+
+    CloudFormation drops such an item; moto keeps it as null (a role's ``Policies``
+    with a policy for a false condition, e.g. ``UseTracing``, then fails to create).
+    Only the items whose condition picks NoValue go; every other ``Fn::If`` stays.
+    """
+    if isinstance(node, list):
+        kept = []
+        for item in node:
+            if isinstance(item, dict) and set(item) == {"Fn::If"}:
+                condition, yes, no = item["Fn::If"]
+                if (yes if resolver.condition(condition) else no) == _NO_VALUE_REF:
+                    continue
+            kept.append(_drop_no_values(item, resolver))
+        return kept
+    if isinstance(node, dict):
+        return {k: _drop_no_values(v, resolver) for k, v in node.items()}
+    return node
 
 
 def _put_skipped_alarms(

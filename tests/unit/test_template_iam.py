@@ -25,10 +25,17 @@ from aws_support import (
     translate,
 )
 
-#: ("*" resource, actions) allowed, each with the reason. Nothing else may use "*".
-WILDCARD_RESOURCE_ALLOWED: dict[frozenset[str], str] = {
+#: ("*" resource, actions) allowed, each with the reason and whether the statement must
+#: carry an IAM condition. Nothing else may use "*".
+WILDCARD_RESOURCE_ALLOWED: dict[frozenset[str], tuple[str, bool]] = {
     frozenset({"cloudwatch:PutMetricData"}): (
-        "no resource-level permissions; must carry a cloudwatch:namespace condition"
+        "no resource-level permissions; must carry a cloudwatch:namespace condition",
+        True,
+    ),
+    frozenset({"xray:PutTraceSegments", "xray:PutTelemetryRecords"}): (
+        "no resource-level permissions and no condition keys; only with Tracing=true "
+        "(tests/unit/test_template_alarms.py checks the UseTracing condition)",
+        False,
     ),
 }
 #: Managed policies a role may attach, with the reason and the condition it must sit under.
@@ -90,7 +97,7 @@ def iam_violations(cfn: dict[str, Any]) -> list[str]:
             if not wild:
                 continue
             allowed = WILDCARD_RESOURCE_ALLOWED.get(frozenset(actions))
-            if resource == "*" and allowed and st.body.get("Condition"):
+            if resource == "*" and allowed and (st.body.get("Condition") or not allowed[1]):
                 continue
             problems.append(f"{where}: wildcard resource {wild} for {actions}")
     for role, arns in managed_policy_arns(cfn).items():

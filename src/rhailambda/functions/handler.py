@@ -21,6 +21,7 @@ from rhailambda.functions.bootstrap import build_runner
 from rhailambda.functions.runner import TaskResult
 from rhailambda.functions.settings import FunctionSettings
 from rhailambda.settings import Env
+from rhailambda.tracing import lambda_tracer, traced
 
 __all__ = ["handler"]
 
@@ -31,6 +32,7 @@ SETTINGS = FunctionSettings.from_env(ENV)
 # stderr: stdout may be a transport (local backend); Lambda ships both to CloudWatch.
 logger = Logger(service="rhailambda", logger_handler=logging.StreamHandler(sys.stderr))
 metrics = Metrics(namespace=ENV.str("POWERTOOLS_METRICS_NAMESPACE", "rhailambda"))
+tracer = lambda_tracer(ENV, "rhailambda")  # None unless RHAILAMBDA_TRACING (template: Tracing)
 
 
 def _task_keys(ctx: ScriptContext) -> dict[str, object]:
@@ -75,6 +77,7 @@ class _Observer:
             logger.info(f"task {result.outcome}", extra=keys)
 
 
+@traced(tracer)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = InvocationEvent.from_json(event)

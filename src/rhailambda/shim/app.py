@@ -24,6 +24,8 @@ from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.lease import LeaseKeeper
+from rhailambda.shim.metrics import Sample
+from rhailambda.shim.metrics_sinks import Telemetry
 from rhailambda.shim.redis_lease import WORKERS_FIELD, RedisLeaseStore
 from rhailambda.shim.redis_queue import RedisQueueSource
 from rhailambda.shim.settings import ShimSettings
@@ -59,8 +61,10 @@ async def serve(
     *,
     stop: asyncio.Event,
     client: AsyncRespClient | None = None,
-) -> None:
-    """Drain the configured queues through ``invoker`` until ``stop`` is set."""
+) -> Sample | None:
+    """Drain the configured queues through ``invoker`` until ``stop`` is set.
+
+    Returns the last metrics sample published (EMF on), else None."""
     queues = settings.queues
     own_client = client is None
     redis_client = client or AsyncRespClient(settings.redis.address())
@@ -91,17 +95,30 @@ async def serve(
         }
 
     keeper = LeaseKeeper(store, settings, info)
+    telemetry: Telemetry | None = None
+    try:
+        telemetry = Telemetry(settings, redis_client, drainer, lease_held=lambda: keeper.held)
+        await telemetry.start()
+    except BaseException:
+        if telemetry is not None:
+            await telemetry.close()
+        source.close()
+        if own_client:
+            redis_client.close()
+        raise
     stop_wait = asyncio.create_task(stop.wait())
     startup = asyncio.create_task(keeper.start())
     await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     if not startup.done():  # stopped before Redis ever answered
         await cancel_and_wait([startup], _STOP_LEASE_S)
+        await telemetry.close()
         source.close()
         if own_client:
             redis_client.close()
-        return
+        return None
     startup.result()
     drainer.start()
+    telemetry.draining = True
     lease_task = asyncio.create_task(keeper.run())
     log.info(
         "shim %s draining %s via %s backend (redis %s, batch %d, concurrency %d)",
@@ -109,6 +126,7 @@ async def serve(
         settings.redis.redacted(), settings.batch.batch_size, settings.flow.max_concurrency,
     )  # fmt: skip
     await stop_wait
+    telemetry.draining = False
     log.info("shim %s stopping: no new tasks taken", queues.shim_id)
     await drainer.stop_taking()
     cancelled = await drainer.finish_invocations(settings.flow.shutdown_timeout_s)
@@ -132,9 +150,11 @@ async def serve(
             queues.shim_id,
         )
     finally:
+        last = await telemetry.close()
         source.close()
         if own_client:
             redis_client.close()
+    return last
 
 
 def build_invoker(settings: ShimSettings) -> Invoker:

@@ -54,6 +54,8 @@ class DrainStats:
     retried: int = 0
     dead_lettered: int = 0
     throttled: int = 0
+    invocation_errors: int = 0  # invocations that failed whole (crash, timeout, backend error)
+    batch_s: float = 0.0  # seconds spent in invocations, all batches (metrics: the mean)
 
     def as_info(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}
@@ -171,6 +173,13 @@ class Drainer:
     @property
     def running_invocations(self) -> int:
         return len(self._invocations)
+
+    def retries_waiting(self) -> dict[str, int]:
+        """Ids waiting out a retry backoff, per queue (in flight meanwhile)."""
+        waiting: dict[str, int] = {}
+        for worker_id, task_ids in self._retries.values():
+            waiting[worker_id] = waiting.get(worker_id, 0) + len(task_ids)
+        return waiting
 
     def _start_invocation(
         self, worker_id: str, items: list[Taken], slots: asyncio.Semaphore
@@ -348,6 +357,8 @@ class Drainer:
             done = [t for t in items if t.task_id not in bad and t.task_id not in rejected]
             await self._source.ack(worker_id, done)
         self.stats.batches += 1
+        self.stats.invocation_errors += outcome == "invocation-error"
+        self.stats.batch_s += time.monotonic() - started
         self.stats.completed += len(items) - len(failed) if outcome == "ok" else 0
         self.stats.failed += len(failed)
         log.info(

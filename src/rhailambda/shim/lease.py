@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from rhailambda.shim.settings import ShimSettings
@@ -30,6 +31,13 @@ class LeaseKeeper:
         self._store = store
         self._queues = settings.queues
         self._info = info
+        self._renewed_at: float | None = None  # monotonic time of the last heartbeat
+
+    @property
+    def held(self) -> bool:
+        """Whether the last heartbeat is younger than the lease (readiness)."""
+        renewed = self._renewed_at
+        return renewed is not None and time.monotonic() - renewed < self._queues.lease_s
 
     @property
     def period_s(self) -> float:
@@ -47,7 +55,9 @@ class LeaseKeeper:
         return recovered
 
     async def tick(self) -> None:
+        sent = time.monotonic()
         kept = await self._store.heartbeat(self._info(), lease_s=self._queues.lease_s)
+        self._renewed_at = sent
         if not kept:
             log.warning(
                 "shim %s: lease had lapsed (Redis outage or stall); its in-flight ids may "

@@ -14,11 +14,12 @@ The hand-back needs ``shutdown_timeout_s`` (set to the script function's timeout
 plus a few seconds for Redis, so the run stops taking at
 ``remaining time - (shutdown_timeout_s + HAND_BACK_RESERVE_S)``.
 
-Every minute (and at the end) the run publishes ``DeadLetterDepth``: the length
-of the dead-letter lists of its queues, as an Embedded Metric Format log line
-(Powertools ``Metrics``: namespace ``POWERTOOLS_METRICS_NAMESPACE``, dimension
-``service`` = ``POWERTOOLS_SERVICE_NAME``), which CloudWatch turns into the
-metric the stack's alarm watches. No ``PutMetricData`` call, no IAM for it.
+Every minute (and at the end) the run publishes the shim's metrics
+(:mod:`rhailambda.shim.metrics`: ``DeadLetterDepth``, ``OldestTaskAge``, ...) as
+Embedded Metric Format log lines (namespace ``POWERTOOLS_METRICS_NAMESPACE``,
+dimension ``service`` = ``POWERTOOLS_SERVICE_NAME``), which CloudWatch turns into
+the metrics the stack's alarms watch: ``RHAILAMBDA_METRICS_EMF`` defaults to true
+here. No ``PutMetricData`` call, no IAM for it.
 
 Settings are the shim's (``RHAILAMBDA_*``, see ``rhailambda shim --help``);
 ``REDIS_SECRET_ARN`` names a Secrets Manager secret holding the Redis URL, read
@@ -36,11 +37,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
 
 from rhailambda.errors import SettingError
-from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient
 from rhailambda.settings import Env
 from rhailambda.shim import poller_modes
@@ -48,11 +47,11 @@ from rhailambda.shim.app import build_invoker, serve
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.poller_modes import PollerMode, hand_over, live_pollers, probe, watch_idle
 from rhailambda.shim.settings import ShimSettings
+from rhailambda.tracing import lambda_tracer, traced
 
 __all__ = [
     "HAND_BACK_RESERVE_S",
     "PollerRun",
-    "dead_letter_depth",
     "handler",
     "run_poller",
     "settings_from_env",
@@ -63,10 +62,9 @@ __all__ = [
 HAND_BACK_RESERVE_S = 15.0
 #: A run with less drain time than this left does nothing (the next trigger will).
 MIN_DRAIN_S = 5.0
-DEPTH_INTERVAL_S = 60.0
 
 logger = Logger(service="rhailambda-shim")
-metrics = Metrics()
+tracer = lambda_tracer(Env(os.environ), "rhailambda-shim")  # RHAILAMBDA_TRACING (template: Tracing)
 
 
 class LambdaContextLike(Protocol):
@@ -98,6 +96,7 @@ def settings_from_env(environ: Mapping[str, str]) -> ShimSettings:
     if secret_arn:
         env["REDIS_URL"] = _secret_url(secret_arn)
     env.setdefault("RHAILAMBDA_BACKEND", "lambda")
+    env.setdefault("RHAILAMBDA_METRICS_EMF", "true")
     return ShimSettings.from_env(Env(env))
 
 
@@ -108,34 +107,6 @@ def _secret_url(secret_arn: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SettingError("REDIS_SECRET_ARN", "the secret holds no Redis URL")
     return value.strip()
-
-
-async def dead_letter_depth(
-    client: AsyncRespClient, layout: KeyLayout, worker_ids: tuple[str, ...]
-) -> int:
-    """Dead-lettered ids across ``worker_ids`` (one pipelined round trip per node)."""
-    replies = await client.round_trip([["LLEN", layout.dead_letter(w)] for w in worker_ids])
-    return sum(int(n) for n in replies if isinstance(n, int))
-
-
-async def _publish_depth(client: AsyncRespClient, settings: ShimSettings) -> int | None:
-    """Publish DeadLetterDepth; None (and a warning) when Redis or the metric fails."""
-    try:
-        depth = await dead_letter_depth(
-            client, settings.protocol.layout, settings.queues.worker_ids
-        )
-        metrics.add_metric(name="DeadLetterDepth", unit=MetricUnit.Count, value=depth)
-        metrics.flush_metrics()
-    except Exception as exc:  # never the reason a run fails: the shim reports Redis itself
-        logger.warning("dead-letter depth not published", extra={"error": str(exc)})
-        return None
-    return depth
-
-
-async def _depth_loop(client: AsyncRespClient, settings: ShimSettings) -> None:
-    while True:
-        await _publish_depth(client, settings)
-        await asyncio.sleep(DEPTH_INTERVAL_S)
 
 
 async def run_poller(
@@ -162,19 +133,18 @@ async def run_poller(
         )))  # fmt: skip
     own_invoker = invoker is None
     inv = invoker or build_invoker(settings)
-    depth_task = asyncio.create_task(_depth_loop(client, settings))
     started = time.monotonic()
     try:
-        await serve(settings, inv, stop=stop, client=client)
+        last = await serve(settings, inv, stop=stop, client=client)
     finally:
         drained_s = time.monotonic() - started
-        for task in (depth_task, *watchers):
+        for task in watchers:
             task.cancel()
-        await asyncio.gather(depth_task, *watchers, return_exceptions=True)
-        depth = await _publish_depth(client, settings)
+        await asyncio.gather(*watchers, return_exceptions=True)
         if own_invoker:
             await inv.aclose()
         client.close()
+    depth = last.dead_letters if last is not None and not last.error else None
     return PollerRun(settings.queues.shim_id, drained_s, depth)
 
 
@@ -222,6 +192,7 @@ def drain_budget_s(settings: ShimSettings, remaining_s: float) -> float:
     return remaining_s - settings.flow.shutdown_timeout_s - HAND_BACK_RESERVE_S
 
 
+@traced(tracer)
 @logger.inject_lambda_context(log_event=False)
 def handler(event: Mapping[str, Any], context: LambdaContextLike) -> dict[str, Any]:
     # The edge: the poller's settings come from its environment, once per run.

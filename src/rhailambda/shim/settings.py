@@ -28,6 +28,7 @@ __all__ = [
     "FlowSettings",
     "FunctionSettings",
     "LocalBackendSettings",
+    "MetricsSettings",
     "PollerSettings",
     "QueueSettings",
     "RetrySettings",
@@ -125,6 +126,18 @@ class PollerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Where the shim's metrics go (README, "Metrics"); both sinks off by default."""
+
+    port: int | None = None  # Prometheus /metrics, /healthz, /readyz
+    host: str = "127.0.0.1"
+    emf: bool = False  # Embedded Metric Format lines on stdout (CloudWatch)
+    interval_s: float = 60.0  # EMF: one set of lines this often
+    namespace: str = "rhailambda"
+    service: str = "rhailambda-shim"
+
+
+@dataclass(frozen=True, slots=True)
 class ShimSettings:
     redis: RedisSettings
     protocol: ProtocolSettings
@@ -139,6 +152,7 @@ class ShimSettings:
     log_format: str = "text"
     #: Variables set for the function's environment (local workers), on top of the shim's.
     function_env: Mapping[str, str] = field(default_factory=dict)
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def from_env(cls, env: Env) -> ShimSettings:
@@ -232,6 +246,22 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--log-level", "RHAILAMBDA_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
     ("--log-format", "RHAILAMBDA_LOG_FORMAT", "json | text (default json unless on a terminal)"),
+    (
+        "--metrics-port",
+        "RHAILAMBDA_METRICS_PORT",
+        "serve Prometheus /metrics and /healthz, /readyz on this port, 1 to 65535 (default: off)",
+    ),
+    ("--metrics-host", "RHAILAMBDA_METRICS_HOST", "address of --metrics-port (default 127.0.0.1)"),
+    (
+        "--metrics-emf",
+        "RHAILAMBDA_METRICS_EMF",
+        "true: CloudWatch Embedded Metric Format lines on stdout (default false)",
+    ),
+    (
+        "--metrics-interval-s",
+        "RHAILAMBDA_METRICS_INTERVAL_S",
+        "EMF publishing period, 1 to 3600 (default 60)",
+    ),
 )
 _FLAG_OF = {var: flag for flag, var, _ in _OPTIONS}
 # Variables the function reads; the local backend hands them to its workers.
@@ -419,6 +449,19 @@ def _build(env: Env) -> ShimSettings:
         log_level=level,
         log_format=_log_format(env),
         function_env=function_env,
+        metrics=_metrics(env),
+    )
+
+
+def _metrics(env: Env) -> MetricsSettings:
+    port = env.optional_str("RHAILAMBDA_METRICS_PORT")
+    return MetricsSettings(
+        port=None if port is None else _count(env, "RHAILAMBDA_METRICS_PORT", 0, 1, 65535),
+        host=env.str("RHAILAMBDA_METRICS_HOST", "127.0.0.1").strip() or "127.0.0.1",
+        emf=env.bool("RHAILAMBDA_METRICS_EMF", False),
+        interval_s=_seconds(env, "RHAILAMBDA_METRICS_INTERVAL_S", 60.0, 1.0, 3600.0),
+        namespace=env.str("POWERTOOLS_METRICS_NAMESPACE", "rhailambda").strip() or "rhailambda",
+        service=env.str("POWERTOOLS_SERVICE_NAME", "rhailambda-shim").strip() or "rhailambda-shim",
     )
 
 

@@ -18,7 +18,15 @@ from rhailambda.protocol import KeyLayout
 from rhailambda.resp import RespClient
 from rhailambda.shim.redis_lease import WORKERS_FIELD
 
-__all__ = ["QueueStatus", "ShimStatus", "Status", "gather_status", "render_status"]
+__all__ = [
+    "QueueStatus",
+    "ShimStatus",
+    "Status",
+    "gather_status",
+    "queue_commands",
+    "queue_rows",
+    "render_status",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,25 +85,46 @@ def gather_status(client: RespClient, layout: KeyLayout, workers: Sequence[str] 
             )
         )
     names = list(dict.fromkeys([*workers, *(w for s in shims for w in s.workers)]))
+    held_by = [(s.shim_id, s.live) for s in shims]
+    commands = queue_commands(layout, names, held_by)
+    replies = client.round_trip(commands, idempotent=True) if commands else []
+    queues = queue_rows(layout, names, held_by, replies)
+    return Status(tuple(queues), tuple(shims))
+
+
+def queue_commands(
+    layout: KeyLayout, worker_ids: Sequence[str], shims: Sequence[tuple[str, bool]]
+) -> list[list[str | int]]:
+    """The single-key reads behind each queue's row; ``shims`` is (shim id, live)."""
     commands: list[list[str | int]] = []
-    for worker_id in names:
+    for worker_id in worker_ids:
         commands += [
             ["LLEN", layout.queue(worker_id)],
             ["LLEN", layout.dead_letter(worker_id)],
             ["EXISTS", layout.paused(worker_id)],
         ]
-        commands += [["LLEN", layout.inflight(worker_id, s.shim_id)] for s in shims]
-    counts = iter(client.round_trip(commands, idempotent=True) if commands else [])
+        commands += [["LLEN", layout.inflight(worker_id, shim_id)] for shim_id, _ in shims]
+    return commands
+
+
+def queue_rows(
+    layout: KeyLayout,
+    worker_ids: Sequence[str],
+    shims: Sequence[tuple[str, bool]],
+    replies: Sequence[Any],
+) -> list[QueueStatus]:
+    """The rows of :func:`queue_commands`' replies (in order, errors as values)."""
+    counts = iter(replies)
     queues: list[QueueStatus] = []
-    for worker_id in names:
+    for worker_id in worker_ids:
         queued, dead, paused = next(counts), next(counts), next(counts)
         problems = [str(r) for r in (queued, dead) if isinstance(r, Exception)]
         live = stranded = 0
-        for shim in shims:
+        for _, shim_live in shims:
             held = next(counts)
             if isinstance(held, Exception):
                 problems.append(str(held))
-            elif shim.live:
+            elif shim_live:
                 live += held
             else:
                 stranded += held
@@ -106,7 +135,7 @@ def gather_status(client: RespClient, layout: KeyLayout, workers: Sequence[str] 
                 error=_queue_error(layout, worker_id, problems),
             )
         )  # fmt: skip
-    return Status(tuple(queues), tuple(shims))
+    return queues
 
 
 def _heartbeat_late(info: dict[str, str], lease_until_ms: float, now_ms: float) -> str:
