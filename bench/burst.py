@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from bench.config import BenchConfig
+from bench.config import REPO, BenchConfig
 from bench.infra import PY, Shim, children, run_json, wait_for
 from bench.peers import PEER_NOTES, PeerWorkers
 
@@ -94,6 +94,7 @@ def ours_once(cfg: BenchConfig, url: str, log: Path) -> dict[str, Any]:
         warm = run_json(
             [PY, "-m", "bench.load", url, WORKER, str(min(WARM_UP_TASKS, cfg.n_tasks))],
             timeout_s=300,
+            cwd=REPO,
         )
         _check(warm, "ours (warm-up)")
         scaled_at = time.monotonic()
@@ -103,7 +104,9 @@ def ours_once(cfg: BenchConfig, url: str, log: Path) -> dict[str, Any]:
             f"the shim's local workers to retire (left: {worker_pids(shim.pid)})",
         )
         idle_wait_s = time.monotonic() - scaled_at
-        res = run_json([PY, "-m", "bench.load", url, WORKER, str(cfg.n_tasks)], timeout_s=900)
+        res = run_json(
+            [PY, "-m", "bench.load", url, WORKER, str(cfg.n_tasks)], timeout_s=900, cwd=REPO
+        )
         _check(res, "ours")
         shim.check()
     return {
