@@ -230,3 +230,68 @@ def test_always_on_runs_hand_over_without_a_gap(
     waits = sorted(taken[t] - submitted[t] for t in submitted)
     print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
     assert waits[-1] < 2.0  # the issue's bound (the blocking take wakes within ms)
+
+
+@pytest.fixture
+def lambda_endpoint(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A local Lambda Invoke endpoint for boto3; yields the list of invoked paths."""
+    import http.server
+    import threading
+
+    invoked: list[str] = []
+
+    class Invoke(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            invoked.append(self.path)
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield invoked
+    finally:
+        server.shutdown()
+
+
+def test_only_a_live_poller_lease_suppresses_the_wake_up(
+    redis_url: str, redis_client: Any, lambda_endpoint: list[str]
+) -> None:
+    """A self-run shim serving other queues holds a live lease, a poller run's has expired:
+    a submit still wakes the poller. A live poller lease (an on-demand run's id, or an
+    always-on run's suffixed one) suppresses the wake-up."""
+    from rhailambda.client import Client
+
+    def submit(function: str) -> bool:
+        with Client(redis_url, wake_function=function) as c:
+            c.submit("1", worker_id="w1", context_id="c", caller_id="c")
+            assert c.waker is not None
+            c.waker.flush()
+            return c.waker.sent == 1
+
+    redis_client.zadd(L.shims(), {"laptop-4242-a1b2c3": now_ms() + 60_000})  # self-run, live
+    redis_client.zadd(L.shims(), {"stack-poller": now_ms() - 1000})  # a dead poller run
+    assert submit("stack-poller-fn-1")
+    assert lambda_endpoint == ["/2015-03-31/functions/stack-poller-fn-1/invocations"]
+    redis_client.zadd(L.shims(), {"stack-poller": now_ms() + 60_000})  # on demand, live
+    assert not submit("stack-poller-fn-2")
+    redis_client.zrem(L.shims(), "stack-poller")
+    redis_client.zadd(L.shims(), {"stack-poller-5f3a9c1e": now_ms() + 60_000})  # always on
+    assert not submit("stack-poller-fn-3")
+    assert len(lambda_endpoint) == 1
+
+
+def test_what_counts_as_a_poller_lease() -> None:
+    from rhailambda.wake import is_poller_lease
+
+    assert is_poller_lease("stack-poller") and is_poller_lease(b"stack-poller-5f3a9c1e")
+    for other in ("laptop-4242-a1b2c3", "poller", "stack-poller-a-b", "stack-pollers", ""):
+        assert not is_poller_lease(other), other
