@@ -161,7 +161,8 @@ async def run_poller(
 ) -> PollerRun:
     """Serve for ``drain_s`` seconds, then shut down gracefully (the hand-back).
 
-    On demand, the run also stops once its queues stayed empty ``mode.idle_exit_s``;
+    On demand, the run also stops once its queues stayed empty, and it invoked nothing,
+    for ``mode.idle_exit_s``;
     with ``successor`` (base shim id, function name) it invokes its successor and
     waits for its lease before it stops taking (the hand-over). On demand a run that
     reaches the end of its budget is still on duty (its idle exit has not fired: it saw
@@ -174,7 +175,7 @@ async def run_poller(
     watchers = [asyncio.create_task(_stop_after(drain_s, stop, client, settings, successor))]
     own_invoker = invoker is None
     inv = activity = Activity(invoker or build_invoker(settings))
-    if mode is not None and mode.on_demand:
+    if mode is not None and on_demand:
         watchers.append(asyncio.create_task(watch_idle(
             client, layout, queues.worker_ids, queues.shim_id, mode.idle_exit_s, stop, activity
         )))  # fmt: skip
