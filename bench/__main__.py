@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ceiling, coldstart, commands, deployments, latency, report, throughput
+from bench import burst, ceiling, coldstart, commands, deployments, latency, report, throughput
 from bench.config import REPO, SECTIONS, BenchConfig
 from bench.infra import PY, run_json, server_pid, start_redis
 from bench.throughput import sweep_size
@@ -68,6 +68,7 @@ def _steps(cfg: BenchConfig) -> dict[str, int]:
         "commands": 2,
         "idle": 1,
         "ceiling": 1,
+        "burst": cfg.runs * (1 + len(cfg.peers)),
     }
 
 
@@ -212,6 +213,10 @@ def _run_section(
         results["idle"] = commands.idle_cost(cfg, url, cfg.shim_args, logs / "idle-shim.log")
     elif section == "ceiling":
         results["ceiling"] = ceiling.ceiling(port, cfg.quick)
+    elif section == "burst":
+        results["burst"] = burst.burst(cfg, url, logs, tick)
+        for name, message in results["burst"]["errors"].items():
+            results["errors"][f"burst:{name}"] = message
     _flush(url)
 
 

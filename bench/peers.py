@@ -7,9 +7,11 @@ thread each where the peer has threads.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,6 +148,50 @@ class PeerWorkers:
             cwd=PEER_DIR,
         )
 
+    def burst(self, n: int, timeout_s: float = 900.0) -> dict[str, Any]:
+        """``n`` tasks enqueued while no worker runs, then the workers started: the
+        client's ``burst`` JSON plus ``elapsed_s``, from the workers' start to the last
+        result (wall clock, one machine). Leaves the workers running (``stop`` them)."""
+        if self.procs:
+            raise RuntimeError(f"{self.peer}: a burst needs its workers not started yet")
+        cmd = [python(self.cfg, self.peer), f"peer_{self.peer.split('-')[0]}.py"]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            client = subprocess.Popen(
+                [*cmd, "client", "burst", str(n)],
+                cwd=PEER_DIR,
+                env=self._env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        killer = threading.Timer(timeout_s, client.kill)
+        killer.start()
+        try:
+            assert client.stdin is not None and client.stdout is not None
+            enqueued = _json_line(client.stdout.readline(), f"{self.peer} client (enqueue)")
+            started_at = time.time()
+            self.start()
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            while True:
+                try:
+                    out, _ = client.communicate(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    self.check()  # a worker that died: fail now, not at the timeout
+        finally:
+            killer.cancel()
+            if client.poll() is None:
+                client.kill()
+                client.wait(timeout=5)
+        if client.returncode != 0:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.peer} burst client exited {client.returncode}: {tail}")
+        done = _json_line(out.strip().splitlines()[-1] if out.strip() else "", self.peer)
+        return {**enqueued, **done, "elapsed_s": done["done_at"] - started_at}
+
     def stop(self) -> None:
         procs, self.procs = self.procs or [], None
         for proc in procs:
@@ -164,6 +210,13 @@ class PeerWorkers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _json_line(line: str, who: str) -> dict[str, Any]:
+    if not line.startswith("{"):
+        raise RuntimeError(f"{who} printed no JSON line: {line[-500:]!r}")
+    result: dict[str, Any] = json.loads(line)
+    return result
 
 
 def commands(cfg: BenchConfig, peer: str) -> Sequence[str]:

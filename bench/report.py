@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import burst
 from bench.deployments import CLUSTERS, STANDALONE
 
 __all__ = ["deployment_rows", "deployments_markdown", "floors", "markdown", "plot", "print_tables"]
@@ -184,6 +185,13 @@ def print_tables(r: dict[str, Any], console: Console) -> None:
         d.add_row(*row)
     if d.rows:
         console.print(d)
+    b = Table(title="Bursts from zero (time to the last reply; ratios: their time / ours)")
+    for col in burst.COLS[:5]:
+        b.add_column(col)
+    for row in burst.rows(r):
+        b.add_row(*row[:5])
+    if b.rows:
+        console.print(b)
     t = Table(title="Throughput end to end (median tasks/s)")
     for col in ("system", "tasks/s", "ratio to ours", "settings"):
         t.add_column(col, overflow="fold")
@@ -272,6 +280,7 @@ def markdown(r: dict[str, Any]) -> str:
         shown = ", ".join(f"{x:,.0f}" for x in runs.get(name) or [])
         lines.append(f"| {name} | {rate} | {ratio} | {shown} | {settings} |")
     lines += deployments_markdown(r)
+    lines += burst.markdown(r)
     lines += ["", "## Floors", "", "| floor | measured | verdict |", "|---|---|---|"]
     for row in r.get("floors", []):
         lines.append(f"| {row['floor']} | {row['shown']} | {_mark(row['met'])} |")

@@ -35,22 +35,42 @@ class WorkerSettings:
     handle_signals = True
 
 
-async def _client(n: int) -> None:
-    pool = await create_pool(REDIS)
-    started = time.perf_counter()
+async def _enqueue(pool: Any, n: int) -> list[Any]:
     jobs: list[Any] = []
     for i in range(0, n, ENQUEUE_CONCURRENCY):
         batch = range(i, min(n, i + ENQUEUE_CONCURRENCY))
         jobs += await asyncio.gather(
             *(pool.enqueue_job("run_script", peer_common.SCRIPT) for _ in batch)
         )
-    outputs = [await job.result(timeout=600, poll_delay=0.005) for job in jobs]
-    peer_common.report(n, outputs, started)
-    await pool.aclose()
+    return jobs
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["client"]:
-    asyncio.run(_client(int(sys.argv[2])))
+async def _collect(jobs: list[Any]) -> list[object]:
+    return [await job.result(timeout=600, poll_delay=0.005) for job in jobs]
+
+
+def client(n: int, *, burst: bool = False) -> None:
+    with asyncio.Runner() as runner:  # one loop (and pool) for the enqueue and the collect
+        pool = runner.run(create_pool(REDIS))
+        started = time.perf_counter()
+
+        def enqueue(k: int) -> list[Any]:
+            return runner.run(_enqueue(pool, k))
+
+        def collect(jobs: list[Any]) -> list[object]:
+            return runner.run(_collect(jobs))
+
+        if burst:
+            peer_common.burst(n, enqueue, collect)
+        else:
+            peer_common.report(n, collect(enqueue(n)), started)
+        runner.run(pool.aclose())
+
+
+if __name__ == "__main__" and sys.argv[1:3] == ["client", "burst"]:
+    client(int(sys.argv[3]), burst=True)
+elif __name__ == "__main__" and sys.argv[1:2] == ["client"]:
+    client(int(sys.argv[2]))
 elif __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     logging.basicConfig(level=logging.WARNING)
     run_worker(WorkerSettings)  # type: ignore[arg-type]

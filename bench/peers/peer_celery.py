@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import peer_common
 from celery import Celery
@@ -28,12 +29,20 @@ def run_script(script: str) -> str:
     return peer_common.run_script(script)
 
 
+def enqueue(n: int) -> list[Any]:
+    return [run_script.delay(peer_common.SCRIPT) for _ in range(n)]
+
+
+def collect(results: list[Any]) -> list[object]:
+    return list(ResultSet(results).get(timeout=600))  # join_native on the Redis backend
+
+
 def client(n: int) -> None:
     started = time.perf_counter()
-    results = [run_script.delay(peer_common.SCRIPT) for _ in range(n)]
-    outputs = ResultSet(results).get(timeout=600)  # join_native on the Redis backend
-    peer_common.report(n, list(outputs), started)
+    peer_common.report(n, collect(enqueue(n)), started)
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["client"]:
+if __name__ == "__main__" and sys.argv[1:3] == ["client", "burst"]:
+    peer_common.burst(int(sys.argv[3]), enqueue, collect)
+elif __name__ == "__main__" and sys.argv[1:2] == ["client"]:
     client(int(sys.argv[2]))

@@ -1,10 +1,13 @@
-"""Shared by the peer apps: the script, one engine per process, the client's JSON line."""
+"""Shared by the peer apps: the script, one engine per process, the client's JSON lines."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import rhai_py
 
@@ -34,3 +37,23 @@ def report(n: int, outputs: list[object], started: float) -> None:
     elapsed = time.perf_counter() - started
     ok = sum(1 for o in outputs if o == "20")
     print(json.dumps({"n": n, "ok": ok, "elapsed_s": elapsed, "rate": n / elapsed}))
+
+
+Handles = TypeVar("Handles")
+
+
+def burst(
+    n: int, enqueue: Callable[[int], Handles], collect: Callable[[Handles], list[object]]
+) -> None:
+    """``client burst N`` (bench/burst.py): enqueue N tasks while no worker runs, print
+    ``{"enqueued": N, ...}``, wait for a line on stdin (the workers are being started),
+    then collect every result and print the wall-clock time of the last one."""
+    started = time.perf_counter()
+    handles = enqueue(n)
+    enqueue_s = time.perf_counter() - started
+    print(json.dumps({"enqueued": n, "enqueue_s": enqueue_s}), flush=True)
+    sys.stdin.readline()
+    outputs = collect(handles)
+    done_at = time.time()
+    ok = sum(1 for o in outputs if o == "20")
+    print(json.dumps({"n": n, "ok": ok, "done_at": done_at, "enqueue_s": enqueue_s}), flush=True)

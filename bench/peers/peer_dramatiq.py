@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import dramatiq
 import peer_common
@@ -24,12 +25,20 @@ def run_script(script: str) -> str:
     return peer_common.run_script(script)
 
 
+def enqueue(n: int) -> list[Any]:
+    return [run_script.send(peer_common.SCRIPT) for _ in range(n)]
+
+
+def collect(messages: list[Any]) -> list[object]:
+    return [m.get_result(block=True, timeout=600_000) for m in messages]
+
+
 def client(n: int) -> None:
     started = time.perf_counter()
-    messages = [run_script.send(peer_common.SCRIPT) for _ in range(n)]
-    outputs = [m.get_result(block=True, timeout=600_000) for m in messages]
-    peer_common.report(n, outputs, started)
+    peer_common.report(n, collect(enqueue(n)), started)
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["client"]:
+if __name__ == "__main__" and sys.argv[1:3] == ["client", "burst"]:
+    peer_common.burst(int(sys.argv[3]), enqueue, collect)
+elif __name__ == "__main__" and sys.argv[1:2] == ["client"]:
     client(int(sys.argv[2]))

@@ -1,9 +1,11 @@
-"""Wake the on-demand poller when a submit finds no live shim lease.
+"""Wake the on-demand poller when a submit finds no live poller lease.
 
 With ``RHAILAMBDA_WAKE_FUNCTION`` set (the poller's name or ARN), :class:`Client`
-reads the number of live leases in the same round trip as the submit (the
-``ZCOUNT`` rides in the pipeline with the ``LPUSH``es) and, when none is live,
-sends an asynchronous ``Invoke`` (``InvocationType=Event``) of the poller from a
+reads the ids of the live leases in the same round trip as the submit (the
+``ZRANGEBYSCORE`` rides in the pipeline with the ``LPUSH``es) and, when none of them
+is a poller's (:func:`is_poller_lease`: a self-run shim serving other queues must not
+suppress the wake-up), sends an asynchronous ``Invoke`` (``InvocationType=Event``) of
+the poller from a
 background thread: the submit does not wait for AWS. At most one wake-up per
 :data:`WAKE_INTERVAL_S` per process (a poller's cold start takes about that long);
 boto3 is imported only when a wake-up is sent. The IAM for it is the stack's
@@ -22,13 +24,23 @@ from rhailambda import protocol as p
 from rhailambda.resp import Arg
 from rhailambda.settings import WAKE_ENV, Env, WakeSettings
 
-__all__ = ["WAKE_ENV", "WAKE_INTERVAL_S", "Waker"]
+__all__ = ["POLLER_ID_MARK", "WAKE_ENV", "WAKE_INTERVAL_S", "Waker", "is_poller_lease"]
 
 WAKE_INTERVAL_S = 5.0
+#: A poller's shim id ends with this (the template's ``RHAILAMBDA_SHIM_ID`` is
+#: ``<stack>-poller``); an always-on run appends ``-<run>`` to it.
+POLLER_ID_MARK = "-poller"
 log = logging.getLogger("rhailambda.wake")
 
 _lock = threading.Lock()
 _last_sent: dict[str, float] = {}  # function -> monotonic time of the last wake-up
+
+
+def is_poller_lease(shim_id: str | bytes) -> bool:
+    """``<stack>-poller`` (an on-demand run) or ``<stack>-poller-<run>`` (an always-on run)."""
+    text = shim_id.decode(errors="replace") if isinstance(shim_id, bytes) else shim_id
+    base, mark, run = text.rpartition(POLLER_ID_MARK)
+    return bool(base and mark) and (run == "" or (run[:1] == "-" and run[1:].isalnum()))
 
 
 class Waker:
@@ -54,12 +66,17 @@ class Waker:
         return cls.from_env(os.environ, layout)
 
     def lease_check(self) -> list[Arg]:
-        """The command that counts live leases (scores are expiry times in ms)."""
-        return ["ZCOUNT", self._layout.shims(), f"({int(time.time() * 1000)}", "+inf"]
+        """The command that lists the live leases' ids (scores are expiry times in ms)."""
+        return ["ZRANGEBYSCORE", self._layout.shims(), f"({int(time.time() * 1000)}", "+inf"]
 
     def after_submit(self, live_leases: object) -> bool:
-        """Wake the poller if no lease is live (and none was sent lately); True if sent."""
-        if isinstance(live_leases, int) and live_leases > 0:
+        """Wake the poller if no poller lease is live (and none was sent lately); True if sent.
+
+        ``live_leases``: the reply to :meth:`lease_check` (anything else counts as none).
+        """
+        if isinstance(live_leases, list) and any(
+            isinstance(i, str | bytes) and is_poller_lease(i) for i in live_leases
+        ):
             return False
         now = time.monotonic()
         with _lock:
@@ -81,8 +98,10 @@ class Waker:
         try:
             import boto3  # lazily: only a client that wakes a poller needs it
 
-            boto3.client("lambda").invoke(
-                FunctionName=self.function, InvocationType="Event", Payload=b"{}"
-            )
+            client = boto3.client("lambda")
+            try:
+                client.invoke(FunctionName=self.function, InvocationType="Event", Payload=b"{}")
+            finally:
+                client.close()  # its connection pool: this process may never wake again
         except Exception as exc:  # the scheduled check still comes within a minute
             log.warning("could not wake the poller %s: %s", self.function, exc)

@@ -90,6 +90,40 @@ def test_an_on_demand_run_drains_everything_then_exits_once_idle(
     assert _probe(redis_url) == 0
 
 
+def test_an_on_demand_run_under_a_steady_stream_is_not_idle(
+    redis_url: str, redis_client: Any
+) -> None:
+    """Quick tasks leave the queues empty at almost every probe; the batches the run
+    invokes count as work, so it exits only once the stream stopped. (The old idle
+    watch sampled the queues alone and stopped this run a second into the stream.)"""
+    import threading
+    import time
+
+    ended: list[float] = []
+
+    def run() -> None:
+        asyncio.run(
+            poller.run_poller(
+                make_settings(redis_url),
+                600.0,
+                invoker=FakeInvoker(),
+                mode=PollerMode("on-demand", 1.0),
+            )
+        )
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ids = [f"s{i}" for i in range(60)]
+    for task_id in ids:  # 3 s of submits, one each 50 ms
+        seed_tasks(redis_client, L, "w1", [task_id])
+        time.sleep(0.05)
+    stream_end = time.monotonic()
+    thread.join(60)
+    assert ended and ended[0] >= stream_end + 0.5  # idle (1 s) after its last batch
+    assert redis_client.llen(L.queue("w1")) == 0
+
+
 def test_a_run_killed_mid_drain_loses_nothing(redis_url: str, redis_client: Any) -> None:
     ids = [f"k{i}" for i in range(40)]
     seed_tasks(redis_client, L, "w1", ids)
@@ -231,3 +265,205 @@ def test_always_on_runs_hand_over_without_a_gap(
     waits = sorted(taken[t] - submitted[t] for t in submitted)
     print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
     assert waits[-1] < 2.0  # the issue's bound (the blocking take wakes within ms)
+
+
+@pytest.fixture
+def lambda_endpoint(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A local Lambda Invoke endpoint for boto3; yields the list of invoked paths."""
+    import http.server
+    import threading
+
+    invoked: list[str] = []
+
+    class Invoke(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            invoked.append(self.path)
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield invoked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_only_a_live_poller_lease_suppresses_the_wake_up(
+    redis_url: str, redis_client: Any, lambda_endpoint: list[str]
+) -> None:
+    """A self-run shim serving other queues holds a live lease, a poller run's has expired:
+    a submit still wakes the poller. A live poller lease (an on-demand run's id, or an
+    always-on run's suffixed one) suppresses the wake-up."""
+    from rhailambda.client import Client
+
+    def submit(function: str) -> bool:
+        with Client(redis_url, wake_function=function) as c:
+            c.submit("1", worker_id="w1", context_id="c", caller_id="c")
+            assert c.waker is not None
+            c.waker.flush()
+            return c.waker.sent == 1
+
+    redis_client.zadd(L.shims(), {"laptop-4242-a1b2c3": now_ms() + 60_000})  # self-run, live
+    redis_client.zadd(L.shims(), {"stack-poller": now_ms() - 1000})  # a dead poller run
+    assert submit("stack-poller-fn-1")
+    assert lambda_endpoint == ["/2015-03-31/functions/stack-poller-fn-1/invocations"]
+    redis_client.zadd(L.shims(), {"stack-poller": now_ms() + 60_000})  # on demand, live
+    assert not submit("stack-poller-fn-2")
+    redis_client.zrem(L.shims(), "stack-poller")
+    redis_client.zadd(L.shims(), {"stack-poller-5f3a9c1e": now_ms() + 60_000})  # always on
+    assert not submit("stack-poller-fn-3")
+    assert len(lambda_endpoint) == 1
+
+
+def test_what_counts_as_a_poller_lease() -> None:
+    from rhailambda.wake import is_poller_lease
+
+    assert is_poller_lease("stack-poller") and is_poller_lease(b"stack-poller-5f3a9c1e")
+    for other in ("laptop-4242-a1b2c3", "poller", "stack-poller-a-b", "stack-pollers", ""):
+        assert not is_poller_lease(other), other
+
+
+class _Context:
+    """The parts of Lambda's context the poller's handler reads."""
+
+    def __init__(self, request_id: str, remaining_s: float) -> None:
+        import time
+
+        self.aws_request_id = request_id
+        self.function_name = "poller"
+        self.memory_limit_in_mb = 128
+        self.invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:poller"
+        self._deadline = time.monotonic() + remaining_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        import time
+
+        return int((self._deadline - time.monotonic()) * 1000)
+
+
+def test_a_busy_on_demand_run_hands_over_without_a_gap(
+    redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On demand, a run whose budget ends before its idle exit (a steady stream of
+    submits) invokes its successor (a second handler run, started by a local Invoke
+    endpoint, as ``<id>-<request id>``: the fixed id is still live) and stops taking only
+    once that run's lease is live: no submit waits 2 s for a drainer. The successor
+    exits once idle. (The old handler gave an on-demand run no successor: the queue
+    waited for the next minute's trigger.) The ending run releases the fixed id's claim."""
+    import http.server
+    import json
+    import threading
+    import time
+
+    taken: dict[str, float] = {}
+
+    async def record(event: InvocationEvent) -> BatchResponse:
+        now = time.monotonic()
+        for t in event.tasks:
+            taken.setdefault(t.task_id, now)
+        return BatchResponse({t.task_id: "completed" for t in event.tasks})
+
+    monkeypatch.setattr(poller, "build_invoker", lambda settings: FakeInvoker(record))
+    for name, value in {
+        "REDIS_URL": redis_url,
+        "RHAILAMBDA_WORKERS": ",".join(WORKERS),
+        "RHAILAMBDA_FUNCTION_NAME": "script",
+        "RHAILAMBDA_SHIM_ID": "stack-poller",
+        "RHAILAMBDA_POLLER_MODE": "on-demand",
+        "RHAILAMBDA_POLLER_IDLE_EXIT_S": "2",  # less than a budget: the successor idles out
+        "RHAILAMBDA_SHUTDOWN_TIMEOUT_S": "1",
+        "RHAILAMBDA_LEASE_S": "3",
+        "RHAILAMBDA_BLOCK_S": "0.5",
+        "AWS_LAMBDA_FUNCTION_NAME": "poller",
+    }.items():
+        monkeypatch.setenv(name, value)
+    # Left in each run: the hand-back reserve, the shutdown timeout, the shortest budget.
+    remaining_s = poller.HAND_BACK_RESERVE_S + 1 + poller.MIN_DRAIN_S + 0.5
+    outcomes: list[dict[str, Any]] = []
+    successors: list[threading.Thread] = []
+
+    def run(event: dict[str, Any], request_id: str) -> None:
+        outcomes.append(poller.handler(event, _Context(request_id, remaining_s)))
+
+    class Invoke(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            event = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            n = len(successors) + 2
+            thread = threading.Thread(target=run, args=(event, f"{n:08x}-0000"), daemon=True)
+            successors.append(thread)
+            thread.start()
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    submitted: dict[str, float] = {"h0": time.monotonic()}
+    seed_tasks(redis_client, L, "w1", ["h0"])  # the first trigger finds work
+    first = threading.Thread(target=run, args=({"source": "aws.events"}, "00000001-0"))
+    first.start()
+    try:
+        i, ended_at = 1, None
+        while ended_at is None or time.monotonic() - ended_at < 1.0:  # 1 s past its end
+            if ended_at is None and not first.is_alive():
+                ended_at = time.monotonic()
+            submitted[f"h{i}"] = time.monotonic()
+            seed_tasks(redis_client, L, "w1", [f"h{i}"])
+            i += 1
+            time.sleep(0.05)  # a steady stream of submits
+            assert i < 1000, "the first run never ended"
+        deadline = time.monotonic() + 10
+        while set(taken) != set(submitted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for thread in successors:
+            thread.join(30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert set(taken) == set(submitted), "tasks left waiting after the first run ended"
+    assert (outcomes[0]["shimId"], outcomes[0]["outcome"]) == ("stack-poller", "drained")
+    assert outcomes[1]["shimId"] == "stack-poller-00000002"  # not the fixed id: it is live
+    assert len(outcomes) == 1 + len(successors) and {o["outcome"] for o in outcomes} == {
+        "drained"
+    }  # the last successor idled out
+    waits = sorted(taken[t] - submitted[t] for t in submitted)
+    print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
+    assert waits[-1] < 2.0
+    assert redis_client.exists(f"{L.shims()}:claim:stack-poller") == 0  # released
+
+
+def test_the_fixed_id_is_claimed_once(redis_url: str, redis_client: Any) -> None:
+    """Two on-demand triggers that both saw work (the schedule and a wake-up, or wake-ups
+    from many clients) must not both drain as the fixed id; a live run blocks a claim."""
+    from rhailambda.shim.poller_modes import claim, release_claim
+
+    async def go() -> list[bool]:
+        client = AsyncRespClient(RedisSettings(redis_url).address())
+        try:
+            got = [await claim(client, L, "stack-poller"), await claim(client, L, "stack-poller")]
+            await release_claim(client, L, "stack-poller")
+            redis_client.zadd(L.shims(), {"stack-poller-00000002": now_ms() + 60_000})
+            got.append(await claim(client, L, "stack-poller"))  # a successor drains
+            redis_client.zadd(L.shims(), {"stack-poller-00000002": now_ms() - 1})  # it died
+            got.append(await claim(client, L, "stack-poller"))
+            return got
+        finally:
+            client.close()
+
+    assert asyncio.run(go()) == [True, False, False, True]

@@ -45,7 +45,16 @@ from rhailambda.settings import Env
 from rhailambda.shim import poller_modes
 from rhailambda.shim.app import build_invoker, serve
 from rhailambda.shim.invoker import Invoker
-from rhailambda.shim.poller_modes import PollerMode, hand_over, live_pollers, probe, watch_idle
+from rhailambda.shim.poller_modes import (
+    Activity,
+    PollerMode,
+    claim,
+    hand_over,
+    live_pollers,
+    probe,
+    release_claim,
+    watch_idle,
+)
 from rhailambda.shim.settings import ShimSettings
 from rhailambda.tracing import lambda_tracer, traced
 
@@ -119,20 +128,24 @@ async def run_poller(
 ) -> PollerRun:
     """Serve for ``drain_s`` seconds, then shut down gracefully (the hand-back).
 
-    On demand, the run also stops once its queues stayed empty ``mode.idle_exit_s``;
+    On demand, the run also stops once its queues stayed empty, and it invoked nothing,
+    for ``mode.idle_exit_s``;
     with ``successor`` (base shim id, function name) it invokes its successor and
-    waits for its lease before it stops taking (the always-on hand-over).
+    waits for its lease before it stops taking (the hand-over). On demand a run that
+    reaches the end of its budget is still on duty (its idle exit has not fired: it saw
+    work within ``mode.idle_exit_s``), so it hands over too; its successor stops once idle.
     """
     stop = asyncio.Event()
     client = AsyncRespClient(settings.redis.address())
     layout, queues = settings.protocol.layout, settings.queues
+    on_demand = mode is not None and mode.on_demand
     watchers = [asyncio.create_task(_stop_after(drain_s, stop, client, settings, successor))]
-    if mode is not None and mode.on_demand:
-        watchers.append(asyncio.create_task(watch_idle(
-            client, layout, queues.worker_ids, queues.shim_id, mode.idle_exit_s, stop
-        )))  # fmt: skip
     own_invoker = invoker is None
-    inv = invoker or build_invoker(settings)
+    inv = activity = Activity(invoker or build_invoker(settings))
+    if mode is not None and on_demand:
+        watchers.append(asyncio.create_task(watch_idle(
+            client, layout, queues.worker_ids, queues.shim_id, mode.idle_exit_s, stop, activity
+        )))  # fmt: skip
     started = time.monotonic()
     try:
         last = await serve(settings, inv, stop=stop, client=client)
@@ -141,6 +154,11 @@ async def run_poller(
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
+        if on_demand and successor is not None and queues.shim_id == successor[0]:
+            try:  # the fixed id's claim (see handler): the next trigger may claim it now
+                await release_claim(client, layout, queues.shim_id)
+            except Exception as exc:  # it expires by itself within seconds
+                logger.warning("claim not released", extra={"error": str(exc)})
         if own_invoker:
             await inv.aclose()
         client.close()
@@ -187,6 +205,14 @@ async def _other_live(settings: ShimSettings, base_id: str) -> list[str]:
         client.close()
 
 
+async def _claim(settings: ShimSettings) -> bool:
+    client = AsyncRespClient(settings.redis.address())
+    try:
+        return await claim(client, settings.protocol.layout, settings.queues.shim_id)
+    finally:
+        client.close()
+
+
 def drain_budget_s(settings: ShimSettings, remaining_s: float) -> float:
     """How long a run with ``remaining_s`` left may take new tasks."""
     return remaining_s - settings.flow.shutdown_timeout_s - HAND_BACK_RESERVE_S
@@ -200,7 +226,8 @@ def handler(event: Mapping[str, Any], context: LambdaContextLike) -> dict[str, A
     mode = poller_modes.mode_from_env(os.environ)
     base_id = os.environ.get("RHAILAMBDA_SHIM_ID", "").strip()
     env = dict(os.environ)
-    if not mode.on_demand and base_id:  # runs overlap at the hand-over: one id each
+    handover = poller_modes.is_handover(event)
+    if base_id and (not mode.on_demand or handover):  # runs overlap at the hand-over
         env["RHAILAMBDA_SHIM_ID"] = f"{base_id}-{_request_suffix(context)}"
     settings = settings_from_env(env)
     logging.getLogger("rhailambda").setLevel(settings.log_level)
@@ -215,16 +242,18 @@ def handler(event: Mapping[str, Any], context: LambdaContextLike) -> dict[str, A
             },
         )
         return PollerRun(settings.queues.shim_id, 0.0, None, "skipped").to_json()
-    if mode.on_demand and not asyncio.run(pending_work(settings)):
+    if mode.on_demand and not handover and not asyncio.run(pending_work(settings)):
         idle = PollerRun(settings.queues.shim_id, 0.0, None, "idle").to_json()
         idle["checkS"] = round(time.monotonic() - started, 4)
         return idle
-    successor = None
-    if not mode.on_demand and base_id:
-        if not poller_modes.is_handover(event) and asyncio.run(_other_live(settings, base_id)):
-            # A scheduled trigger while a run drains: that run hands over by itself.
+    if base_id and not handover:
+        if mode.on_demand:  # the fixed id, claimed atomically (runs may overlap)
+            busy = not asyncio.run(_claim(settings))
+        else:
+            busy = bool(asyncio.run(_other_live(settings, base_id)))
+        if busy:  # a trigger while a run drains: that run hands over by itself
             return PollerRun(settings.queues.shim_id, 0.0, None, "busy").to_json()
-        successor = (base_id, os.environ.get("AWS_LAMBDA_FUNCTION_NAME", ""))
+    successor = (base_id, os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")) if base_id else None
     logger.info(
         "poller run starts",
         extra={
