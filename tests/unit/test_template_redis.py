@@ -102,3 +102,17 @@ def test_iam_parameters_accept_names_and_refuse_wildcards() -> None:
         pattern = re.compile(params[name]["AllowedPattern"])
         assert pattern.match(value) and pattern.match("")
         assert not pattern.match("*") and not pattern.match(value + "*"), name
+
+
+def test_dead_letter_retention_reaches_every_function_and_the_settings(
+    cfn: dict[str, Any],
+) -> None:
+    from rhailambda.settings import Env, ProtocolSettings
+
+    for name, props in _functions(cfn).items():
+        env = props["Environment"]["Variables"]
+        assert env["RHAILAMBDA_DLQ_RETENTION_S"] == {"Ref": "DeadLetterRetentionSeconds"}, name
+    default = load_template()["Parameters"]["DeadLetterRetentionSeconds"]["Default"]
+    assert default == ProtocolSettings().dlq_retention_s
+    given = ProtocolSettings.from_env(Env({"RHAILAMBDA_DLQ_RETENTION_S": "60"}))
+    assert given.dlq_retention_s == 60
