@@ -1,0 +1,179 @@
+"""The Lua of :mod:`rhailambda.taskstore`: the claim, and the finish's three steps
+(stage, push, clean) as one script each and all three in one (standalone).
+
+Why the steps are safe to stop between, and to send again, is argued in the
+docstring of :mod:`rhailambda.taskstore`.
+"""
+
+__all__ = ["CLAIM_LUA", "CLEAN_LUA", "FINISH_LUA", "PUSH_LUA", "STAGE_LUA"]
+
+# KEYS: task1..taskN, done1..doneN (one slot). ARGV: now, attempt1..attemptN
+CLAIM_LUA = """
+local out = {}
+local now = ARGV[1]
+local n = #KEYS / 2
+local seen = {}
+for i = 1, n do
+  local key = KEYS[i]
+  local attempt = tonumber(ARGV[i + 1])
+  local h = redis.pcall('HGETALL', key)
+  if seen[key] then
+    out[i] = {'skip', 'duplicate'}
+  elseif h['err'] then
+    out[i] = {'poison', redis.call('TYPE', key)['ok']}
+  elseif #h == 0 then
+    if redis.call('EXISTS', KEYS[n + i]) == 1 then out[i] = {'skip', 'done'}
+    else out[i] = {'missing'} end
+  else
+    local status, claim, staged = nil, 0, nil
+    for j = 1, #h, 2 do
+      if h[j] == 'status' then status = h[j + 1]
+      elseif h[j] == 'rhailambdaClaim' then claim = tonumber(h[j + 1]) or 0
+      elseif h[j] == 'rhailambdaReply' then staged = h[j + 1] end
+    end
+    local final = status == 'completed' or status == 'error'
+    if final and staged then
+      out[i] = {'finishing', staged}
+    elseif not final and (status ~= 'processing' or claim < attempt) then
+      redis.call('HSET', key, 'status', 'processing', 'rhailambdaClaim', attempt,
+                 'updatedAt', now)
+      if status ~= 'processing' then  -- a new run of this id (also a reused id): a new token
+        local t = redis.call('TIME')
+        redis.call('HSET', key, 'rhailambdaRun', t[1] .. '.' .. t[2] .. ':' .. attempt)
+      end
+      out[i] = {'claimed', h, redis.call('EXISTS', KEYS[n + i])}
+    else
+      out[i] = {'skip', status}
+    end
+  end
+  seen[key] = true
+end
+return out
+"""
+
+# The three steps as Lua functions: each script below runs one of them per task, and
+# FINISH_LUA (standalone) runs all three per task in one script.
+_STEPS_LUA = """
+local function is_final(s) return s == 'completed' or s == 'error' end
+
+-- 1. stage: {reply, run token} to push, or false when this finish is not ours to make.
+-- The run token names this run of the id (set at claim), so a reused id is answered
+-- again while a finish sent twice is not; '' (no hash) pushes only if nothing was.
+local function stage(tkey, mode, attempt, status, field, value, now, reply)
+  local t = redis.call('TYPE', tkey)['ok']
+  if mode == 'missing' then
+    if t == 'none' then return {reply, ''} end
+    return false
+  end
+  if mode == 'poison' then
+    if t ~= 'none' and t ~= 'hash' then return {reply, ''} end
+    return false
+  end
+  if t ~= 'hash' then return false end
+  local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaClaim', 'rhailambdaReply',
+                         'rhailambdaRun')
+  local run = cur[4] or ('claim:' .. tostring(cur[2]))
+  if is_final(cur[1]) then
+    if cur[3] and (mode ~= 'claim' or cur[2] == attempt) then return {cur[3], run} end
+    return false
+  end
+  if mode == 'finishing' then return false end
+  if mode == 'claim' and not (cur[1] == 'processing' and cur[2] == attempt) then
+    return false
+  end
+  redis.call('HSET', tkey, 'status', status, field, value, 'updatedAt', now,
+             'rhailambdaReply', reply)
+  return {reply, run}
+end
+
+-- 2. push: 1 pushed now, 0 pushed before, -1 the reply key is not a list
+local function push(rkey, mkey, ttl, reply, run)
+  local t = redis.call('TYPE', rkey)['ok']
+  if t ~= 'none' and t ~= 'list' then return -1 end
+  local sent = redis.call('GET', mkey)
+  if sent and (run == '' or sent == run) then return 0 end
+  redis.call('SET', mkey, run == '' and '-' or run, 'EX', ttl)
+  redis.call('LPUSH', rkey, reply)
+  redis.call('EXPIRE', rkey, ttl)
+  return 1
+end
+
+-- 3. clean: drop the hash (or its staged reply), leave the done marker. A dead letter
+-- keeps its hash, without the staged reply, for keep_s seconds ('0': not a dead letter).
+local function clean(tkey, dkey, ttl, preserve, keep_s)
+  if redis.call('TYPE', tkey)['ok'] == 'hash' then
+    local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaReply')
+    if not (is_final(cur[1]) and cur[2]) then return 0 end
+    local keep = keep_s ~= '0'
+    if preserve or keep then redis.call('HDEL', tkey, 'rhailambdaReply')
+    else redis.call('DEL', tkey) end
+    if keep and not preserve then redis.call('EXPIRE', tkey, keep_s) end
+  end
+  redis.call('SET', dkey, '1', 'EX', ttl)
+  return 1
+end
+"""
+
+# KEYS: task per finish. ARGV: 7 per finish (mode, attempt, status, field, value, now,
+# reply). Returns the reply to push (or false) per finish.
+STAGE_LUA = (
+    _STEPS_LUA
+    + """
+local out = {}
+for i = 1, #KEYS do
+  local b = (i - 1) * 7
+  out[i] = stage(KEYS[i], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5],
+                 ARGV[b + 6], ARGV[b + 7])
+end
+return out
+"""
+)
+
+# KEYS: reply1, sent1, reply2, sent2, ... ARGV: ttl, then (reply, run token) per pair.
+PUSH_LUA = (
+    _STEPS_LUA
+    + """
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = push(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[2 * i], ARGV[2 * i + 1])
+end
+return out
+"""
+)
+
+# KEYS: task1, done1, task2, done2, ... ARGV: reply ttl, preserve, done-marker ttl,
+# then how long each finish keeps its hash ('0': deleted).
+CLEAN_LUA = (
+    _STEPS_LUA
+    + """
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = clean(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3], ARGV[2] == '1', ARGV[3 + i])
+end
+return out
+"""
+)
+
+# Standalone: all three steps per task in one script.
+# KEYS: task, reply, done, sent per finish. ARGV: reply ttl, preserve, done-marker ttl,
+# then 8 per finish (the 7 of STAGE_LUA, then how long it keeps its hash).
+FINISH_LUA = (
+    _STEPS_LUA
+    + """
+local ttl, preserve, done_ttl = ARGV[1], ARGV[2] == '1', ARGV[3]
+local out = {}
+for i = 1, #KEYS / 4 do
+  local k, b = 4 * (i - 1), 3 + (i - 1) * 8
+  local staged = stage(KEYS[k + 1], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
+                       ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
+  out[i] = 0
+  if staged then
+    out[i] = push(KEYS[k + 2], KEYS[k + 4], ttl, staged[1], staged[2])
+    if out[i] >= 0 then
+      clean(KEYS[k + 1], KEYS[k + 3], done_ttl, preserve, ARGV[b + 8])
+    end
+  end
+end
+return out
+"""
+)
