@@ -8,6 +8,7 @@ worker processes running the real handler and engine, with the probe extension
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import redis
 from rhailambda.client import Client
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import KeyLayout
+from rhailambda.resp import RespClient
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.local_backend import LocalInvoker
@@ -28,6 +30,7 @@ from rhailambda.shim.settings import (
     RetrySettings,
     ShimSettings,
 )
+from rhailambda.shim.status import CircleStatus, Status, gather_status
 from rhailambda.shim.testing import FakeInvoker, wait_until
 
 L = KeyLayout()
@@ -167,3 +170,43 @@ def test_tenant_isolation_never_mixes_circles_and_names_the_tenant(
     assert all(len(batch) == 1 for _, batch in seen), seen
     assert all(tenant == next(iter(batch)) for tenant, batch in seen), seen
     assert redis_client.llen(L.inflight("w1", "s1")) == 0
+
+
+def test_status_shows_the_busiest_circles_of_a_queue(
+    redis_client: redis.Redis, redis_url: str, resp_client: RespClient
+) -> None:
+    # Two batches (5 of b's and 5 of a's each, in turns) run and hang; the window holds
+    # 60 of a's; the rest wait in the queue, the next 20 of them sampled by status.
+    ids = submit(redis_url, [("b", "1")] * 10 + [("a", "1")] * 200)
+    release = asyncio.Event()
+
+    async def hang(event: InvocationEvent) -> BatchResponse:
+        await release.wait()
+        return BatchResponse({t.task_id: "completed" for t in event.tasks})
+
+    invoker = FakeInvoker(hang)
+    fair = FairSettings(window=60, per_circle_concurrency=10)
+    shim = settings(redis_url, batch=10, concurrency=2, fair=fair)
+    shim = dataclasses.replace(shim, queues=dataclasses.replace(shim.queues, lease_s=1.5))
+    found: list[Status] = []
+
+    def busy() -> bool:
+        found[:] = [gather_status(resp_client, L, circle_sample=20)]
+        rows = {c.circle: c for q in found[0].queues for c in q.circles}
+        return "b" in rows and rows["b"].running == 10 and rows["a"].read_ahead == 60
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(shim, invoker, stop=stop))
+        try:
+            await wait_until(busy, timeout_s=20, what="status showing both circles")
+        finally:
+            release.set()
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    asyncio.run(scenario())
+    rows = {c.circle: c for c in found[0].queues[0].circles}
+    assert rows["b"] == CircleStatus("b", read_ahead=0, running=10, sampled=0)
+    assert rows["a"] == CircleStatus("a", read_ahead=60, running=10, sampled=20)
+    assert found[0].queues[0].queued == len(ids) - 80  # the window is in flight, not queued

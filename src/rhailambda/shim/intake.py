@@ -26,9 +26,10 @@ window of 50,000 costs about 25 MB per queue at most.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rhailambda.errors import RedisResponseError
 from rhailambda.shim.fair import CircleCaps, CircleScheduler
@@ -36,7 +37,12 @@ from rhailambda.shim.policy import window_wait_s
 from rhailambda.shim.settings import ShimSettings
 from rhailambda.shim.source import Ahead, QueueSource, Taken
 
-__all__ = ["Intake"]
+__all__ = ["CIRCLES_FIELD", "Intake", "circles_info"]
+
+#: The shim info hash's field with its busiest circles (``rhailambda status`` reads it):
+#: JSON ``{worker_id: [[circle, read ahead, running], ...]}``, the top few per queue.
+CIRCLES_FIELD = "circles"
+_TOP_CIRCLES = 10
 
 log = logging.getLogger("rhailambda.shim")
 _READ_CHUNK = 1000  # ids per read-ahead call (one move script, one HMGET round)
@@ -223,3 +229,8 @@ class Intake:
             return 0
         # newest first: each lands at the queue's taking end, so the oldest ends up next
         return await self._source.hand_back(self.worker_id, [a.task_id for a in reversed(held)])
+
+
+def circles_info(intakes: Mapping[str, Intake], top: int = _TOP_CIRCLES) -> str:
+    """The :data:`CIRCLES_FIELD` value for these intakes."""
+    return json.dumps({w: intake.busiest(top) for w, intake in intakes.items()})

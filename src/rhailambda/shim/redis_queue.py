@@ -57,9 +57,22 @@ from rhailambda.shim.inflight_lua import (
 from rhailambda.shim.source import Ahead, ReadAhead, Taken, TakeResult
 from rhailambda.slots import by_group
 
-__all__ = ["RedisQueueSource"]
+__all__ = ["RedisQueueSource", "circle_from", "circle_read"]
 
 _CONTEXT_ALIAS = next(k for k, v in FIELD_ALIASES.items() if v == CONTEXT_ID)  # context_id
+
+
+def circle_read(key: str) -> list[str | int]:
+    """The read-only command giving a task's circle (both spellings of contextId)."""
+    return ["HMGET", key, CONTEXT_ID, _CONTEXT_ALIAS]
+
+
+def circle_from(reply: Any) -> str:
+    """The circle in :func:`circle_read`'s reply; "" for none (or an error reply)."""
+    values = reply if isinstance(reply, list) else []
+    return next((str(v) for v in values if v), "")
+
+
 _BLOCK_MARGIN_S = 5.0  # a BLMOVE's reply may take this much longer than its block
 
 # KEYS: task1, done1, task2, done2, ... (one slot). Per task: {'go', attempt, createdAt},
@@ -233,20 +246,13 @@ class RedisQueueSource:
     async def _circles(self, task_ids: Sequence[str]) -> list[str]:
         """Each id's circle (contextId, or its snake_case spelling); "" when the task has
         none or its key is no hash (deliver dead-letters those)."""
-        reads: list[list[str | int]] = [
-            ["HMGET", self._layout.task(t), CONTEXT_ID, _CONTEXT_ALIAS]
-            for t in task_ids
-            if self._collision(t) is None
-        ]
+        reads = [circle_read(self._layout.task(t)) for t in task_ids if self._collision(t) is None]
         if not reads:
             return ["" for _ in task_ids]
         replies = iter(await self._health.call("circles", lambda: self._client.round_trip(reads)))
-        out: list[str] = []
-        for task_id in task_ids:
-            reply = next(replies) if self._collision(task_id) is None else None
-            values = reply if isinstance(reply, list) else []
-            out.append(next((str(v) for v in values if v), ""))
-        return out
+        return [
+            circle_from(next(replies) if self._collision(t) is None else None) for t in task_ids
+        ]
 
     async def deliver(self, worker_id: str, items: Sequence[Ahead]) -> tuple[Taken, ...]:
         circle = {a.task_id: a.circle for a in items}
