@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ceiling, coldstart, commands, deployments, latency, report, throughput
+from bench import ceiling, coldstart, commands, deployments, fairness, latency, report, throughput
 from bench.config import REPO, SECTIONS, BenchConfig
 from bench.infra import PY, run_json, server_pid, start_redis
 from bench.throughput import sweep_size
@@ -68,6 +68,7 @@ def _steps(cfg: BenchConfig) -> dict[str, int]:
         "commands": 2,
         "idle": 1,
         "ceiling": 1,
+        "fairness": 2 + cfg.runs,
     }
 
 
@@ -212,6 +213,8 @@ def _run_section(
         results["idle"] = commands.idle_cost(cfg, url, cfg.shim_args, logs / "idle-shim.log")
     elif section == "ceiling":
         results["ceiling"] = ceiling.ceiling(port, cfg.quick)
+    elif section == "fairness":
+        results["fairness"] = fairness.fairness(cfg, url, logs, tick)
     _flush(url)
 
 

@@ -21,6 +21,7 @@ SECTIONS = (
     "commands",  # Redis commands per task, round trips per batch
     "idle",  # a shim watching empty queues: commands/min, CPU
     "ceiling",  # redis-benchmark on this machine
+    "fairness",  # one circle's flood against another's wait, fair share on and off
 )
 ALL_PEERS = ("dramatiq", "celery", "arq", "rq")
 OPTIONAL_PEERS = ("dramatiq-1t",)  # only when named in BENCH_PEERS

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import fairness
 from bench.deployments import CLUSTERS, STANDALONE
 
 __all__ = ["deployment_rows", "deployments_markdown", "floors", "markdown", "plot", "print_tables"]
@@ -266,6 +267,7 @@ def markdown(r: dict[str, Any]) -> str:
         shown = ", ".join(f"{x:,.0f}" for x in runs.get(name) or [])
         lines.append(f"| {name} | {rate} | {ratio} | {shown} | {settings} |")
     lines += deployments_markdown(r)
+    lines += fairness.markdown(r)
     lines += ["", "## Floors", "", "| floor | measured | verdict |", "|---|---|---|"]
     for row in r.get("floors", []):
         lines.append(f"| {row['floor']} | {row['shown']} | {_mark(row['met'])} |")

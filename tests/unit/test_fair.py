@@ -105,3 +105,37 @@ def test_take_all_returns_every_held_id_in_order() -> None:
 def test_bad_caps_name_the_setting(caps: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="RHAILAMBDA_PER_CIRCLE"):
         CircleCaps(**caps)  # type: ignore[arg-type]
+
+
+def test_held_lists_every_circle_in_arrival_order() -> None:
+    s: CircleScheduler[str] = CircleScheduler()
+    for item in ["a0", "b0", "a1", "c0", "b1"]:
+        s.push(item[0], item)
+    assert [i for _, i in s.held()] == ["a0", "b0", "a1", "c0", "b1"]
+
+
+def test_fair_off_is_oldest_first_across_circles_within_the_caps() -> None:
+    s: CircleScheduler[str] = CircleScheduler(CircleCaps(max_running=2), fair=False)
+    for item in ["a0", "a1", "a2", "b0", "a3", "b1"]:
+        s.push(item[0], item)
+    assert [i for _, i in s.pop_batch(10)] == ["a0", "a1", "b0", "b1"]  # a capped at 2
+    s.release("a", 2)
+    assert [i for _, i in s.pop_batch(10)] == ["a2", "a3"]
+
+
+def test_pop_from_tops_up_one_circle_only() -> None:
+    s: CircleScheduler[str] = CircleScheduler()
+    _fill(s, "a", 3)
+    _fill(s, "b", 3)
+    assert [i for _, i in s.pop_from("b", 2)] == ["b0", "b1"]
+    assert [i for _, i in s.pop_from("b", 5)] == ["b2"]
+    assert [c for c, _ in s.pop_batch(10)] == ["a", "a", "a"]
+
+
+def test_busiest_ranks_circles_by_queued_and_running() -> None:
+    s: CircleScheduler[str] = CircleScheduler()
+    _fill(s, "a", 5)
+    _fill(s, "b", 2)
+    _fill(s, "c", 1)
+    s.pop_batch(3)  # one each: a 4+1, b 1+1, c 0+1
+    assert s.busiest(2) == [("a", 4, 1), ("b", 1, 1)]
