@@ -68,7 +68,7 @@ def _steps(cfg: BenchConfig) -> dict[str, int]:
         "commands": 2,
         "idle": 1,
         "ceiling": 1,
-        "fairness": 2 + cfg.runs,
+        "fairness": cfg.runs,
     }
 
 
