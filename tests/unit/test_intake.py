@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
 from memory_source import MemoryQueueSource
 from test_drain_rules import SETTINGS, W, until
+from test_shim_units import parse
 
+from rhailambda.errors import SettingError
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.settings import BatchSettings, FairSettings, ShimSettings
@@ -106,3 +109,35 @@ def test_a_circle_counts_against_its_cap_through_a_retry() -> None:
     asyncio.run(go())
     assert running["most"] == 1
     assert [t.attempt for t in source.acked] == [2, 2, 2]
+
+
+def test_fair_settings_from_flags_and_env() -> None:
+    s = parse(
+        ["--per-circle-rate", "2.5", "--tenant-isolation", "true"],
+        {"RHAILAMBDA_WORKERS": "w1", "RHAILAMBDA_PER_CIRCLE_CONCURRENCY": "4"},
+    )
+    assert s.fair == FairSettings(
+        fair_share=True, window=50_000, per_circle_concurrency=4, per_circle_rate=2.5,
+        tenant_isolation=True,
+    )  # fmt: skip
+    assert parse([], {"RHAILAMBDA_WORKERS": "w1", "RHAILAMBDA_FAIR_SHARE": "no"}).fair == (
+        FairSettings(fair_share=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "name"),
+    [
+        ([], {"RHAILAMBDA_PER_CIRCLE_CONCURRENCY": "0"}, "RHAILAMBDA_PER_CIRCLE_CONCURRENCY"),
+        (["--per-circle-rate", "0"], {}, "--per-circle-rate"),
+        (["--fair-window", "5", "--batch-size", "10"], {}, "--fair-window"),
+        ([], {"RHAILAMBDA_FAIR_SHARE": "maybe"}, "RHAILAMBDA_FAIR_SHARE"),
+        ([], {"RHAILAMBDA_TENANT_ISOLATION": "2"}, "RHAILAMBDA_TENANT_ISOLATION"),
+    ],
+)
+def test_bad_fair_settings_name_the_setting(
+    argv: list[str], env: dict[str, str], name: str
+) -> None:
+    with pytest.raises(SettingError) as err:
+        parse(argv, {"RHAILAMBDA_WORKERS": "w1", **env})
+    assert err.value.name == name
