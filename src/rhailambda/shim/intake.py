@@ -86,12 +86,11 @@ class Intake:
                 await self._wait_for_room()
                 continue
             try:
-                got = await self._source.read_ahead(
-                    self.worker_id, min(room, _READ_CHUNK), block_s=0
-                )
-                if not got.items and not got.paused:
+                want = min(room, _READ_CHUNK)
+                got = await self._source.read_ahead(self.worker_id, want, block_s=0)
+                if not got.items and not got.paused:  # the BLMOVE, then up to `want` more
                     block_s = self._s.queues.block_s
-                    got = await self._source.read_ahead(self.worker_id, 1, block_s=block_s)
+                    got = await self._source.read_ahead(self.worker_id, want, block_s=block_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis said no: the queue must not stop for good
