@@ -11,8 +11,8 @@ global concurrency for a while. The loop knows a :class:`QueueSource` and an
 :class:`Invoker`, never Redis or a backend.
 
 Shutdown is :meth:`Drainer.stop_taking` then :meth:`Drainer.finish_invocations`.
-Once it begins no invocation starts: pending retries are cancelled and their ids
-handed back to their queues at once, and a batch that fails or is throttled
+Once it begins no invocation starts: the read-ahead windows and pending retries'
+ids are handed back to their queues at once, and a batch that fails or is throttled
 meanwhile is handed back instead of scheduled for a retry. Every step is bounded:
 an invocation that does not end soon after its cancel is abandoned, its ids left in
 flight for the caller's final hand-back.
