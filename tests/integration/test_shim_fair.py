@@ -116,7 +116,8 @@ def test_a_small_circle_runs_before_a_floods_backlog_is_half_done(
 def test_a_circle_capped_at_n_concurrent_never_runs_more(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    tasks = [(c, "probe::work(40)") for _ in range(24) for c in ("a", "b")]
+    # all of a's first: without the cap, a alone would fill the 4 workers
+    tasks = [(c, "probe::work(40)") for c in ("a", "b") for _ in range(24)]
     ids = submit(redis_url, tasks)
     fair = FairSettings(per_circle_concurrency=2)
     shim = settings(redis_url, batch=1, concurrency=4, fair=fair)
