@@ -24,10 +24,11 @@ class _Session:
         self._ctx = ctx
 
     def _work(self, ms: int) -> bool:
+        started = time.time()  # before any Redis call: a worker's first one connects
         circle = self._ctx.context_id
         now = self._client.execute("HINCRBY", RUNNING, circle, 1)
         self._client.execute("ZADD", MOST, "GT", now, circle)
-        self._client.execute("RPUSH", ORDER, f"{circle} {self._ctx.task_id} {time.time():.6f}")
+        self._client.execute("RPUSH", ORDER, f"{circle} {self._ctx.task_id} {started:.6f}")
         try:
             time.sleep(ms / 1000)
         finally:
