@@ -16,8 +16,8 @@ import circle_probe
 import redis
 
 from rhailambda.client import Client
-from rhailambda.event import BatchResponse, InvocationEvent
-from rhailambda.protocol import KeyLayout
+from rhailambda.event import BatchResponse, InvocationEvent, TaskRef
+from rhailambda.protocol import ATTEMPT, KeyLayout
 from rhailambda.resp import RespClient
 from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
@@ -76,9 +76,15 @@ def drain_with_local_backend(
 ) -> None:
     async def scenario() -> None:
         invoker = local_invoker(url, workers)
-        # warm every worker first, so what the probe sees starting is what the shim sent
-        empty = InvocationEvent("w1", ())
-        await asyncio.gather(*(invoker.invoke(empty, timeout_s=30) for _ in range(workers)))
+        # Warm every worker with a real task first (its function connects to Redis then),
+        # so what the probe sees starting is what the shim sent, when it sent it.
+        with Client(url) as c:
+            warm = c.submit_many([("1", "warm", "warm", "warm")] * workers)
+        for task_id in warm:
+            client.hset(L.task(task_id), ATTEMPT, 1)
+        events = [InvocationEvent("warm", (TaskRef(t, 1),)) for t in warm]
+        await asyncio.gather(*(invoker.invoke(e, timeout_s=30) for e in events))
+        assert replied(client, warm)
         stop = asyncio.Event()
         task = asyncio.create_task(serve(shim, invoker, stop=stop))
         try:
