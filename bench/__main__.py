@@ -22,7 +22,17 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import burst, ceiling, coldstart, commands, deployments, latency, report, throughput
+from bench import (
+    burst,
+    ceiling,
+    coldstart,
+    commands,
+    deployments,
+    fairness,
+    latency,
+    report,
+    throughput,
+)
 from bench.config import REPO, SECTIONS, BenchConfig
 from bench.infra import PY, run_json, server_pid, start_redis
 from bench.throughput import sweep_size
@@ -69,6 +79,7 @@ def _steps(cfg: BenchConfig) -> dict[str, int]:
         "idle": 1,
         "ceiling": 1,
         "burst": cfg.runs * (1 + len(cfg.peers)),
+        "fairness": cfg.runs,
     }
 
 
@@ -217,6 +228,8 @@ def _run_section(
         results["burst"] = burst.burst(cfg, url, logs, tick)
         for name, message in results["burst"]["errors"].items():
             results["errors"][f"burst:{name}"] = message
+    elif section == "fairness":
+        results["fairness"] = fairness.fairness(cfg, url, logs, tick)
     _flush(url)
 
 

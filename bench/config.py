@@ -22,6 +22,7 @@ SECTIONS = (
     "idle",  # a shim watching empty queues: commands/min, CPU
     "ceiling",  # redis-benchmark on this machine
     "burst",  # N tasks on an idle stack (pool scaled to zero) and on the peers' cold workers
+    "fairness",  # one circle's flood against another's wait, fair share on and off
 )
 ALL_PEERS = ("dramatiq", "celery", "arq", "rq")
 OPTIONAL_PEERS = ("dramatiq-1t",)  # only when named in BENCH_PEERS

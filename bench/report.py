@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import burst
+from bench import burst, fairness
 from bench.deployments import CLUSTERS, STANDALONE
 
 __all__ = ["deployment_rows", "deployments_markdown", "floors", "markdown", "plot", "print_tables"]
@@ -281,6 +281,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {rate} | {ratio} | {shown} | {settings} |")
     lines += deployments_markdown(r)
     lines += burst.markdown(r)
+    lines += fairness.markdown(r)
     lines += ["", "## Floors", "", "| floor | measured | verdict |", "|---|---|---|"]
     for row in r.get("floors", []):
         lines.append(f"| {row['floor']} | {row['shown']} | {_mark(row['met'])} |")

@@ -1,10 +1,10 @@
 """An in-memory :class:`~rhailambda.shim.source.QueueSource`: the drain rules without Redis.
 
-It keeps the contract the Redis source keeps (ids move to in-flight when taken, each
-take or redelivery counts an attempt, final tasks are dropped, a dead letter records
-its reason as the task's error reply, a hand-back puts ids at the front), with every
-step visible to a test. A queue is a deque whose right end is the oldest id, as a
-Redis list fed by LPUSH and read by RPOP.
+It keeps the contract the Redis source keeps (ids move to in-flight when read ahead,
+each delivery or redelivery counts an attempt, final tasks are dropped at delivery,
+a dead letter records its reason as the task's error reply, a hand-back puts ids at
+the front), with every step visible to a test. A queue is a deque whose right end is
+the oldest id, as a Redis list fed by LPUSH and read by RPOP.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from rhailambda.shim.source import Taken, TakeResult
+from rhailambda.shim.source import Ahead, ReadAhead, Taken
 
 
 @dataclass
@@ -22,6 +22,7 @@ class MemoryTask:
     attempt: int = 0
     final: bool = False
     created_at: str = ""
+    circle: str = ""
     error: str | None = None  # the error reply a dead letter gave
 
 
@@ -33,16 +34,18 @@ class MemoryQueueSource:
     dead: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)
     acked: list[Taken] = field(default_factory=list)
-    takes: int = 0
+    takes: int = 0  # read-ahead calls
 
     def __post_init__(self) -> None:
         self._arrived = asyncio.Event()
 
-    def push(self, worker_id: str, task_ids: Iterable[str], *, created_at: str = "") -> None:
+    def push(
+        self, worker_id: str, task_ids: Iterable[str], *, created_at: str = "", circle: str = ""
+    ) -> None:
         """Queue new tasks (LPUSH: newest on the left)."""
         queue = self.queues.setdefault(worker_id, deque())
         for task_id in task_ids:
-            self.tasks.setdefault(task_id, MemoryTask(created_at=created_at))
+            self.tasks.setdefault(task_id, MemoryTask(created_at=created_at, circle=circle))
             queue.appendleft(task_id)
         self._arrived.set()
 
@@ -50,10 +53,10 @@ class MemoryQueueSource:
         return list(self.inflight.get(worker_id, []))
 
     # --- QueueSource --------------------------------------------------------------
-    async def take(self, worker_id: str, max_items: int, *, block_s: float) -> TakeResult:
+    async def read_ahead(self, worker_id: str, max_items: int, *, block_s: float) -> ReadAhead:
         self.takes += 1
         if worker_id in self.paused:
-            return TakeResult(paused=True)
+            return ReadAhead(paused=True)
         queue = self.queues.setdefault(worker_id, deque())
         if not queue and block_s > 0:
             self._arrived.clear()
@@ -61,17 +64,27 @@ class MemoryQueueSource:
                 async with asyncio.timeout(block_s):
                     await self._arrived.wait()
             except TimeoutError:
-                return TakeResult()
-        items: list[Taken] = []
+                return ReadAhead()
+        items: list[Ahead] = []
         while queue and len(items) < max_items:
             task_id = queue.pop()
             task = self.tasks.setdefault(task_id, MemoryTask())
-            if task.final:
+            self.inflight.setdefault(worker_id, []).append(task_id)
+            items.append(Ahead(task_id, task.circle))
+        return ReadAhead(tuple(items))
+
+    async def deliver(self, worker_id: str, items: Sequence[Ahead]) -> tuple[Taken, ...]:
+        held = self.inflight.setdefault(worker_id, [])
+        out: list[Taken] = []
+        for item in items:
+            task = self.tasks[item.task_id]
+            if task.final:  # dropped without a delivery
+                if item.task_id in held:
+                    held.remove(item.task_id)
                 continue
             task.attempt += 1
-            self.inflight.setdefault(worker_id, []).append(task_id)
-            items.append(Taken(task_id, task.attempt, task.created_at))
-        return TakeResult(tuple(items))
+            out.append(Taken(item.task_id, task.attempt, task.created_at, task.circle))
+        return tuple(out)
 
     async def redeliver(self, worker_id: str, task_ids: Sequence[str]) -> tuple[Taken, ...]:
         out = []
@@ -80,7 +93,7 @@ class MemoryQueueSource:
             if task.final or task_id not in self.inflight.get(worker_id, []):
                 continue
             task.attempt += 1
-            out.append(Taken(task_id, task.attempt, task.created_at))
+            out.append(Taken(task_id, task.attempt, task.created_at, task.circle))
         return tuple(out)
 
     async def ack(self, worker_id: str, items: Sequence[Taken]) -> None:

@@ -196,7 +196,7 @@ class FinishPlan:
     def whole(self) -> list[tuple[list[int], list[str], list[str | int]]]:
         """FINISH_LUA calls (standalone: one group)."""
         calls = []
-        for idx in self._groups(range(len(self.args)), self.task_keys, 4 + 7, len(self.head)):
+        for idx in self._groups(range(len(self.args)), self.task_keys, 4 + 8, len(self.head)):
             keys = [k for i in idx for k in (self.task_keys[i], self.reply_keys[i],
                                              self.done_keys[i], self.sent_keys[i])]  # fmt: skip
             args: list[str | int] = []
@@ -225,7 +225,7 @@ class FinishPlan:
 
     def clean(self, indexes: Sequence[int]) -> list[tuple[list[int], list[str], list[str | int]]]:
         calls = []
-        for idx in self._groups(indexes, self.task_keys, 2, len(self.head)):
+        for idx in self._groups(indexes, self.task_keys, 2 + 1, len(self.head)):
             keys = [k for i in idx for k in (self.task_keys[i], self.done_keys[i])]
             calls.append((idx, keys, [*self.head, *(self.keep_s[i] for i in idx)]))
         return calls

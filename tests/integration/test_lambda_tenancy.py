@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib
 import json
 import re
 import sys
@@ -32,6 +31,7 @@ import boto3
 import botocore.session
 import pytest
 import redis
+from support.function_handler import fresh_handler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -128,14 +128,13 @@ def _error(status: int, code: str, message: str) -> tuple[int, dict[str, str], b
 
 
 @pytest.fixture
-def handler_module(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+def handler_module(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The real Lambda handler, imported as a cold start would, against the test Redis."""
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("RHAILAMBDA_CIRCLE_ENABLED", "false")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "rhailambda-test")
-    import rhailambda.functions.handler as module
-
-    return importlib.reload(module)
+    with fresh_handler() as module:
+        yield module
 
 
 def _serve(stand_in: StandInLambda) -> Iterator[str]:
@@ -323,9 +322,11 @@ def test_a_refused_task_leaves_its_circle_untouched(
     monkeypatch.setenv("RHAILAMBDA_CIRCLE_ENABLED", "true")
     monkeypatch.setenv("RHAILAMBDA_CIRCLE_BACKEND", "redis")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "rhailambda-test")
-    import rhailambda.functions.handler as module
+    with fresh_handler() as module:
+        _refused_task_writes_nothing(module.handler, redis_client)
 
-    handler = importlib.reload(module).handler
+
+def _refused_task_writes_nothing(handler: Any, redis_client: redis.Redis) -> None:
     write = 'db::save("notes", "n", #{ by: CONTEXT_ID }); "saved"'
     _put(redis_client, "d1", "alice", write)
     _put(redis_client, "d2", "bob", write)

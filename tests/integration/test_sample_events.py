@@ -52,18 +52,24 @@ def test_the_script_batch_event_runs_its_tasks(
         assert (reply["status"], reply["output"]) == ("completed", "42")
 
 
-@pytest.mark.parametrize("name", ["poller-schedule.json", "poller-handover.json"])
-def test_a_poller_event_on_demand_with_no_work_returns_idle(
-    name: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("name", "outcome"), [("poller-schedule.json", "idle"), ("poller-handover.json", "drained")]
+)
+def test_a_poller_event_on_demand_with_no_work_ends_at_once(
+    name: str, outcome: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The scheduled check finds nothing and returns idle; a hand-over run (a busy
+    predecessor's successor) drains, and stops after the idle period."""
     for var, value in {
         "REDIS_URL": redis_url, "RHAILAMBDA_WORKERS": "worker1",
         "RHAILAMBDA_POLLER_MODE": "on-demand", "RHAILAMBDA_FUNCTION_NAME": "script-function",
         "RHAILAMBDA_SHUTDOWN_TIMEOUT_S": "5", "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test", "RHAILAMBDA_POLLER_IDLE_EXIT_S": "1",
         "POWERTOOLS_METRICS_DISABLED": "true",
     }.items():  # fmt: skip
         monkeypatch.setenv(var, value)
     from rhailambda.shim.poller import handler
 
     result = handler(_event(name), FakeContext(remaining_ms=300_000))
-    assert result["outcome"] == "idle", result
+    assert result["outcome"] == outcome, result

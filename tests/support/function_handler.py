@@ -23,3 +23,7 @@ def fresh_handler() -> Iterator[ModuleType]:
         yield module
     finally:
         module.RUNNER._store._client.close()
+        for ext in module.RUNNER._extensions:  # the circle store's own client
+            client = getattr(getattr(ext, "store", None), "_client", None)
+            if client is not None and callable(getattr(client, "close", None)):
+                client.close()

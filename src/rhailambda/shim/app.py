@@ -22,6 +22,7 @@ from rhailambda.resp_async import AsyncRespClient
 from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.health import Health
+from rhailambda.shim.intake import CIRCLES_FIELD, circles_info
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.lease import LeaseKeeper
 from rhailambda.shim.metrics import Sample
@@ -91,6 +92,8 @@ async def serve(
             "concurrency_limit": str(drainer.limiter.limit),
             "running_invocations": str(drainer.running_invocations),
             "held_ids": str(source.held_count()),
+            "read_ahead": str(sum(map(len, drainer.intakes.values()))),
+            CIRCLES_FIELD: circles_info(drainer.intakes),
             **drainer.stats.as_info(),
         }
 

@@ -1,7 +1,9 @@
 """The drain loop: worker queues in, invocations out, outcomes settled.
 
-One taker per queue takes a batch when it holds a slot (its queue's cap, then
-the FIFO-fair global cap) and hands it to an invocation task, which settles the
+Each queue has an intake (shim.intake: a reader keeps a read-ahead window of its
+ids, ordered by circle) and a taker, which waits until the intake has an id that
+may start, then for a slot (its queue's cap, then the FIFO-fair global cap),
+takes the intake's next batch and hands it to an invocation task, which settles the
 outcome: done ids are acknowledged; failed ids are retried after a jittered
 backoff with a new attempt (a new fencing token) or dead-lettered with an error
 reply; a throttled batch is retried as it is (no attempt spent) and halves the
@@ -9,8 +11,8 @@ global concurrency for a while. The loop knows a :class:`QueueSource` and an
 :class:`Invoker`, never Redis or a backend.
 
 Shutdown is :meth:`Drainer.stop_taking` then :meth:`Drainer.finish_invocations`.
-Once it begins no invocation starts: pending retries are cancelled and their ids
-handed back to their queues at once, and a batch that fails or is throttled
+Once it begins no invocation starts: the read-ahead windows and pending retries'
+ids are handed back to their queues at once, and a batch that fails or is throttled
 meanwhile is handed back instead of scheduled for a retry. Every step is bounded:
 an invocation that does not end soon after its cancel is abandoned, its ids left in
 flight for the caller's final hand-back.
@@ -23,15 +25,16 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
-from rhailambda.errors import InvocationError, RedisResponseError, ThrottledError
+from rhailambda.errors import InvocationError, ThrottledError
 from rhailambda.event import InvocationEvent, TaskRef
 from rhailambda.shim.cancel import cancel_and_wait
+from rhailambda.shim.intake import Intake
 from rhailambda.shim.invoker import Invoker
 from rhailambda.shim.limiter import FairLimiter
-from rhailambda.shim.policy import backoff_s, window_wait_s
+from rhailambda.shim.policy import backoff_s
 from rhailambda.shim.settings import ShimSettings
 from rhailambda.shim.source import QueueSource, Taken
 
@@ -43,7 +46,6 @@ _STOP_INVOKING_S = 2.0  # after its cancel, for an invocation to end
 _LOGGED_IDS = 20
 _TAKE_RETRY_MIN_S = 0.05
 _TAKE_RETRY_MAX_S = 5.0
-_TAKE_ERROR_LOG_S = 60.0
 
 
 @dataclass(slots=True)
@@ -94,7 +96,7 @@ class Drainer:
             w: asyncio.Semaphore(settings.flow.per_queue_concurrency)
             for w in settings.queues.worker_ids
         }
-        self._last_dispatch: dict[str, float] = {}
+        self.intakes = {w: Intake(w, source, settings) for w in settings.queues.worker_ids}
         self._throttle_streak = 0
         self._takers: list[asyncio.Task[None]] = []
         # Running invocations and the ids each holds: (worker id, task ids).
@@ -102,15 +104,16 @@ class Drainer:
         # Pending retries and the ids each holds (until it starts their invocation).
         self._retries: dict[asyncio.Task[None], tuple[str, list[str]]] = {}
         self._stopping = False
-        self._take_error_logged: dict[str, float] = {}  # queue -> when its refusal was logged
         self.stats = DrainStats()
 
     # --- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         for worker_id in self._s.queues.worker_ids:
-            task = asyncio.create_task(self._take_loop(worker_id), name=f"take:{worker_id}")
-            task.add_done_callback(_log_crash)
-            self._takers.append(task)
+            read = self.intakes[worker_id].read_loop()
+            for name, loop in (("read", read), ("take", self._take_loop(worker_id))):
+                task = asyncio.create_task(loop, name=f"{name}:{worker_id}")
+                task.add_done_callback(_log_crash)
+                self._takers.append(task)
 
     async def stop_taking(self) -> None:
         """Start the shutdown: stop the takers, cancel pending retries and hand their ids
@@ -122,7 +125,18 @@ class Drainer:
         if stuck:
             log.warning("%d takers or retries did not stop within %g s", len(stuck), _STOP_TAKING_S)
         self._takers.clear()
+        await self._hand_back_read_ahead()
         await self._hand_back_retries()
+
+    async def _hand_back_read_ahead(self) -> None:
+        """Hand back the read-ahead windows (the final hand-back of the whole in-flight
+        list covers them too, should Redis refuse now)."""
+        try:
+            async with asyncio.timeout(_STOP_TAKING_S):
+                for intake in self.intakes.values():
+                    await intake.hand_back()
+        except Exception:
+            log.exception("handing back read-ahead ids failed")
 
     async def finish_invocations(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for running invocations, then cancel the rest and wait
@@ -165,7 +179,7 @@ class Drainer:
         try:
             async with asyncio.timeout(_STOP_TAKING_S):
                 for worker_id, task_ids in by_queue.items():
-                    await self._source.hand_back(worker_id, task_ids)
+                    await self._hand_back(worker_id, task_ids)
         except Exception:  # Redis down or refusing: the final hand-back moves them
             log.exception("handing back %d retried ids failed",
                           sum(map(len, by_queue.values())))  # fmt: skip
@@ -195,42 +209,38 @@ class Drainer:
 
     # --- taking ------------------------------------------------------------------
     async def _take_loop(self, worker_id: str) -> None:
+        """Batches out of the queue's intake, one per free slot.
+
+        An idle queue is waited on (the intake's reader blocks in Redis) holding NO
+        slot, so neither other queues nor this queue's own retries wait behind it.
+        """
+        intake = self.intakes[worker_id]
         slots = self._queue_slots[worker_id]
         delay_s = _TAKE_RETRY_MIN_S
         while True:
+            await intake.wait_ready()
+            await self._acquire(slots)
             try:
-                items, paused = await self._take_batch(worker_id, slots)
+                items = await intake.next_batch()
             except asyncio.CancelledError:
+                self._release(slots)
                 raise
-            except Exception as exc:  # Redis said no (a queue key of the wrong type, a bug):
-                # the queue must not stop for good. The source hands back any orphans.
-                self._log_take_failure(worker_id, exc, delay_s)
+            except Exception:  # Redis refused the delivery: the ids wait in the window
+                self._release(slots)
+                log.exception("delivering a batch of %s failed; retrying in %.2f s",
+                              worker_id, delay_s)  # fmt: skip
                 await asyncio.sleep(delay_s)
                 delay_s = min(_TAKE_RETRY_MAX_S, delay_s * 2)
                 continue
             delay_s = _TAKE_RETRY_MIN_S
             if not items:
-                if paused:
-                    await self._wait_while_paused(worker_id)
+                self._release(slots)
                 continue
             if self._stopping:  # a taker that outlived its cancel (see stop_taking)
                 self._release(slots)
-                await self._source.hand_back(worker_id, [t.task_id for t in items])
+                await self._hand_back(worker_id, [t.task_id for t in items])
                 return
-            self._last_dispatch[worker_id] = time.monotonic()
             self._start_invocation(worker_id, items, slots)
-
-    def _log_take_failure(self, worker_id: str, exc: Exception, delay_s: float) -> None:
-        """A Redis refusal (WRONGTYPE: someone's hash on the queue key) is one line per
-        queue a minute, not a traceback per retry; anything else is a bug: traceback."""
-        if not isinstance(exc, RedisResponseError):
-            log.error("take from %s failed; retrying in %.2f s", worker_id, delay_s, exc_info=exc)
-            return
-        now = time.monotonic()
-        if now - self._take_error_logged.get(worker_id, -_TAKE_ERROR_LOG_S) >= _TAKE_ERROR_LOG_S:
-            self._take_error_logged[worker_id] = now
-            log.error("queue %s cannot be taken from: %s (retrying; logged once a minute)",
-                      worker_id, exc)  # fmt: skip
 
     async def _acquire(self, slots: asyncio.Semaphore) -> None:
         """The queue's slot, then a global one (FIFO-fair across queues)."""
@@ -245,62 +255,9 @@ class Drainer:
         self.limiter.release()
         slots.release()
 
-    async def _take_batch(
-        self, worker_id: str, slots: asyncio.Semaphore
-    ) -> tuple[list[Taken], bool]:
-        """Take a batch; when items come back the caller owns both slots. (items, paused)
-
-        An idle queue is waited on (BLMOVE) holding NO slot, so neither other queues
-        nor this queue's own retries wait behind a reader blocked in Redis.
-        """
-        size = self._s.batch.batch_size
-        await self._acquire(slots)
-        held = True
-        try:
-            result = await self._source.take(worker_id, size, block_s=0)
-            if not result.items:
-                self._release(slots)
-                held = False
-                if result.paused:
-                    return [], True
-                result = await self._source.take(worker_id, size, block_s=self._s.queues.block_s)
-                if not result.items:
-                    return [], result.paused
-                await self._acquire(slots)
-                held = True
-            items = list(result.items)
-            await self._fill_window(worker_id, items)
-            return items, False
-        except BaseException:
-            if held:
-                self._release(slots)
-            raise
-
-    async def _fill_window(self, worker_id: str, items: list[Taken]) -> None:
-        """Top up a partial batch from a busy queue: sleep out the window, take again.
-
-        The wait is a local sleep, not a short blocking call: Redis times blocking
-        commands out on its own clock (100 ms ticks), far coarser than a window.
-        """
-        size = self._s.batch.batch_size
-        last = self._last_dispatch.get(worker_id)
-        wait_s = window_wait_s(
-            taken=len(items),
-            batch_size=size,
-            window_s=self._s.batch.window_s,
-            since_last_dispatch_s=None if last is None else time.monotonic() - last,
-        )
-        if wait_s <= 0:
-            return
-        await asyncio.sleep(wait_s)
-        more = await self._source.take(worker_id, size - len(items), block_s=0)
-        items.extend(more.items)
-
-    async def _wait_while_paused(self, worker_id: str) -> None:
-        log.info("queue %s is paused", worker_id)
-        while await self._source.is_paused(worker_id):
-            await asyncio.sleep(self._s.queues.pause_poll_s)
-        log.info("queue %s resumed", worker_id)
+    async def _hand_back(self, worker_id: str, task_ids: list[str]) -> None:
+        await self._source.hand_back(worker_id, task_ids)
+        self.intakes[worker_id].settled(task_ids)
 
     # --- invoking and settling ----------------------------------------------------
     async def _run(self, worker_id: str, items: list[Taken], slots: asyncio.Semaphore) -> None:
@@ -317,11 +274,15 @@ class Drainer:
             except Exception:  # Redis refused the dead-letter or retry bookkeeping
                 log.exception("settling %d failed ids of %s failed; handing them back",
                               len(failed), worker_id)  # fmt: skip
-                await self._source.hand_back(worker_id, [t.task_id for t in failed])
+                await self._hand_back(worker_id, [t.task_id for t in failed])
 
     async def _invoke(self, worker_id: str, items: list[Taken]) -> tuple[list[Taken], str, bool]:
         """One invocation; returns the failed items, the reason and whether to retry them."""
-        event = InvocationEvent(worker_id, tuple(TaskRef(t.task_id, t.attempt) for t in items))
+        isolate = self._s.fair.tenant_isolation or self._s.local.isolate_circles
+        tenant = items[0].circle if isolate else None  # a one-circle batch names its circle
+        event = InvocationEvent(
+            worker_id, tuple(TaskRef(t.task_id, t.attempt) for t in items), tenant_id=tenant
+        )
         fn = self._s.function
         started = time.monotonic()
         outcome = "ok"
@@ -356,6 +317,7 @@ class Drainer:
                 await self._dead_letter(worker_id, group, f"dead-lettered (rejected): {why}")
             done = [t for t in items if t.task_id not in bad and t.task_id not in rejected]
             await self._source.ack(worker_id, done)
+            self.intakes[worker_id].settled([t.task_id for t in done])
         self.stats.batches += 1
         self.stats.invocation_errors += outcome == "invocation-error"
         self.stats.batch_s += time.monotonic() - started
@@ -427,7 +389,9 @@ class Drainer:
             return
         self.stats.dead_lettered += len(items)
         log.warning("dead-letter worker=%s count=%d reason=%s", worker_id, len(items), message)
-        await self._source.dead_letter(worker_id, [t.task_id for t in items], message)
+        task_ids = [t.task_id for t in items]
+        await self._source.dead_letter(worker_id, task_ids, message)
+        self.intakes[worker_id].settled(task_ids)
 
     async def _on_throttled(self, worker_id: str, items: list[Taken], exc: ThrottledError) -> None:
         self.stats.throttled += 1
@@ -449,7 +413,7 @@ class Drainer:
         """Run ``items`` again after ``delay_s``; once stopping, hand them back instead."""
         task_ids = [t.task_id for t in items]
         if self._stopping:
-            await self._source.hand_back(worker_id, task_ids)
+            await self._hand_back(worker_id, task_ids)
             return
         self.stats.retried += len(items) if redeliver else 0
         task = asyncio.create_task(
@@ -464,7 +428,12 @@ class Drainer:
     ) -> None:
         await asyncio.sleep(delay_s)
         if redeliver:  # a new delivery: a new attempt, the fencing token of this run
-            items = list(await self._source.redeliver(worker_id, [t.task_id for t in items]))
+            circle = {t.task_id: t.circle for t in items}
+            again = await self._source.redeliver(worker_id, [t.task_id for t in items])
+            self.intakes[worker_id].settled(
+                sorted(set(circle).difference(t.task_id for t in again))
+            )
+            items = [replace(t, circle=circle[t.task_id]) for t in again]
         if items:
             slots = self._queue_slots[worker_id]
             await self._acquire(slots)

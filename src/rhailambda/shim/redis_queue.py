@@ -3,14 +3,19 @@
 Every script touches one slot (a Redis Cluster refuses anything else): a queue's
 in-flight lists, dead letters and pause switch share the queue's slot; a task's
 hash and done marker share the hash's slot (:class:`~rhailambda.protocol.KeyLayout`).
-So taking is two steps:
+So taking is two steps, and the drain loop may hold ids between them for long (its
+fair-share read-ahead window, shim.intake):
 
-1. *move* (queue slot): ``BLMOVE queue inflight RIGHT LEFT`` only on an empty
-   queue, then one script that checks the pause switch and fills the batch with
-   ``LMOVE``: ids go straight into our in-flight list, never through a bare pop.
-2. *deliver* (task slots: one script per slot on a cluster, one in all on a
-   standalone server): skip tasks already final or finished (their done marker),
-   count the attempt (``HINCRBY`` on the hash: the fencing token), read createdAt.
+1. *read ahead* (:meth:`RedisQueueSource.read_ahead`): the *move* (queue slot):
+   ``BLMOVE queue inflight RIGHT LEFT`` only on an empty queue, then one script
+   that checks the pause switch and moves up to n ids with ``LMOVE``: ids go
+   straight into our in-flight list, never through a bare pop. Then each id's
+   circle is read with a plain ``HMGET`` (one key per command, so any node
+   answers its own; nothing is written and no attempt is counted).
+2. *deliver* (:meth:`RedisQueueSource.deliver`, task slots: one script per slot on
+   a cluster, one in all on a standalone server), for the ids put into a batch:
+   skip tasks already final or finished (their done marker), count the attempt
+   (``HINCRBY`` on the hash: the fencing token), read createdAt.
    An id whose task key is not a hash, or whose attempt field is not an integer, is
    poison: dead-lettered with an error reply, alone. Any other refusal (OOM, READONLY)
    is Redis's, not the task's: the script fails and the call is waited out.
@@ -19,6 +24,12 @@ Ids dropped by *deliver* leave the in-flight list in one more queue-slot call; t
 rest are handed to the drain loop. If a step fails half-way (connection lost after
 the server ran it), ids can sit in our in-flight list unknown to us: the next take
 on that queue hands such orphans back to the queue.
+
+The in-flight list holds the newest id on the left and may hold a whole read-ahead
+window (tens of thousands). Acks, dead letters and retries' checks look for ids that
+were read ahead earlier, near its right end: they scan from the right (``LREM -1``,
+``LPOS RANK -1``), so each costs the ids older than it, not the window. A hand-back
+(read-ahead ids at a pause or shutdown, newest first) scans from the left.
 
 Each queue's taker owns a channel (its own connections: BLMOVE blocks); every
 other call shares the client's pipelined connection per node.
@@ -31,36 +42,38 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rhailambda.errors import RedisResponseError
+from rhailambda.protocol import CONTEXT_ID, FIELD_ALIASES
 from rhailambda.resp_async import AsyncChannel, AsyncRespClient, AsyncScript
 from rhailambda.settings import ProtocolSettings
 from rhailambda.shim import finishing
 from rhailambda.shim.health import Health
-from rhailambda.shim.source import Taken, TakeResult
+from rhailambda.shim.inflight_lua import (
+    DEAD_LETTER_LUA,
+    FORGET_LUA,
+    HAND_BACK_LUA,
+    HELD_LUA,
+    MOVE_LUA,
+)
+from rhailambda.shim.source import Ahead, ReadAhead, Taken, TakeResult
 from rhailambda.slots import by_group
 
-__all__ = ["HAND_BACK_LUA", "RedisQueueSource"]
+__all__ = ["RedisQueueSource", "circle_from", "circle_read"]
+
+_CONTEXT_ALIAS = next(k for k, v in FIELD_ALIASES.items() if v == CONTEXT_ID)  # context_id
+
+
+def circle_read(key: str) -> list[str | int]:
+    """The read-only command giving a task's circle (both spellings of contextId)."""
+    return ["HMGET", key, CONTEXT_ID, _CONTEXT_ALIAS]
+
+
+def circle_from(reply: Any) -> str:
+    """The circle in :func:`circle_read`'s reply; "" for none (or an error reply)."""
+    values = reply if isinstance(reply, list) else []
+    return next((str(v) for v in values if v), "")
+
 
 _BLOCK_MARGIN_S = 5.0  # a BLMOVE's reply may take this much longer than its block
-
-# KEYS: queue, inflight, paused. ARGV: n, [first id (moved by BLMOVE)]
-_MOVE_LUA = """
-local queue, inflight = KEYS[1], KEYS[2]
-local ids = {}
-if ARGV[2] then ids[1] = ARGV[2] end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  for i = #ids, 1, -1 do
-    if redis.call('LREM', inflight, 1, ids[i]) == 1 then redis.call('RPUSH', queue, ids[i]) end
-  end
-  return {-1}
-end
-local n = tonumber(ARGV[1])
-while #ids < n do
-  local id = redis.call('LMOVE', queue, inflight, 'RIGHT', 'LEFT')
-  if not id then break end
-  ids[#ids + 1] = id
-end
-return ids
-"""
 
 # KEYS: task1, done1, task2, done2, ... (one slot). Per task: {'go', attempt, createdAt},
 # {'drop'} (final and answered, or finished and cleaned up), or {'poison', why}. A final
@@ -94,58 +107,6 @@ end
 return out
 """
 
-# KEYS: inflight. ARGV: ids to forget (one entry each). Returns how many were removed.
-_FORGET_LUA = """
-local removed = 0
-for i = 1, #ARGV do removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
-return removed
-"""
-
-# KEYS: inflight. ARGV: ids. Returns the ids still in flight (for a retry).
-_HELD_LUA = """
-local out = {}
-for i = 1, #ARGV do
-  if redis.call('LPOS', KEYS[1], ARGV[i]) then out[#out + 1] = ARGV[i] end
-end
-return out
-"""
-
-# KEYS: inflight, dead-letter list. ARGV: ids.
-_DEAD_LETTER_LUA = """
--- Only ids still in flight move: a retry after a lost reply pushes nothing twice.
-local moved = 0
-for i = 1, #ARGV do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
-    redis.call('LPUSH', KEYS[2], ARGV[i])
-    moved = moved + 1
-  end
-end
-return moved
-"""
-
-# KEYS: inflight, queue. ARGV: ids (newest first), or none for all.
-# The in-flight list holds the newest on the left; pushing left-to-right onto the
-# queue's right end leaves the oldest at the very right: taken next, oldest first.
-HAND_BACK_LUA = """
-local inflight, queue = KEYS[1], KEYS[2]
-local moved = 0
-if #ARGV == 0 then
-  local items = redis.call('LRANGE', inflight, 0, -1)
-  for i = 1, #items, 1000 do
-    redis.call('RPUSH', queue, unpack(items, i, math.min(i + 999, #items)))
-  end
-  redis.call('DEL', inflight)
-  return #items
-end
-for i = 1, #ARGV do
-  if redis.call('LREM', inflight, 1, ARGV[i]) == 1 then
-    redis.call('RPUSH', queue, ARGV[i])
-    moved = moved + 1
-  end
-end
-return moved
-"""
-
 _ARGS_PER_CALL = 1000  # ElastiCache allows 3,999 arguments per command
 
 
@@ -175,11 +136,11 @@ class RedisQueueSource:
         self._queue_keys = {self._layout.queue(w) for w in worker_ids}  # ids may not name one
         self._shim_id = shim_id
         self._health = health
-        self._move = AsyncScript(_MOVE_LUA)
+        self._move = AsyncScript(MOVE_LUA)
         self._deliver = AsyncScript(_DELIVER_LUA)
-        self._forget = AsyncScript(_FORGET_LUA)
-        self._held_script = AsyncScript(_HELD_LUA)
-        self._dead_letter = AsyncScript(_DEAD_LETTER_LUA)
+        self._forget = AsyncScript(FORGET_LUA)
+        self._held_script = AsyncScript(HELD_LUA)
+        self._dead_letter = AsyncScript(DEAD_LETTER_LUA)
         self._hand_back = AsyncScript(HAND_BACK_LUA)
         self._held: dict[str, Counter[str]] = {}  # ids handed to the drain loop, per queue
         self._suspect: set[str] = set()  # queues where a move may have half-failed
@@ -208,7 +169,7 @@ class RedisQueueSource:
     def _keys(self, worker_id: str) -> tuple[str, str]:
         return self._layout.queue(worker_id), self._layout.inflight(worker_id, self._shim_id)
 
-    def _hold(self, worker_id: str, items: Sequence[Taken]) -> None:
+    def _hold(self, worker_id: str, items: Sequence[Taken | Ahead]) -> None:
         held = self._held.setdefault(worker_id, Counter())
         for item in items:
             held[item.task_id] += 1
@@ -222,6 +183,13 @@ class RedisQueueSource:
                     del held[task_id]
 
     async def take(self, worker_id: str, max_items: int, *, block_s: float) -> TakeResult:
+        """Read ahead and deliver at once (tools and tests; the drain loop calls the two)."""
+        ahead = await self.read_ahead(worker_id, max_items, block_s=block_s)
+        if ahead.paused:
+            return TakeResult(paused=True)
+        return TakeResult(await self.deliver(worker_id, ahead.items))
+
+    async def read_ahead(self, worker_id: str, max_items: int, *, block_s: float) -> ReadAhead:
         if worker_id in self._suspect:
             await self._hand_back_orphans(worker_id)
         queue, inflight = self._keys(worker_id)
@@ -251,16 +219,17 @@ class RedisQueueSource:
                 blmove: list[str | float] = ["BLMOVE", queue, inflight, "RIGHT", "LEFT", block_s]
                 first = await step("blmove", lambda: channel.execute(*blmove, timeout_s=timeout_s))
                 if first is None:
-                    return TakeResult()
+                    return ReadAhead()
                 args.append(str(first))
             ids = await step("take", lambda: self._move(channel, keys, args))
             if ids and ids[0] == -1:
-                return TakeResult(paused=True)
-            items = await self._delivered(worker_id, [str(i) for i in ids], step)
+                return ReadAhead(paused=True)
+            task_ids = [str(i) for i in ids]
+            circles = await self._circles(task_ids)  # read-only: retried freely
         except RedisResponseError as exc:
             self._suspect.add(worker_id)
             if exc.code == "WRONGTYPE" and await self._evict_task_on_queue(worker_id):
-                return TakeResult()
+                return ReadAhead()
             raise
         except BaseException:
             self._suspect.add(worker_id)  # cancelled or failed mid-move: look for orphans
@@ -270,7 +239,27 @@ class RedisQueueSource:
             # ids it moved sit in our in-flight list unknown to us. Hand them back next.
             if tries > calls:
                 self._suspect.add(worker_id)
-        return TakeResult(items)
+        items = tuple(Ahead(t, c) for t, c in zip(task_ids, circles, strict=True))
+        self._hold(worker_id, items)
+        return ReadAhead(items)
+
+    async def _circles(self, task_ids: Sequence[str]) -> list[str]:
+        """Each id's circle (contextId, or its snake_case spelling); "" when the task has
+        none or its key is no hash (deliver dead-letters those)."""
+        reads = [circle_read(self._layout.task(t)) for t in task_ids if self._collision(t) is None]
+        if not reads:
+            return ["" for _ in task_ids]
+        replies = iter(await self._health.call("circles", lambda: self._client.round_trip(reads)))
+        return [
+            circle_from(next(replies) if self._collision(t) is None else None) for t in task_ids
+        ]
+
+    async def deliver(self, worker_id: str, items: Sequence[Ahead]) -> tuple[Taken, ...]:
+        circle = {a.task_id: a.circle for a in items}
+        taken = await self._delivered(worker_id, [a.task_id for a in items])
+        return tuple(
+            Taken(t.task_id, t.attempt, t.created_at, circle.get(t.task_id, "")) for t in taken
+        )
 
     async def _delivered(
         self,
@@ -278,7 +267,7 @@ class RedisQueueSource:
         task_ids: Sequence[str],
         step: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
     ) -> tuple[Taken, ...]:
-        """Count an attempt for each id now in flight; settle the ones not to run."""
+        """Count an attempt for each id we hold in flight; settle the ones not to run."""
         if not task_ids:
             return ()
         step = step or self._health.call
@@ -324,9 +313,8 @@ class RedisQueueSource:
         _, inflight = self._keys(worker_id)
         for chunk in _chunks(drop):
             await self._script("forget", self._forget, [inflight], chunk)
-        self._hold(worker_id, items)
+        self._release(worker_id, drop)  # held since read_ahead, as are the others
         for why, ids in poison.items():
-            self._hold(worker_id, [Taken(t, 1) for t in ids])
             await self.dead_letter(worker_id, ids, f"malformed task: its task key {why}")
         return tuple(items)
 
@@ -382,7 +370,8 @@ class RedisQueueSource:
         for chunk in _chunks(task_ids):
             got = await self._script("held", self._held_script, [inflight], chunk)
             still += [str(t) for t in got]
-        self._release(worker_id, task_ids)  # _delivered holds those still in flight again
+        gone = set(task_ids).difference(still)  # reaped meanwhile: no longer ours
+        self._release(worker_id, [t for t in task_ids if t in gone])
         return await self._delivered(worker_id, still)
 
     async def ack(self, worker_id: str, items: Sequence[Taken]) -> None:

@@ -25,6 +25,7 @@ from rhailambda.settings import Env, ProtocolSettings, RedisSettings
 
 __all__ = [
     "BatchSettings",
+    "FairSettings",
     "FlowSettings",
     "FunctionSettings",
     "LocalBackendSettings",
@@ -69,6 +70,17 @@ class FlowSettings:
     max_concurrency: int = 2
     per_queue_concurrency: int = 2
     shutdown_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class FairSettings:
+    """How one queue's read-ahead is shared among its circles (shim.fair, shim.intake)."""
+
+    fair_share: bool = True  # circles take turns; off: oldest first across circles
+    window: int = 50_000  # ids read ahead per queue (in flight, no attempt counted yet)
+    per_circle_concurrency: int | None = None  # tasks of one circle running at once
+    per_circle_rate: float | None = None  # tasks of one circle started per second
+    tenant_isolation: bool = False  # every batch from one circle (InvocationEvent.tenant_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +156,7 @@ class ShimSettings:
     queues: QueueSettings
     batch: BatchSettings = BatchSettings()
     flow: FlowSettings = FlowSettings()
+    fair: FairSettings = FairSettings()
     retry: RetrySettings = RetrySettings()
     function: FunctionSettings = FunctionSettings()
     local: LocalBackendSettings = LocalBackendSettings()
@@ -190,6 +203,27 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
         "--per-queue-concurrency",
         "RHAILAMBDA_PER_QUEUE_CONCURRENCY",
         "invocations at once per queue, 1 to 10000 (default: max concurrency)",
+    ),
+    ("--fair-share", "RHAILAMBDA_FAIR_SHARE", "circles share each queue in turns (default true)"),
+    (
+        "--fair-window",
+        "RHAILAMBDA_FAIR_WINDOW",
+        "ids read ahead per queue for fair share, batch size to 1000000 (default 50000)",
+    ),
+    (
+        "--per-circle-concurrency",
+        "RHAILAMBDA_PER_CIRCLE_CONCURRENCY",
+        "tasks of one circle running at once, 1 to 1000000 (default: no cap)",
+    ),
+    (
+        "--per-circle-rate",
+        "RHAILAMBDA_PER_CIRCLE_RATE",
+        "tasks of one circle started per second, 0.001 to 1000000 (default: no cap)",
+    ),
+    (
+        "--tenant-isolation",
+        "RHAILAMBDA_TENANT_ISOLATION",
+        "every batch from one circle, invoked as that tenant (default false)",
     ),
     (
         "--max-attempts",
@@ -358,6 +392,22 @@ def _count(env: Env, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _fair(env: Env, default_batch: int) -> FairSettings:
+    batch = _count(env, "RHAILAMBDA_BATCH_SIZE", default_batch, 1, 10_000)
+    concurrency = rate = None
+    if env.optional_str("RHAILAMBDA_PER_CIRCLE_CONCURRENCY"):
+        concurrency = _count(env, "RHAILAMBDA_PER_CIRCLE_CONCURRENCY", 0, 1, 1_000_000)
+    if env.optional_str("RHAILAMBDA_PER_CIRCLE_RATE"):
+        rate = _seconds(env, "RHAILAMBDA_PER_CIRCLE_RATE", 0.0, 0.001, 1_000_000.0)
+    return FairSettings(
+        fair_share=env.bool("RHAILAMBDA_FAIR_SHARE", True),
+        window=_count(env, "RHAILAMBDA_FAIR_WINDOW", max(50_000, batch), batch, 1_000_000),
+        per_circle_concurrency=concurrency,
+        per_circle_rate=rate,
+        tenant_isolation=env.bool("RHAILAMBDA_TENANT_ISOLATION", False),
+    )
+
+
 def _region(env: Env, function_name: str = "") -> None:
     """The lambda backend needs an AWS region: found here, not at the first invoke.
 
@@ -429,6 +479,7 @@ def _build(env: Env) -> ShimSettings:
             per_queue_concurrency=per_queue,
             shutdown_timeout_s=_seconds(env, "RHAILAMBDA_SHUTDOWN_TIMEOUT_S", 30.0, 0.0, 3600.0),
         ),
+        fair=_fair(env, default_batch),
         retry=RetrySettings(
             max_attempts=_count(env, "RHAILAMBDA_MAX_ATTEMPTS", 3, 1, 1000),
             max_task_age_s=max_age or None,

@@ -4,6 +4,11 @@
 :class:`LeaseStore` is what the lease keeper needs. Ids taken from a queue sit in
 an in-flight list owned by this shim until they are acknowledged, dead-lettered
 or handed back, so a crash never loses one.
+
+Taking is two calls: :meth:`QueueSource.read_ahead` moves ids into in-flight and
+reads each one's circle (read-only on the task), so the drain loop can hold a large
+window and order it by circle (shim.fair); :meth:`QueueSource.deliver` counts the
+attempt (the fencing token) of the ids it puts into a batch, right before invoking.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["LeaseStore", "QueueSource", "TakeResult", "Taken"]
+__all__ = ["Ahead", "LeaseStore", "QueueSource", "ReadAhead", "TakeResult", "Taken"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +27,21 @@ class Taken:
     task_id: str
     attempt: int
     created_at: str = ""
+    circle: str = ""  # the task's contextId ("" when it has none)
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """An id read ahead (in flight, no attempt counted yet) and its circle."""
+
+    task_id: str
+    circle: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    items: tuple[Ahead, ...] = ()
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +51,20 @@ class TakeResult:
 
 
 class QueueSource(Protocol):
-    async def take(self, worker_id: str, max_items: int, *, block_s: float) -> TakeResult:
-        """Move up to ``max_items`` ids (oldest first) into in-flight, counting an attempt.
+    async def read_ahead(self, worker_id: str, max_items: int, *, block_s: float) -> ReadAhead:
+        """Move up to ``max_items`` ids (oldest first) into in-flight and read each one's
+        circle; no attempt is counted and the task hashes are not written.
 
-        With ``block_s`` > 0, wait that long for the first id on an empty queue.
-        Ids of tasks already final are dropped (acknowledged) without a delivery.
+        With ``block_s`` > 0, wait that long for the first id on an empty queue. A
+        paused queue moves nothing (``paused``).
+        """
+        ...
+
+    async def deliver(self, worker_id: str, items: Sequence[Ahead]) -> tuple[Taken, ...]:
+        """Count an attempt for read-ahead ids about to be invoked (oldest first).
+
+        Ids of tasks already final are dropped (acknowledged) without a delivery;
+        malformed ones are dead-lettered.
         """
         ...
 

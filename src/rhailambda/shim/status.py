@@ -1,14 +1,22 @@
-"""What ``rhailambda status`` shows: queues, in-flight ids, dead letters, live shims.
+"""What ``rhailambda status`` shows: queues, in-flight ids, dead letters, live shims, circles.
 
 Queues are found without KEYS or SCAN: every live shim lists its worker ids in
-its info hash, and ``--worker`` adds more. Three rounds of single-key reads (one
+its info hash, and ``--worker`` adds more. Four rounds of single-key reads (one
 write per node each), so it works on a Redis Cluster too. A queue whose key holds
 the wrong type (a hash at ``rhailib:w1``) is reported on its own row.
+
+Circles per queue: each live shim publishes the busiest circles of its read-ahead
+window (read ahead and running, shim.intake); what no shim has read yet is known
+from a sample: the circles of the next ``circle_sample`` ids to be taken (one HMGET
+each), never the whole queue. The busiest few per queue are shown.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -16,9 +24,12 @@ from typing import Any
 
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp import RespClient
+from rhailambda.shim.intake import CIRCLES_FIELD
 from rhailambda.shim.redis_lease import WORKERS_FIELD
+from rhailambda.shim.redis_queue import circle_from, circle_read
 
 __all__ = [
+    "CircleStatus",
     "QueueStatus",
     "ShimStatus",
     "Status",
@@ -27,6 +38,17 @@ __all__ = [
     "queue_rows",
     "render_status",
 ]
+
+CIRCLE_SAMPLE = 200  # queued ids per queue whose circle is read
+TOP_CIRCLES = 5  # circles shown per queue
+
+
+@dataclass(frozen=True, slots=True)
+class CircleStatus:
+    circle: str
+    read_ahead: int  # queued in live shims' read-ahead windows
+    running: int  # delivered to an invocation, not yet settled
+    sampled: int  # of the next ``circle_sample`` ids in the queue itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +60,7 @@ class QueueStatus:
     dead_letters: int
     paused: bool
     error: str = ""  # a key of this queue holds the wrong type (the others still show)
+    circles: tuple[CircleStatus, ...] = ()  # the busiest, most queued + running first
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +83,15 @@ class Status:
         return asdict(self)
 
 
-def gather_status(client: RespClient, layout: KeyLayout, workers: Sequence[str] = ()) -> Status:
-    """Two rounds of single-key reads (one write per node): works on any deployment."""
+def gather_status(
+    client: RespClient,
+    layout: KeyLayout,
+    workers: Sequence[str] = (),
+    *,
+    circle_sample: int = CIRCLE_SAMPLE,
+    top_circles: int = TOP_CIRCLES,
+) -> Status:
+    """Rounds of single-key reads (one write per node): works on any deployment."""
     now_ms = time.time() * 1000
     flat = client.execute("ZRANGE", layout.shims(), 0, -1, "WITHSCORES", idempotent=True)
     leases = [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
@@ -87,8 +117,16 @@ def gather_status(client: RespClient, layout: KeyLayout, workers: Sequence[str] 
     names = list(dict.fromkeys([*workers, *(w for s in shims for w in s.workers)]))
     held_by = [(s.shim_id, s.live) for s in shims]
     commands = queue_commands(layout, names, held_by)
+    commands += [["LRANGE", layout.queue(w), -circle_sample, -1] for w in names]
     replies = client.round_trip(commands, idempotent=True) if commands else []
-    queues = queue_rows(layout, names, held_by, replies)
+    rows = len(replies) - len(names)
+    queues = queue_rows(layout, names, held_by, replies[:rows])
+    samples = [[str(t) for t in s] if isinstance(s, list) else [] for s in replies[rows:]]
+    sampled = _sampled_circles(client, layout, samples)
+    queues = [
+        dataclasses.replace(q, circles=_circles(q.worker_id, shims, found, top_circles))
+        for q, found in zip(queues, sampled, strict=True)
+    ]
     return Status(tuple(queues), tuple(shims))
 
 
@@ -136,6 +174,42 @@ def queue_rows(
             )
         )  # fmt: skip
     return queues
+
+
+def _sampled_circles(
+    client: RespClient, layout: KeyLayout, samples: list[list[str]]
+) -> list[Counter[str]]:
+    """The circles of each queue's sampled ids (one HMGET per id, one round)."""
+    reads = [circle_read(layout.task(t)) for ids in samples for t in ids]
+    replies = iter(client.round_trip(reads, idempotent=True) if reads else [])
+    out: list[Counter[str]] = []
+    for ids in samples:
+        found: Counter[str] = Counter()
+        for _ in ids:
+            found[circle_from(next(replies))] += 1
+        out.append(found)
+    return out
+
+
+def _circles(
+    worker_id: str, shims: list[ShimStatus], sampled: Counter[str], top: int
+) -> tuple[CircleStatus, ...]:
+    ahead: Counter[str] = Counter()
+    running: Counter[str] = Counter()
+    for shim in shims:
+        if not shim.live:
+            continue
+        try:
+            rows = json.loads(shim.info.get(CIRCLES_FIELD) or "{}").get(worker_id, [])
+            for circle, queued, run in rows:
+                ahead[str(circle)] += int(queued)
+                running[str(circle)] += int(run)
+        except (ValueError, TypeError, AttributeError):
+            continue  # an older shim's info, or someone else's: no circle rows from it
+    names = set(ahead) | set(running) | set(sampled)
+    rows = [CircleStatus(c, ahead[c], running[c], sampled[c]) for c in names]
+    rows.sort(key=lambda r: (-(r.read_ahead + r.running + r.sampled), r.circle))
+    return tuple(rows[:top])
 
 
 def _heartbeat_late(info: dict[str, str], lease_until_ms: float, now_ms: float) -> str:
@@ -201,3 +275,12 @@ def render_status(status: Status) -> None:
                       s.info.get("batches", ""), s.info.get("dead_lettered", ""),
                       s.problem or s.info.get("last_error", ""))  # fmt: skip
     console.print(shims)
+    circles = Table(title="busiest circles per queue (queued in the queue: of its next ids)")
+    for column in ("worker", "circle", "read ahead", "running", "queued (sampled)"):
+        circles.add_column(column, justify="left" if column in ("worker", "circle") else "right")
+    for q in status.queues:
+        for c in q.circles:
+            circles.add_row(q.worker_id, c.circle or "(none)", str(c.read_ahead),
+                            str(c.running), str(c.sampled))  # fmt: skip
+    if any(q.circles for q in status.queues):
+        console.print(circles)
