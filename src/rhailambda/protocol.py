@@ -68,6 +68,19 @@ def normalize_worker_id(worker_id: str) -> str:
     return worker_id.replace(" ", "_").lower()
 
 
+def age_s(created_at: str, now: float) -> float | None:
+    """Seconds since ``created_at`` (RFC 3339; no zone: UTC) at ``now``; None if unreadable."""
+    if not created_at:
+        return None
+    try:
+        created = datetime.fromisoformat(created_at)
+    except ValueError:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return now - created.timestamp()
+
+
 def now_rfc3339() -> str:
     """The current UTC time as RFC 3339 (``2026-01-01T00:00:00.123456+00:00``)."""
     return datetime.now(UTC).isoformat()

@@ -26,10 +26,10 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
 
 from rhailambda.errors import InvocationError, ThrottledError
 from rhailambda.event import InvocationEvent, TaskRef
+from rhailambda.protocol import age_s
 from rhailambda.shim.cancel import cancel_and_wait
 from rhailambda.shim.intake import Intake
 from rhailambda.shim.invoker import Invoker
@@ -61,18 +61,6 @@ class DrainStats:
 
     def as_info(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}
-
-
-def _age_s(created_at: str, now: float) -> float | None:
-    if not created_at:
-        return None
-    try:
-        created = datetime.fromisoformat(created_at)
-    except ValueError:
-        return None
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return now - created.timestamp()
 
 
 class Drainer:
@@ -351,9 +339,7 @@ class Drainer:
         if max_age is None:
             return []
         now = time.time()
-        return [
-            t for t in items if (age := _age_s(t.created_at, now)) is not None and age > max_age
-        ]
+        return [t for t in items if (age := age_s(t.created_at, now)) is not None and age > max_age]
 
     def _age_msg(self, last_error: str = "") -> str:
         suffix = f": {last_error}" if last_error else ""

@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from rhailambda.protocol import CREATED_AT, KeyLayout
+from rhailambda.protocol import CREATED_AT, KeyLayout, age_s
 from rhailambda.resp_async import RoundTripper
-from rhailambda.shim.drain import DrainStats, _age_s
+from rhailambda.shim.drain import DrainStats
 from rhailambda.shim.status import queue_commands, queue_rows
 
 __all__ = ["METRICS", "MetricDef", "QueueSample", "Sample", "Sampler", "ShimCounters"]
@@ -193,7 +193,7 @@ def _created_age(reply: Any, now: float) -> float | None:
     if not isinstance(reply, list):
         return None  # not a hash (a poison id): no age to tell
     stamp = next((str(v) for v in reply if v), "")
-    age = _age_s(stamp, now)
+    age = age_s(stamp, now)
     return None if age is None else max(0.0, age)
 
 
