@@ -28,6 +28,7 @@ from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient, AsyncScript
 from rhailambda.resp_wire import raise_error
 from rhailambda.shim.health import Health
+from rhailambda.shim.inflight_lua import HAND_BACK_LUA
 from rhailambda.shim.upgrade import LegacyKeys
 
 __all__ = ["WORKERS_FIELD", "RedisLeaseStore"]
@@ -40,16 +41,6 @@ _HEARTBEAT_LUA = """
 local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end
 return added
-"""
-
-# KEYS: inflight, queue (one slot). Moves the whole in-flight list back, oldest first.
-_RETURN_LUA = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = 1, #items, 1000 do
-  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
-end
-redis.call('DEL', KEYS[1])
-return #items
 """
 
 # KEYS: shims zset, info hash. ARGV: shim id, now ms, force ('1': remove even if live).
@@ -79,7 +70,7 @@ class RedisLeaseStore:
         self._shim_id = shim_id
         self._health = health
         self._heartbeat = AsyncScript(_HEARTBEAT_LUA)
-        self._return = AsyncScript(_RETURN_LUA)
+        self._return = AsyncScript(HAND_BACK_LUA)  # no ids: the whole list
         self._remove = AsyncScript(_REMOVE_LUA)
         self._registered = False
         self._legacy = LegacyKeys(client, layout, health)  # the previous key layout's

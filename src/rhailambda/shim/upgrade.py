@@ -30,21 +30,11 @@ from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient, AsyncScript
 from rhailambda.resp_wire import raise_error
 from rhailambda.shim.health import Health
+from rhailambda.shim.inflight_lua import HAND_BACK_LUA
 
 __all__ = ["LegacyKeys"]
 
 log = logging.getLogger("rhailambda.shim")
-
-# KEYS: from-list, to-list. Appends the whole from-list at the to-list's right end
-# (a queue's front, taken next; a dead-letter list's oldest end), then deletes it.
-_APPEND_LUA = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = 1, #items, 1000 do
-  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
-end
-redis.call('DEL', KEYS[1])
-return #items
-"""
 
 # KEYS: old paused set, new paused key. ARGV: worker id.
 _PAUSE_LUA = """
@@ -65,7 +55,7 @@ class LegacyKeys:
         self._layout = layout
         self._health = health
         self._old = layout.internal_prefix
-        self._append = AsyncScript(_APPEND_LUA)
+        self._append = AsyncScript(HAND_BACK_LUA)  # no ids: the whole list, oldest first
         self._pause = AsyncScript(_PAUSE_LUA)
         self.pending = True  # until a pass found no old lease left
 
