@@ -95,7 +95,8 @@ HOSTILE = [
     "x" * 5000,  # longer than any label should be
     "x" * 4999 + "y",  # the same prefix: must not share its label
     'quote " backslash \\ newline \n tab \t end',
-    "circle=41",  # looks like an escape of the next one
+    "circle=41",  # "=" starts the label's escapes: escaped itself, never read as "A"
+    "circleA",
     "circle\x00A",
     "ünïcödé ☃ 租户",
     "\udc80 lone surrogate",  # not valid Unicode, but a Python str
