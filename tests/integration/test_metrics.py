@@ -8,6 +8,7 @@ process's stdout, ``/healthz`` and ``/readyz`` answered over HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shlex
@@ -34,16 +35,18 @@ from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.app import serve
 from rhailambda.shim.metrics import METRICS
 from rhailambda.shim.settings import (
+    BatchSettings,
     FlowSettings,
     MetricsSettings,
     QueueSettings,
     RetrySettings,
     ShimSettings,
 )
+from rhailambda.tenancy import tenant_id_for
 
 L = KeyLayout()
 QUEUE_NAMES = {m.name for m in METRICS if m.kind == "queue"}
-ALL_NAMES = {m.name for m in METRICS}
+ALL_NAMES = {m.name for m in METRICS if m.kind != "circle"}  # the shim's line: no circles
 
 Scrape = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
@@ -164,7 +167,7 @@ def test_oldest_task_age_rises_while_paused_and_drops_after_resume(
         stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
     lines = emf_lines(stdout)
-    queue_lines = [line for line in lines if line.get("worker") == "w1"]
+    queue_lines = [ln for ln in lines if ln.get("worker") == "w1" and "circle_rank" not in ln]
     shim_lines = [line for line in lines if "worker" not in line]
     assert queue_lines and shim_lines
     assert all(
@@ -396,7 +399,7 @@ def test_a_poller_run_publishes_the_same_names_and_its_dead_letter_depth(
     assert totals and totals[-1]["DeadLetterDepth"] == [1.0]
     assert totals[-1]["QueueDepth"] == [0.0] and totals[-1]["OldestTaskAge"] == [0.0]
     assert {n for line in totals for n in emf_names(line)} == ALL_NAMES
-    per_queue = {line["worker"]: line for line in lines if "worker" in line}
+    per_queue = {ln["worker"]: ln for ln in lines if "worker" in ln and "circle_rank" not in ln}
     assert set(per_queue) == {"w1", "w2"}
     assert all(emf_names(line) == QUEUE_NAMES for line in per_queue.values())
     assert per_queue["w2"]["DeadLetterDepth"] == [1.0]
@@ -449,3 +452,110 @@ def test_readyz_fails_while_the_lease_cannot_be_renewed(private_redis_server: Re
     finally:
         admin.close()
     assert lapsed.startswith("lease not held") and back == "ok\n"
+
+
+ODD_CIRCLE = 'beta "β"\n' + "x" * 600  # quotes, non-ASCII, a newline, past 256 characters
+
+
+def circles(scraped: Scrape, name: str) -> dict[tuple[str, str], float]:
+    """A circle gauge's series: (worker, circle label) -> value."""
+    return {
+        (dict(labels)["worker"], dict(labels)["circle"]): value
+        for labels, value in scraped.get(name, {}).items()
+    }
+
+
+def test_the_busiest_circles_show_per_queue_and_go_when_the_queue_drains(
+    redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two circles queue work on w1 (one with an id no label could hold as is), one on
+    w2; invocations are held, so each circle has tasks running and tasks queued in the
+    read-ahead window. Prometheus shows each (queue, circle) with its counts, EMF by
+    rank; once the invocations are let go and the queues drain, the series are gone."""
+    work = {("w1", "alpha"): 6, ("w1", ODD_CIRCLE): 3, ("w2", "alpha"): 2}
+    for (worker_id, circle), n in work.items():
+        ids = [f"{worker_id}-{circle[:4]}-{i}" for i in range(n)]
+        seed_tasks(redis_client, L, worker_id, ids)
+        for task_id in ids:
+            redis_client.hset(L.task(task_id), "contextId", circle)
+    expected = {(w, tenant_id_for(c)): n for (w, c), n in work.items()}
+    port = free_port()
+    base = _settings(redis_url, port)
+    settings = dataclasses.replace(
+        base,
+        batch=BatchSettings(batch_size=1),
+        metrics=MetricsSettings(port=port, emf=True, interval_s=0.2),
+    )
+    emf_out: list[dict[str, Any]] = []
+
+    async def scenario() -> tuple[Scrape, Scrape]:
+        gate = asyncio.Event()
+
+        async def held(event: InvocationEvent) -> BatchResponse:
+            await gate.wait()
+            return BatchResponse({t.task_id: "completed" for t in event.tasks})
+
+        stop = asyncio.Event()
+        shim = asyncio.create_task(serve(settings, FakeInvoker(held), stop=stop))
+        busy: Scrape = {}
+
+        async def all_read_and_running() -> bool:
+            nonlocal busy
+            try:
+                busy = await asyncio.to_thread(scrape, port)
+            except OSError:
+                return False
+            queued = circles(busy, "rhailambda_circle_queued")
+            running = circles(busy, "rhailambda_circle_running")
+            totals = {k: queued.get(k, 0) + running.get(k, 0) for k in queued | running}
+            # w1: 2 invocations at once (per queue), w2: both of its tasks running
+            return totals == expected and sum(running.values()) == 4
+
+        drained: Scrape = {}
+
+        async def all_gone() -> bool:
+            nonlocal drained
+            drained = await asyncio.to_thread(scrape, port)
+            return (
+                not circles(drained, "rhailambda_circle_queued")
+                and not circles(drained, "rhailambda_circle_running")
+                and all(
+                    worker(drained, "rhailambda_in_flight", w) == 0
+                    and worker(drained, "rhailambda_queue_depth", w) == 0
+                    for w in ("w1", "w2")
+                )
+            )
+
+        def emf_by_rank() -> bool:
+            emf_out.extend(emf_lines(capsys.readouterr().out))
+            return any(line.get("circle") == tenant_id_for(ODD_CIRCLE) for line in emf_out)
+
+        try:
+            await wait_until(all_read_and_running, timeout_s=30, interval_s=0.05,
+                             what="both circles queued and running")  # fmt: skip
+            await wait_until(emf_by_rank, timeout_s=30, interval_s=0.05, what="EMF circles")
+            gate.set()
+            await wait_until(all_gone, timeout_s=30, interval_s=0.05, what="the drain")
+        finally:
+            gate.set()
+            stop.set()
+            await shim
+        return busy, drained
+
+    busy, drained = asyncio.run(scenario())
+    queued = circles(busy, "rhailambda_circle_queued")
+    running = circles(busy, "rhailambda_circle_running")
+    # fair share: w1's two running tasks are one of each circle; w2's two are both alpha
+    assert running == {("w1", "alpha"): 1, ("w1", tenant_id_for(ODD_CIRCLE)): 1,
+                       ("w2", "alpha"): 2}  # fmt: skip
+    assert queued == {("w1", "alpha"): 5, ("w1", tenant_id_for(ODD_CIRCLE)): 2,
+                      ("w2", "alpha"): 0}  # fmt: skip
+    assert worker(busy, "rhailambda_in_flight", "w1") == 9  # all read ahead: in flight
+    assert {n for n in drained if n.startswith("rhailambda_circle_")} == set()
+    by_rank = [ln for ln in emf_out if "circle_rank" in ln]
+    assert {(ln["worker"], ln["circle_rank"]) for ln in by_rank} <= {
+        (w, str(r)) for w in ("w1", "w2") for r in (1, 2)
+    }
+    odd = [ln for ln in by_rank if ln["circle"] == tenant_id_for(ODD_CIRCLE)]
+    assert odd and all(ln["CircleQueued"][0] + ln["CircleRunning"][0] <= 3 for ln in odd)
+    assert all(len(ln["circle"]) <= 256 for ln in by_rank)

@@ -6,7 +6,14 @@ Both the self-run shim and the poller publish the same metrics (README, "Metrics
   ids in flight (held by live shims), ids waiting for a retry (held by this shim),
   dead letters;
 * per shim: invocations, invocation errors, throttles, batch duration (from the drain
-  loop's :class:`~rhailambda.shim.drain.DrainStats`).
+  loop's :class:`~rhailambda.shim.drain.DrainStats`);
+* per queue and circle, for the :data:`TOP_CIRCLES` busiest circles of each queue's
+  read-ahead window (the intake's ``busiest``, no Redis read): tasks queued there and
+  running. A circle id is tenant data of any length and alphabet, so it is labelled
+  by its :func:`~rhailambda.tenancy.tenant_id_for` spelling (printable ASCII, at most
+  256 characters, one per circle: the same as its Lambda ``TenantId``). Only the top
+  circles of the moment are in a sample, so a circle that dropped out of the top (or
+  has nothing left) has no series: the label set stays bounded.
 
 A :class:`Sampler` reads them; :mod:`~rhailambda.shim.metrics_emf` writes Embedded
 Metric Format lines (CloudWatch) and :mod:`~rhailambda.shim.metrics_prom` renders
@@ -22,16 +29,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from rhailambda.protocol import CREATED_AT, KeyLayout, age_s
 from rhailambda.resp_async import RoundTripper
 from rhailambda.shim.drain import DrainStats
 from rhailambda.shim.status import queue_commands, queue_rows
+from rhailambda.tenancy import tenant_id_for
 
-__all__ = ["METRICS", "MetricDef", "QueueSample", "Sample", "Sampler", "ShimCounters"]
+__all__ = [
+    "METRICS",
+    "TOP_CIRCLES",
+    "CircleSample",
+    "CircleView",
+    "MetricDef",
+    "QueueSample",
+    "Sample",
+    "Sampler",
+    "ShimCounters",
+    "top_circles",
+]
 
 _READ_TIMEOUT_S = 5.0
+#: circles per queue in the metrics: the busiest by queued + running in the window
+TOP_CIRCLES: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +61,7 @@ class MetricDef:
 
     name: str  # CloudWatch metric name, in the EMF lines
     prom: str  # Prometheus family name (a counter's samples add ``_total``)
-    kind: Literal["queue", "counter", "duration"]
+    kind: Literal["queue", "circle", "counter", "duration"]
     unit: str  # Powertools MetricUnit value
     help: str
 
@@ -85,6 +106,20 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     MetricDef("Throttles", "rhailambda_throttles", "counter", "Count", "throttled invocations"),
     MetricDef(
+        "CircleQueued",
+        "rhailambda_circle_queued",
+        "circle",
+        "Count",
+        "tasks of this circle held in this shim's read-ahead window, not yet delivered",
+    ),
+    MetricDef(
+        "CircleRunning",
+        "rhailambda_circle_running",
+        "circle",
+        "Count",
+        "tasks of this circle delivered to an invocation and not yet settled",
+    ),
+    MetricDef(
         "BatchDuration",
         "rhailambda_batch_duration_seconds",
         "duration",
@@ -117,6 +152,39 @@ class QueueSample:
 
 
 @dataclass(frozen=True, slots=True)
+class CircleSample:
+    """One of a queue's busiest circles; ``rank`` 1 is the busiest."""
+
+    worker_id: str
+    rank: int
+    circle: str  # the label: tenant_id_for(circle id)
+    queued: int
+    running: int
+
+    def values(self) -> dict[str, float]:
+        return {"CircleQueued": self.queued, "CircleRunning": self.running}
+
+
+class CircleView(Protocol):
+    """What the metrics read from one queue's intake (:class:`~rhailambda.shim.intake.Intake`)."""
+
+    def busiest(self, top: int) -> list[tuple[str, int, int]]: ...
+
+
+def top_circles(
+    intakes: Mapping[str, CircleView], top: int = TOP_CIRCLES
+) -> tuple[CircleSample, ...]:
+    """The ``top`` busiest circles of each queue, busiest first, idle ones left out."""
+    out: list[CircleSample] = []
+    for worker_id, intake in intakes.items():
+        rows = [r for r in intake.busiest(top) if r[1] > 0 or r[2] > 0]
+        rows.sort(key=lambda r: (-(r[1] + r[2]), r[0]))
+        for rank, (circle, queued, running) in enumerate(rows[:top], start=1):
+            out.append(CircleSample(worker_id, rank, tenant_id_for(circle), queued, running))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class ShimCounters:
     invocations: int = 0
     invocation_errors: int = 0
@@ -135,6 +203,7 @@ class Sample:
     queues: tuple[QueueSample, ...]
     counters: ShimCounters
     error: str = ""
+    circles: tuple[CircleSample, ...] = ()  # by queue, busiest first (the shim's window)
 
     @property
     def dead_letters(self) -> int:
@@ -148,6 +217,9 @@ class DrainView(Protocol):
     def stats(self) -> DrainStats: ...
 
     def retries_waiting(self) -> dict[str, int]: ...
+
+    @property
+    def intakes(self) -> Mapping[str, CircleView]: ...
 
 
 async def read_queues(
@@ -213,12 +285,16 @@ class Sampler:
         self._drain = drain
 
     async def sample(self) -> Sample:
-        # The counters are read after Redis answered: a batch whose ids are gone from
-        # the lists is then (nearly always) counted too.
+        # The counters and circles are read after Redis answered: a batch whose ids are
+        # gone from the lists is then (nearly always) counted too.
         try:
             queues = await read_queues(
                 self._client, self._layout, self._worker_ids, self._drain.retries_waiting()
             )
-        except Exception as exc:  # Redis down: the counters still go out
-            return Sample((), ShimCounters.of(self._drain.stats), f"{type(exc).__name__}: {exc}")
-        return Sample(queues, ShimCounters.of(self._drain.stats))
+        except Exception as exc:  # Redis down: the counters and circles still go out
+            error = f"{type(exc).__name__}: {exc}"
+            return Sample((), ShimCounters.of(self._drain.stats), error, self._circles())
+        return Sample(queues, ShimCounters.of(self._drain.stats), circles=self._circles())
+
+    def _circles(self) -> tuple[CircleSample, ...]:
+        return top_circles(self._drain.intakes)

@@ -6,6 +6,14 @@ no IAM for it. One publish writes one line per queue (dimensions ``service``,
 ``worker``) and then one line for the shim (dimension ``service`` only) with the
 queue totals (``OldestTaskAge``: the oldest of them) and the counters as deltas
 since the last publish: the alarms watch that last line.
+
+The busiest circles of each queue go out one line each, with dimensions ``service``,
+``worker`` and ``circle_rank`` (1 for the busiest, up to
+:data:`~rhailambda.shim.metrics.TOP_CIRCLES`) and the circle itself as the property
+``circle``, not a dimension: every dimension value is a CloudWatch metric of its
+own, and circles come and go, so a ``circle`` dimension would make one metric per
+circle ever seen. By rank the metrics stay bounded; Logs Insights finds the circle
+(``filter circle_rank = "1" | stats max(CircleQueued) by circle``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ class EmfPublisher:
     def publish(self, sample: Sample) -> None:
         for q in sample.queues:
             self._line(q.values(), worker=q.worker_id)
+        for c in sample.circles:
+            self._provider.add_metadata("circle", c.circle)
+            self._line(c.values(), worker=c.worker_id, circle_rank=str(c.rank))
         now, last = sample.counters, self._last
         batches = now.invocations - last.invocations
         totals: dict[str, float] = {

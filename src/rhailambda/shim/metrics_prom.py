@@ -1,9 +1,11 @@
 """The Prometheus text format of a :class:`~rhailambda.shim.metrics.Sample` (prometheus-client).
 
 Names and help come from :data:`~rhailambda.shim.metrics.METRICS`: queue metrics are
-gauges labelled ``worker``, the shim's are counters (``_total``) and a summary of the
-batch duration (``_count``, ``_sum``). Each scrape reads a fresh sample, so the values
-are Redis's at that moment, not a cache.
+gauges labelled ``worker``, circle metrics gauges labelled ``worker`` and ``circle``
+(the top circles of each queue), the shim's are counters (``_total``) and a summary
+of the batch duration (``_count``, ``_sum``). Each scrape reads a fresh sample, so the
+values are Redis's (and the read-ahead window's) at that moment, not a cache: a circle
+that left the top has no series in the next scrape (Prometheus marks it stale).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class _SampleCollector(Collector):
                     value = q.values().get(m.name)
                     if value is not None:
                         gauge.add_metric([q.worker_id], value)
+                yield gauge
+            elif m.kind == "circle":
+                gauge = GaugeMetricFamily(m.prom, m.help, labels=["worker", "circle"])
+                for row in self._sample.circles:
+                    gauge.add_metric([row.worker_id, row.circle], row.values()[m.name])
                 yield gauge
             elif m.kind == "counter":
                 yield CounterMetricFamily(m.prom, m.help, value=counters[m.name])
