@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from rhailambda.shim.source import Ahead, ReadAhead, Taken
+from rhailambda.shim.source import UNREAD, Ahead, ReadAhead, Taken
 
 
 @dataclass
@@ -53,7 +53,9 @@ class MemoryQueueSource:
         return list(self.inflight.get(worker_id, []))
 
     # --- QueueSource --------------------------------------------------------------
-    async def read_ahead(self, worker_id: str, max_items: int, *, block_s: float) -> ReadAhead:
+    async def read_ahead(
+        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: int = 0
+    ) -> ReadAhead:
         self.takes += 1
         if worker_id in self.paused:
             return ReadAhead(paused=True)
@@ -71,6 +73,8 @@ class MemoryQueueSource:
             task = self.tasks.setdefault(task_id, MemoryTask())
             self.inflight.setdefault(worker_id, []).append(task_id)
             items.append(Ahead(task_id, task.circle))
+        if len(items) <= unread_up_to:  # as Redis does: the delivery reads the circles
+            items = [Ahead(a.task_id, UNREAD) for a in items]
         return ReadAhead(tuple(items))
 
     async def deliver(self, worker_id: str, items: Sequence[Ahead]) -> tuple[Taken, ...]:

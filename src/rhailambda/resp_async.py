@@ -133,14 +133,23 @@ class AsyncConnection(asyncio.Protocol):
                 return [await w for w in waiters]
         except TimeoutError as exc:
             self._fail(RedisConnectionError("no reply from Redis in time"))
+            _retrieved(waiters)
             raise RedisConnectionError(f"no reply from Redis within {limit_s:g} s") from exc
         except BaseException:
             self.close()  # cancelled: a reply still due would answer the next request
+            _retrieved(waiters)
             raise
 
     async def execute(self, *command: Arg, timeout_s: float | None = None) -> Any:
         (reply,) = await self.round_trip([command], timeout_s=timeout_s)
         return raise_error(reply)
+
+
+def _retrieved(waiters: Sequence[asyncio.Future[Any]]) -> None:
+    """Mark a broken pipeline's failed replies seen (asyncio logs unseen ones)."""
+    for waiter in waiters:
+        if waiter.done() and not waiter.cancelled():
+            waiter.exception()
 
 
 class RoundTripper(Protocol):

@@ -82,6 +82,8 @@ def tag_for(key: str) -> str:
     hashed part holds a ``}`` (an odd id, such as ``a}b``) cannot be quoted inside a
     tag: it gets a short tag of the same slot instead.
     """
+    if "{" not in key and "}" not in key:  # the usual key: all of it is hashed (fast)
+        return "{" + key + "}"
     part = hashed_part(key)
     if b"}" not in part:
         return "{" + part.decode("utf-8", "surrogateescape") + "}"

@@ -171,8 +171,8 @@ class FinishPlan:
         self.args: list[list[str]] = []
         #: per finish, how long its hash is kept (0: deleted): a dead letter's for the retention
         self.keep_s = [protocol.dlq_retention_s if _kept(f) else 0 for f in finishes]
+        now = p.now_rfc3339()  # one finish batch, one moment
         for f in finishes:
-            now = p.now_rfc3339()
             reply = p.build_reply(
                 f.fields, status=f.status, output=f.output, error=f.error, updated_at=now
             )

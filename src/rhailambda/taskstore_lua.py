@@ -35,11 +35,13 @@ for i = 1, n do
     if final and staged then
       out[i] = {'finishing', staged}
     elseif not final and (status ~= 'processing' or claim < attempt) then
-      redis.call('HSET', key, 'status', 'processing', 'rhailambdaClaim', attempt,
-                 'updatedAt', now)
       if status ~= 'processing' then  -- a new run of this id (also a reused id): a new token
         local t = redis.call('TIME')
-        redis.call('HSET', key, 'rhailambdaRun', t[1] .. '.' .. t[2] .. ':' .. attempt)
+        redis.call('HSET', key, 'status', 'processing', 'rhailambdaClaim', attempt,
+                   'updatedAt', now, 'rhailambdaRun', t[1] .. '.' .. t[2] .. ':' .. attempt)
+      else
+        redis.call('HSET', key, 'status', 'processing', 'rhailambdaClaim', attempt,
+                   'updatedAt', now)
       end
       out[i] = {'claimed', h, redis.call('EXISTS', KEYS[n + i])}
     else

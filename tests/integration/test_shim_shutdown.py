@@ -236,13 +236,14 @@ def test_stopping_takers_is_prompt_even_when_a_cancel_is_lost_in_blmove(redis_ur
                     queue_source(client, redis_url, health=health, protocol=settings.protocol)
                 )
                 channel = source._channel("w1")
-                real_execute = channel.execute
+                real_round_trip = channel.round_trip
 
-                async def blmove(*args: Any, real: Any = real_execute, **kw: Any) -> Any:
-                    in_blmove[-1].set()
-                    return await real(*args, **kw)
+                async def blmove(commands: Any, real: Any = real_round_trip, **kw: Any) -> Any:
+                    if any(c[0] == "BLMOVE" for c in commands):
+                        in_blmove[-1].set()
+                    return await real(commands, **kw)
 
-                channel.execute = blmove  # type: ignore[method-assign]
+                channel.round_trip = blmove  # type: ignore[method-assign]
                 drainer = Drainer(settings, source, FakeInvoker())
                 drainer.start()
                 await asyncio.wait_for(in_blmove[-1].wait(), 5)

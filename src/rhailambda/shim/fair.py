@@ -22,6 +22,7 @@ holds, oldest first, so shutdown can hand those ids back to the queue.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable
@@ -161,6 +162,16 @@ class CircleScheduler(Generic[T]):
         state.running = max(0, state.running - count)
         self._forget_if_idle(circle, state)
 
+    def recount(self, was: str, now: str) -> None:
+        """A popped task's circle turned out to be ``now``, not ``was``: it runs as now's."""
+        self.release(was)
+        state = self._circles.get(now)
+        if state is None:
+            state = self._circles[now] = _Circle()
+            state.tokens = self._burst
+            state.refilled_at = self._clock()
+        state.running += 1
+
     def held(self) -> list[tuple[str, T]]:
         """Every queued task, oldest first (in the order pushed)."""
         every = [(n, c, item) for c, s in self._circles.items() for n, item in s.queued]
@@ -184,7 +195,7 @@ class CircleScheduler(Generic[T]):
         """The ``top`` circles by queued + running tasks: (circle, queued, running)."""
         rows = [(c, len(s.queued), s.running) for c, s in self._circles.items()]
         rows = [r for r in rows if r[1] or r[2]]
-        return sorted(rows, key=lambda r: (-(r[1] + r[2]), r[0]))[:top]
+        return heapq.nsmallest(top, rows, key=lambda r: (-(r[1] + r[2]), r[0]))
 
     def wait_s(self) -> float | None:
         """Seconds until some queued task may start (0 now); None when none can until a

@@ -35,7 +35,7 @@ from rhailambda.errors import RedisResponseError
 from rhailambda.shim.fair import CircleCaps, CircleScheduler
 from rhailambda.shim.policy import window_wait_s
 from rhailambda.shim.settings import ShimSettings
-from rhailambda.shim.source import Ahead, QueueSource, Taken
+from rhailambda.shim.source import UNREAD, Ahead, QueueSource, Taken
 
 __all__ = ["CIRCLES_FIELD", "Intake", "circles_info"]
 
@@ -67,6 +67,9 @@ class Intake:
         # Plain oldest-first needs no window: a batch or two ahead, as before.
         self._window = fair.window if shaped else 2 * settings.batch.batch_size
         self._one_circle = one_circle
+        # No caps, no one-circle batches: the circles of a read that fits one batch into
+        # an empty window cannot change what goes out next, so the delivery reads them.
+        self._lazy_circles = not one_circle and caps == CircleCaps()
         self._changed = asyncio.Event()  # ids arrived, or a circle's task settled
         self._room = asyncio.Event()  # ids left the window
         self._running: dict[str, list[str]] = {}  # delivered, unsettled id -> its circles
@@ -89,10 +92,15 @@ class Intake:
                 continue
             try:
                 want = min(room, _READ_CHUNK)
-                got = await self._source.read_ahead(self.worker_id, want, block_s=0)
+                lazy = self._lazy_up_to()
+                got = await self._source.read_ahead(
+                    self.worker_id, want, block_s=0, unread_up_to=lazy
+                )
                 if not got.items and not got.paused:  # the BLMOVE, then up to `want` more
                     block_s = self._s.queues.block_s
-                    got = await self._source.read_ahead(self.worker_id, want, block_s=block_s)
+                    got = await self._source.read_ahead(
+                        self.worker_id, want, block_s=block_s, unread_up_to=self._lazy_up_to()
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis said no: the queue must not stop for good
@@ -108,6 +116,11 @@ class Intake:
                 self._sched.push(item.circle, item)
             if got.items:
                 self._changed.set()
+
+    def _lazy_up_to(self) -> int:
+        """How many ids a read may bring back with circles unread (see ``_lazy_circles``)."""
+        empty = not len(self._sched) and not self._popped
+        return self._s.batch.batch_size if self._lazy_circles and empty else 0
 
     async def _wait_for_room(self) -> None:
         """A full window looks at the pause switch every poll, as an empty queue would."""
@@ -178,7 +191,10 @@ class Intake:
             self._unpop(batch)
             raise
         self._popped.clear()  # the caller owns them now (or they were dropped)
+        popped_as = {item.task_id: item.circle for item in batch}
         for one in taken:
+            if popped_as.get(one.task_id, one.circle) != one.circle:  # UNREAD, or rewritten
+                self._sched.recount(popped_as[one.task_id], one.circle)
             self._running.setdefault(one.task_id, []).append(one.circle)
         kept = {t.task_id for t in taken}
         for item in batch:
@@ -216,8 +232,9 @@ class Intake:
             self._changed.set()
 
     def busiest(self, top: int) -> list[tuple[str, int, int]]:
-        """(circle, queued in the window, running) of the ``top`` busiest circles."""
-        return self._sched.busiest(top)
+        """(circle, queued in the window, running) of the ``top`` busiest circles (ids
+        whose circle is not read yet are left out: they are on their way out)."""
+        return [row for row in self._sched.busiest(top + 1) if row[0] != UNREAD][:top]
 
     async def hand_back(self, *, include_popped: bool = True) -> int:
         """Hand the window back to the queue, oldest at its front (pause, shutdown)."""

@@ -8,14 +8,16 @@ fair-share read-ahead window, shim.intake):
 
 1. *read ahead* (:meth:`RedisQueueSource.read_ahead`): the *move* (queue slot):
    ``BLMOVE queue inflight RIGHT LEFT`` only on an empty queue, then one script
-   that checks the pause switch and moves up to n ids with ``LMOVE``: ids go
-   straight into our in-flight list, never through a bare pop. Then each id's
-   circle is read with a plain ``HMGET`` (one key per command, so any node
-   answers its own; nothing is written and no attempt is counted).
+   that checks the pause switch and moves up to n ids with ``LMOVE`` (pipelined
+   behind the BLMOVE: one round trip): ids go straight into our in-flight list,
+   never through a bare pop. Then each id's circle is read, read-only: one script
+   over every key on a standalone server, a plain ``HMGET`` per key on a cluster
+   (one key per command, so any node answers its own). A small read into an empty
+   window skips this (``unread_up_to``): the delivery reads the circle anyway.
 2. *deliver* (:meth:`RedisQueueSource.deliver`, task slots: one script per slot on
    a cluster, one in all on a standalone server), for the ids put into a batch:
    skip tasks already final or finished (their done marker), count the attempt
-   (``HINCRBY`` on the hash: the fencing token), read createdAt.
+   (``HINCRBY`` on the hash: the fencing token), read createdAt and the circle.
    An id whose task key is not a hash, or whose attempt field is not an integer, is
    poison: dead-lettered with an error reply, alone. Any other refusal (OOM, READONLY)
    is Redis's, not the task's: the script fails and the call is waited out.
@@ -44,6 +46,7 @@ from typing import Any
 from rhailambda.errors import RedisResponseError
 from rhailambda.protocol import CONTEXT_ID, FIELD_ALIASES
 from rhailambda.resp_async import AsyncChannel, AsyncRespClient, AsyncScript
+from rhailambda.resp_wire import raise_error
 from rhailambda.settings import ProtocolSettings
 from rhailambda.shim import finishing
 from rhailambda.shim.health import Health
@@ -54,7 +57,7 @@ from rhailambda.shim.inflight_lua import (
     HELD_LUA,
     MOVE_LUA,
 )
-from rhailambda.shim.source import Ahead, ReadAhead, Taken, TakeResult
+from rhailambda.shim.source import UNREAD, Ahead, ReadAhead, Taken, TakeResult
 from rhailambda.slots import by_group
 
 __all__ = ["RedisQueueSource", "circle_from", "circle_read"]
@@ -75,7 +78,7 @@ def circle_from(reply: Any) -> str:
 
 _BLOCK_MARGIN_S = 5.0  # a BLMOVE's reply may take this much longer than its block
 
-# KEYS: task1, done1, task2, done2, ... (one slot). Per task: {'go', attempt, createdAt},
+# KEYS: task1, done1, task2, done2, ... (one slot). Per task: {'go', attempt, createdAt, circle},
 # {'drop'} (final and answered, or finished and cleaned up), or {'poison', why}. A final
 # task that still holds its staged reply is not answered yet (its finish died after
 # step 1, see rhailambda.taskstore): it goes, and the function completes the finish.
@@ -83,7 +86,8 @@ _DELIVER_LUA = """
 local out = {}
 for i = 1, #KEYS / 2 do
   local key, done = KEYS[2 * i - 1], KEYS[2 * i]
-  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at', 'rhailambdaReply')
+  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at', 'rhailambdaReply',
+                        'contextId', 'context_id')
   if h['err'] and not string.find(h['err'], '^WRONGTYPE') then return redis.error_reply(h['err'])
   elseif h['err'] then
     out[i] = {'poison', 'holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a task hash'}
@@ -96,13 +100,31 @@ for i = 1, #KEYS / 2 do
     elseif type(attempt) == 'table' then
       out[i] = {'poison', 'its rhailambdaAttempt field is not an integer'}
     else
-      out[i] = {'go', attempt, h[2] or h[3] or ''}
+      local circle = h[5]
+      if not circle or circle == '' then circle = h[6] or '' end
+      out[i] = {'go', attempt, h[2] or h[3] or '', circle}
     end
   elseif redis.call('EXISTS', done) == 1 then
     out[i] = {'drop'}
   else
-    out[i] = {'go', 1, ''}  -- no hash: the function answers "not found"
+    out[i] = {'go', 1, '', ''}  -- no hash: the function answers "not found"
   end
+end
+return out
+"""
+
+# KEYS: task keys (standalone: any number in one call). Per key: its circle, or ''
+# (none, or not a hash). The same answer as circle_read + circle_from per key.
+_CIRCLES_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  local h = redis.pcall('HMGET', KEYS[i], 'contextId', 'context_id')
+  local circle = ''
+  if not h['err'] then
+    circle = h[1]
+    if not circle or circle == '' then circle = h[2] or '' end
+  end
+  out[i] = circle
 end
 return out
 """
@@ -138,6 +160,7 @@ class RedisQueueSource:
         self._health = health
         self._move = AsyncScript(MOVE_LUA)
         self._deliver = AsyncScript(_DELIVER_LUA)
+        self._circles_script = AsyncScript(_CIRCLES_LUA)
         self._forget = AsyncScript(FORGET_LUA)
         self._held_script = AsyncScript(HELD_LUA)
         self._dead_letter = AsyncScript(DEAD_LETTER_LUA)
@@ -189,7 +212,9 @@ class RedisQueueSource:
             return TakeResult(paused=True)
         return TakeResult(await self.deliver(worker_id, ahead.items))
 
-    async def read_ahead(self, worker_id: str, max_items: int, *, block_s: float) -> ReadAhead:
+    async def read_ahead(
+        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: int = 0
+    ) -> ReadAhead:
         if worker_id in self._suspect:
             await self._hand_back_orphans(worker_id)
         queue, inflight = self._keys(worker_id)
@@ -214,18 +239,40 @@ class RedisQueueSource:
         try:
             # A blocking take goes straight to BLMOVE (it returns at once when ids are
             # there): the drain loop only blocks after a non-blocking take found none.
-            if block_s > 0:
-                timeout_s = block_s + _BLOCK_MARGIN_S
-                blmove: list[str | float] = ["BLMOVE", queue, inflight, "RIGHT", "LEFT", block_s]
-                first = await step("blmove", lambda: channel.execute(*blmove, timeout_s=timeout_s))
-                if first is None:
-                    return ReadAhead()
-                args.append(str(first))
-            ids = await step("take", lambda: self._move(channel, keys, args))
-            if ids and ids[0] == -1:
-                return ReadAhead(paused=True)
+            if block_s > 0 and self._move.sha is not None:
+                # BLMOVE and the move of whatever else is there in one round trip: Redis
+                # runs the script once the BLMOVE returns (a lone task's wake-up).
+                first, ids = await step(
+                    "blmove", lambda: self._blmove_move(channel, block_s, keys, args)
+                )
+                if ids and ids[0] == -1:  # paused: the BLMOVE's id goes back
+                    if first is not None:
+                        await self._script("hand_back", self._hand_back, [inflight, queue],
+                                           [first])  # fmt: skip
+                    return ReadAhead(paused=True)
+                if first is not None:
+                    ids = [first, *ids]
+            else:
+                if block_s > 0:
+                    timeout_s = block_s + _BLOCK_MARGIN_S
+                    blmove: list[str | float] = [
+                        "BLMOVE", queue, inflight, "RIGHT", "LEFT", block_s]  # fmt: skip
+                    first = await step(
+                        "blmove", lambda: channel.execute(*blmove, timeout_s=timeout_s)
+                    )
+                    if first is None:
+                        return ReadAhead()
+                    args.append(str(first))
+                ids = await step("take", lambda: self._move(channel, keys, args))
+                if ids and ids[0] == -1:
+                    return ReadAhead(paused=True)
             task_ids = [str(i) for i in ids]
-            circles = await self._circles(task_ids)  # read-only: retried freely
+            if not task_ids:
+                return ReadAhead()
+            if len(task_ids) <= unread_up_to:  # the delivery reads them
+                circles = [UNREAD] * len(task_ids)
+            else:
+                circles = await self._circles(task_ids)  # read-only: retried freely
         except RedisResponseError as exc:
             self._suspect.add(worker_id)
             if exc.code == "WRONGTYPE" and await self._evict_task_on_queue(worker_id):
@@ -243,23 +290,40 @@ class RedisQueueSource:
         self._hold(worker_id, items)
         return ReadAhead(items)
 
+    async def _blmove_move(
+        self, channel: AsyncChannel, block_s: float, keys: list[str], args: list[str | int]
+    ) -> tuple[str | None, list[Any]]:
+        """BLMOVE, then MOVE_LUA (``keys``: queue, inflight, paused) pipelined behind it
+        on the taker's own connection."""
+        commands: list[list[str | int | float]] = [
+            ["BLMOVE", keys[0], keys[1], "RIGHT", "LEFT", block_s],
+            ["EVALSHA", str(self._move.sha), len(keys), *keys, *args],
+        ]
+        first, moved = await channel.round_trip(commands, timeout_s=block_s + _BLOCK_MARGIN_S)
+        first = raise_error(first)
+        if isinstance(moved, RedisResponseError) and moved.code == "NOSCRIPT":
+            moved = await self._move(channel, keys, args)  # flushed scripts: load it again
+        return (None if first is None else str(first)), list(raise_error(moved))
+
     async def _circles(self, task_ids: Sequence[str]) -> list[str]:
         """Each id's circle (contextId, or its snake_case spelling); "" when the task has
-        none or its key is no hash (deliver dead-letters those)."""
-        reads = [circle_read(self._layout.task(t)) for t in task_ids if self._collision(t) is None]
-        if not reads:
+        none or its key is no hash (deliver dead-letters those). One script on a
+        standalone server; one HMGET per key on a cluster (every key its own slot)."""
+        usable = [t for t in task_ids if self._collision(t) is None]
+        if not usable:
             return ["" for _ in task_ids]
-        replies = iter(await self._health.call("circles", lambda: self._client.round_trip(reads)))
-        return [
-            circle_from(next(replies) if self._collision(t) is None else None) for t in task_ids
-        ]
+        keys = [self._layout.task(t) for t in usable]
+        if self._client.cluster:
+            reads = [circle_read(k) for k in keys]
+            replies = await self._health.call("circles", lambda: self._client.round_trip(reads))
+            found = [circle_from(r) for r in replies]
+        else:
+            found = [str(c) for c in await self._script("circles", self._circles_script, keys, [])]
+        circle = dict(zip(usable, found, strict=True))
+        return [circle.get(t, "") for t in task_ids]
 
     async def deliver(self, worker_id: str, items: Sequence[Ahead]) -> tuple[Taken, ...]:
-        circle = {a.task_id: a.circle for a in items}
-        taken = await self._delivered(worker_id, [a.task_id for a in items])
-        return tuple(
-            Taken(t.task_id, t.attempt, t.created_at, circle.get(t.task_id, "")) for t in taken
-        )
+        return await self._delivered(worker_id, [a.task_id for a in items])
 
     async def _delivered(
         self,
@@ -305,7 +369,7 @@ class RedisQueueSource:
         poison: dict[str, list[str]] = {}
         for task_id, verdict in zip(task_ids, verdicts, strict=True):
             if verdict[0] == "go":
-                items.append(Taken(task_id, int(verdict[1]), str(verdict[2])))
+                items.append(Taken(task_id, int(verdict[1]), str(verdict[2]), str(verdict[3])))
             elif verdict[0] == "drop":
                 drop.append(task_id)
             else:
