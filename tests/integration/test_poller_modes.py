@@ -5,6 +5,7 @@ successor check."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,6 +235,27 @@ def test_a_bad_mode_is_a_clear_error() -> None:
     assert mode_from_env({}).mode == "always-on"
 
 
+class FirstTaken:
+    """A FakeInvoker behaviour for the hand-over tests: completes every task and notes
+    when each id was first taken (by whichever run)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+
+    async def __call__(self, event: InvocationEvent) -> BatchResponse:
+        now = time.monotonic()
+        for t in event.tasks:
+            self.at.setdefault(t.task_id, now)
+        return BatchResponse({t.task_id: "completed" for t in event.tasks})
+
+    def longest_wait_s(self, submitted: dict[str, float]) -> float:
+        """The longest a submitted task waited for a drainer (printed for the log)."""
+        waits = sorted(self.at[t] - submitted[t] for t in submitted)
+        print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer "
+              f"{waits[-1]:.3f} s")  # fmt: skip
+        return waits[-1]
+
+
 def test_always_on_runs_hand_over_without_a_gap(
     redis_url: str, redis_client: Any, lambda_endpoint: InvokeEndpoint
 ) -> None:
@@ -241,22 +263,15 @@ def test_always_on_runs_hand_over_without_a_gap(
     Invoke endpoint) and stops taking only once that run's lease is live: tasks
     submitted continuously across both never wait for a drainer longer than 2 s."""
     import threading
-    import time
 
-    taken: dict[str, float] = {}
-
-    async def record(event: InvocationEvent) -> BatchResponse:
-        now = time.monotonic()
-        for t in event.tasks:
-            taken.setdefault(t.task_id, now)
-        return BatchResponse({t.task_id: "completed" for t in event.tasks})
+    taken = FirstTaken()
 
     def run(shim_id: str, drain_s: float, successor: tuple[str, str] | None) -> None:
         asyncio.run(
             poller.run_poller(
                 make_settings(redis_url, shim_id),
                 drain_s,
-                invoker=FakeInvoker(record),
+                invoker=FakeInvoker(taken),
                 mode=PollerMode("always-on", 60),
                 successor=successor,
             )
@@ -284,10 +299,8 @@ def test_always_on_runs_hand_over_without_a_gap(
         assert i < 2000, "the first run never ended"
     second.join(30)
     assert not second.is_alive()
-    assert set(taken) == set(submitted)
-    waits = sorted(taken[t] - submitted[t] for t in submitted)
-    print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
-    assert waits[-1] < 2.0  # the issue's bound (the blocking take wakes within ms)
+    assert set(taken.at) == set(submitted)
+    assert taken.longest_wait_s(submitted) < 2.0  # the issue's bound (the take wakes within ms)
 
 
 def test_only_a_live_poller_lease_suppresses_the_wake_up(
@@ -357,17 +370,10 @@ def test_a_busy_on_demand_run_hands_over_without_a_gap(
     waited for the next minute's trigger.) The ending run releases the fixed id's claim."""
     import json
     import threading
-    import time
 
-    taken: dict[str, float] = {}
+    taken = FirstTaken()
 
-    async def record(event: InvocationEvent) -> BatchResponse:
-        now = time.monotonic()
-        for t in event.tasks:
-            taken.setdefault(t.task_id, now)
-        return BatchResponse({t.task_id: "completed" for t in event.tasks})
-
-    monkeypatch.setattr(poller, "build_invoker", lambda settings: FakeInvoker(record))
+    monkeypatch.setattr(poller, "build_invoker", lambda settings: FakeInvoker(taken))
     for name, value in {
         "REDIS_URL": redis_url,
         "RHAILAMBDA_WORKERS": ",".join(WORKERS),
@@ -412,19 +418,17 @@ def test_a_busy_on_demand_run_hands_over_without_a_gap(
         time.sleep(0.05)  # a steady stream of submits
         assert i < 1000, "the first run never ended"
     deadline = time.monotonic() + 10
-    while set(taken) != set(submitted) and time.monotonic() < deadline:
+    while set(taken.at) != set(submitted) and time.monotonic() < deadline:
         time.sleep(0.05)
     for thread in successors:
         thread.join(30)
-    assert set(taken) == set(submitted), "tasks left waiting after the first run ended"
+    assert set(taken.at) == set(submitted), "tasks left waiting after the first run ended"
     assert (outcomes[0]["shimId"], outcomes[0]["outcome"]) == ("stack-poller", "drained")
     assert outcomes[1]["shimId"] == "stack-poller-00000002"  # not the fixed id: it is live
     assert len(outcomes) == 1 + len(successors) and {o["outcome"] for o in outcomes} == {
         "drained"
     }  # the last successor idled out
-    waits = sorted(taken[t] - submitted[t] for t in submitted)
-    print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
-    assert waits[-1] < 2.0
+    assert taken.longest_wait_s(submitted) < 2.0
     assert redis_client.exists(f"{L.shims()}:claim:stack-poller") == 0  # released
 
 
