@@ -7,8 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from bench.config import REPO
 
 sys.path.insert(0, str(REPO))
 from tests.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_for
 
 __all__ = [
     "CLK_TCK",
@@ -50,17 +50,6 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
 def delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
     out = {k: v - before.get(k, 0) for k, v in after.items()}
     return {k: v for k, v in sorted(out.items()) if v}
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def cpu_s(pid: int) -> float:

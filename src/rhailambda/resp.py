@@ -81,21 +81,23 @@ _Connection = Connection  # the name bench/function_probe.py counts round trips 
 _RETRY_PAUSE_S = 0.05
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PoolOptions:
+    """What every node's pool of one client shares (the defaults: :class:`RespClient`)."""
+
+    client_name: str | None
+    health_check_s: float
+    max_idle: int
+
+
 class _Pool:
     """Connections to one Redis node: a small thread-safe pool (reset after fork)."""
 
-    def __init__(
-        self,
-        address: Address,
-        *,
-        client_name: str | None = "rhailambda-function",
-        health_check_s: float = 30.0,
-        max_idle: int = 8,
-    ) -> None:
+    def __init__(self, address: Address, options: _PoolOptions) -> None:
         self.address = address
-        self._client_name = client_name
-        self._health_check_s = health_check_s
-        self._max_idle = max_idle
+        self._client_name = options.client_name
+        self._health_check_s = options.health_check_s
+        self._max_idle = options.max_idle
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -164,7 +166,7 @@ class RespClient:
         max_idle: int = 8,
     ) -> None:
         self.address = address
-        self._options = (client_name, health_check_s, max_idle)
+        self._options = _PoolOptions(client_name, health_check_s, max_idle)
         self._topology = Topology(address)
         self._pools: dict[Node, _Pool] = {}
         self._lock = threading.Lock()
@@ -179,10 +181,7 @@ class RespClient:
             with self._lock:
                 pool = self._pools.get(node)
                 if pool is None:
-                    name, health_check_s, max_idle = self._options
-                    address = self._topology.address(node)
-                    pool = _Pool(address, client_name=name, health_check_s=health_check_s,
-                                 max_idle=max_idle)  # fmt: skip
+                    pool = _Pool(self._topology.address(node), self._options)
                     self._pools[node] = pool
         return pool
 

@@ -10,9 +10,9 @@ function, ``ShimSettings`` in the shim; the CLI reads ``RedisSettings`` and
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from rhailambda.errors import SettingError
 from rhailambda.protocol import KeyLayout, normalize_worker_id
@@ -36,6 +36,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: how long a dead-lettered task keeps its hash (RHAILAMBDA_DLQ_RETENTION_S): 14 days
 DEFAULT_DLQ_RETENTION_S = 14 * 24 * 3600
 
+_Num = TypeVar("_Num", int, float)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -53,17 +54,26 @@ class Env:
         value = self._environ.get(name)
         return value if value else None
 
+    def _number(
+        self,
+        name: builtins.str,
+        default: _Num,
+        parse: Callable[[builtins.str], _Num],
+        what: builtins.str,
+    ) -> _Num:
+        """``default`` when unset or blank, else the value parsed (``what`` names its kind)."""
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError:
+            raise SettingError(name, f"expected {what}, got {raw!r}") from None
+
     def int(
         self, name: builtins.str, default: builtins.int, *, minimum: builtins.int | None = None
     ) -> builtins.int:
-        raw = self._environ.get(name)
-        if raw is None or raw.strip() == "":
-            value = default
-        else:
-            try:
-                value = int(raw.strip())
-            except ValueError:
-                raise SettingError(name, f"expected an integer, got {raw!r}") from None
+        value = self._number(name, default, int, "an integer")
         if minimum is not None and value < minimum:
             raise SettingError(name, f"must be at least {minimum}, got {value}")
         return value
@@ -71,15 +81,9 @@ class Env:
     def float(
         self, name: builtins.str, default: builtins.float, *, minimum: builtins.float | None = None
     ) -> builtins.float:
-        raw = self._environ.get(name)
-        if raw is None or raw.strip() == "":
-            value = default
-        else:
-            try:
-                value = float(raw.strip())
-            except ValueError:
-                raise SettingError(name, f"expected a number, got {raw!r}") from None
+        value = self._number(name, default, float, "a number")
         if value != value or value in (float("inf"), float("-inf")):
+            raw = self._environ.get(name)
             raise SettingError(name, f"expected a finite number, got {raw!r}")
         if minimum is not None and value < minimum:
             raise SettingError(name, f"must be at least {minimum:g}, got {value:g}")

@@ -15,10 +15,8 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer, free_port
 from support.shim_doubles import FakeInvoker, seed_tasks, wait_until
+from support.waiting import wait_for
 
 from rhailambda.errors import InvocationError, ThrottledError
 from rhailambda.event import BatchResponse, InvocationEvent
@@ -74,17 +73,6 @@ def worker(scraped: Scrape, name: str, worker_id: str) -> float | None:
     return scraped.get(name, {}).get((("worker", worker_id),))
 
 
-def wait_sync(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling another process's state, with a deadline
-
-
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rhailambda", *args],
@@ -124,7 +112,7 @@ def test_oldest_task_age_rises_while_paused_and_drops_after_resume(
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_sync(lambda: _ready(port), 30, "/readyz 200")
+        wait_for(lambda: _ready(port), 30, "/readyz 200")
         first = scrape(port)
         assert worker(first, "rhailambda_queue_depth", "w1") == 5
         assert worker(first, "rhailambda_in_flight", "w1") == 0
@@ -132,7 +120,7 @@ def test_oldest_task_age_rises_while_paused_and_drops_after_resume(
         age0 = worker(first, "rhailambda_oldest_task_age_seconds", "w1")
         assert age0 is not None and age0 >= 0
         # Paused: nothing is taken, and the oldest task only gets older.
-        later = wait_sync(
+        later = wait_for(
             lambda: (
                 (s := scrape(port))
                 and (worker(s, "rhailambda_oldest_task_age_seconds", "w1") or 0) >= age0 + 1.0
@@ -145,7 +133,7 @@ def test_oldest_task_age_rises_while_paused_and_drops_after_resume(
         assert later["rhailambda_invocations_total"][()] == 0
 
         assert cli("resume", "--worker", "w1", env=env).returncode == 0
-        drained = wait_sync(
+        drained = wait_for(
             lambda: (
                 (s := scrape(port))
                 and worker(s, "rhailambda_queue_depth", "w1") == 0
@@ -268,7 +256,7 @@ def _wait_http(port: int, path: str, status: int, *, timeout_s: float = 30) -> s
             return None
         return body if got == status else None
 
-    return str(wait_sync(answered, timeout_s, f"{path} {status}"))
+    return str(wait_for(answered, timeout_s, f"{path} {status}"))
 
 
 def test_healthz_and_readyz_follow_redis(private_redis_server: RedisServer) -> None:
@@ -353,7 +341,7 @@ def test_the_container_healthcheck_passes_on_a_live_shim_and_fails_after(
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_sync(healthy, 30, "the HEALTHCHECK command to pass")
+        wait_for(healthy, 30, "the HEALTHCHECK command to pass")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)

@@ -5,6 +5,9 @@ successor check."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -49,6 +52,48 @@ def _probe(url: str, shim_id: str = "stack-poller") -> int:
             client.close()
 
     return asyncio.run(go())
+
+
+@dataclass
+class InvokeEndpoint:
+    """What the local Lambda Invoke endpoint saw: each invoked path, in order; each
+    request's payload goes to ``on_invoke`` (when set) before the 202 answer."""
+
+    invoked: list[str] = field(default_factory=list)
+    on_invoke: Callable[[bytes], None] | None = None
+
+
+@pytest.fixture
+def lambda_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[InvokeEndpoint]:
+    """A local Lambda Invoke endpoint for boto3 (``AWS_ENDPOINT_URL_LAMBDA``)."""
+    import http.server
+    import threading
+
+    endpoint = InvokeEndpoint()
+
+    class Invoke(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            payload = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            endpoint.invoked.append(self.path)
+            if endpoint.on_invoke is not None:
+                endpoint.on_invoke(payload)
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield endpoint
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_check_sees_queued_work_paused_queues_and_dead_shims(
@@ -190,53 +235,50 @@ def test_a_bad_mode_is_a_clear_error() -> None:
     assert mode_from_env({}).mode == "always-on"
 
 
+class FirstTaken:
+    """A FakeInvoker behaviour for the hand-over tests: completes every task and notes
+    when each id was first taken (by whichever run)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+
+    async def __call__(self, event: InvocationEvent) -> BatchResponse:
+        now = time.monotonic()
+        for t in event.tasks:
+            self.at.setdefault(t.task_id, now)
+        return BatchResponse({t.task_id: "completed" for t in event.tasks})
+
+    def longest_wait_s(self, submitted: dict[str, float]) -> float:
+        """The longest a submitted task waited for a drainer (printed for the log)."""
+        waits = sorted(self.at[t] - submitted[t] for t in submitted)
+        print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer "
+              f"{waits[-1]:.3f} s")  # fmt: skip
+        return waits[-1]
+
+
 def test_always_on_runs_hand_over_without_a_gap(
-    redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis_client: Any, lambda_endpoint: InvokeEndpoint
 ) -> None:
     """The ending run invokes its successor (a real second run, started by a local
     Invoke endpoint) and stops taking only once that run's lease is live: tasks
     submitted continuously across both never wait for a drainer longer than 2 s."""
-    import http.server
     import threading
-    import time
 
-    taken: dict[str, float] = {}
-
-    async def record(event: InvocationEvent) -> BatchResponse:
-        now = time.monotonic()
-        for t in event.tasks:
-            taken.setdefault(t.task_id, now)
-        return BatchResponse({t.task_id: "completed" for t in event.tasks})
+    taken = FirstTaken()
 
     def run(shim_id: str, drain_s: float, successor: tuple[str, str] | None) -> None:
         asyncio.run(
             poller.run_poller(
                 make_settings(redis_url, shim_id),
                 drain_s,
-                invoker=FakeInvoker(record),
+                invoker=FakeInvoker(taken),
                 mode=PollerMode("always-on", 60),
                 successor=successor,
             )
         )
 
     second = threading.Thread(target=run, args=("stack-poller-b", 3.0, None), daemon=True)
-
-    class Invoke(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            second.start()
-            self.send_response(202)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    lambda_endpoint.on_invoke = lambda payload: second.start()
     first = threading.Thread(
         target=run, args=("stack-poller-a", 2.0, ("stack-poller", "poller")), daemon=True
     )
@@ -247,59 +289,22 @@ def test_always_on_runs_hand_over_without_a_gap(
         assert time.monotonic() < deadline, "the first run never took its lease"
         time.sleep(0.01)
     time.sleep(0.2)  # its first blocking take is out
-    try:
-        i = 0
-        while first.is_alive() or not second.is_alive():
-            task_id = f"h{i}"
-            submitted[task_id] = time.monotonic()
-            seed_tasks(redis_client, L, "w1", [task_id])
-            i += 1
-            time.sleep(0.05)  # a steady stream of submits
-            assert i < 2000, "the first run never ended"
-        second.join(30)
-    finally:
-        server.shutdown()
-        server.server_close()
+    i = 0
+    while first.is_alive() or not second.is_alive():
+        task_id = f"h{i}"
+        submitted[task_id] = time.monotonic()
+        seed_tasks(redis_client, L, "w1", [task_id])
+        i += 1
+        time.sleep(0.05)  # a steady stream of submits
+        assert i < 2000, "the first run never ended"
+    second.join(30)
     assert not second.is_alive()
-    assert set(taken) == set(submitted)
-    waits = sorted(taken[t] - submitted[t] for t in submitted)
-    print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
-    assert waits[-1] < 2.0  # the issue's bound (the blocking take wakes within ms)
-
-
-@pytest.fixture
-def lambda_endpoint(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A local Lambda Invoke endpoint for boto3; yields the list of invoked paths."""
-    import http.server
-    import threading
-
-    invoked: list[str] = []
-
-    class Invoke(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            invoked.append(self.path)
-            self.send_response(202)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    try:
-        yield invoked
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert set(taken.at) == set(submitted)
+    assert taken.longest_wait_s(submitted) < 2.0  # the issue's bound (the take wakes within ms)
 
 
 def test_only_a_live_poller_lease_suppresses_the_wake_up(
-    redis_url: str, redis_client: Any, lambda_endpoint: list[str]
+    redis_url: str, redis_client: Any, lambda_endpoint: InvokeEndpoint
 ) -> None:
     """A self-run shim serving other queues holds a live lease, a poller run's has expired:
     a submit still wakes the poller. A live poller lease (an on-demand run's id, or an
@@ -316,13 +321,13 @@ def test_only_a_live_poller_lease_suppresses_the_wake_up(
     redis_client.zadd(L.shims(), {"laptop-4242-a1b2c3": now_ms() + 60_000})  # self-run, live
     redis_client.zadd(L.shims(), {"stack-poller": now_ms() - 1000})  # a dead poller run
     assert submit("stack-poller-fn-1")
-    assert lambda_endpoint == ["/2015-03-31/functions/stack-poller-fn-1/invocations"]
+    assert lambda_endpoint.invoked == ["/2015-03-31/functions/stack-poller-fn-1/invocations"]
     redis_client.zadd(L.shims(), {"stack-poller": now_ms() + 60_000})  # on demand, live
     assert not submit("stack-poller-fn-2")
     redis_client.zrem(L.shims(), "stack-poller")
     redis_client.zadd(L.shims(), {"stack-poller-5f3a9c1e": now_ms() + 60_000})  # always on
     assert not submit("stack-poller-fn-3")
-    assert len(lambda_endpoint) == 1
+    assert len(lambda_endpoint.invoked) == 1
 
 
 def test_what_counts_as_a_poller_lease() -> None:
@@ -352,7 +357,10 @@ class _Context:
 
 
 def test_a_busy_on_demand_run_hands_over_without_a_gap(
-    redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+    redis_url: str,
+    redis_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    lambda_endpoint: InvokeEndpoint,
 ) -> None:
     """On demand, a run whose budget ends before its idle exit (a steady stream of
     submits) invokes its successor (a second handler run, started by a local Invoke
@@ -360,20 +368,12 @@ def test_a_busy_on_demand_run_hands_over_without_a_gap(
     once that run's lease is live: no submit waits 2 s for a drainer. The successor
     exits once idle. (The old handler gave an on-demand run no successor: the queue
     waited for the next minute's trigger.) The ending run releases the fixed id's claim."""
-    import http.server
     import json
     import threading
-    import time
 
-    taken: dict[str, float] = {}
+    taken = FirstTaken()
 
-    async def record(event: InvocationEvent) -> BatchResponse:
-        now = time.monotonic()
-        for t in event.tasks:
-            taken.setdefault(t.task_id, now)
-        return BatchResponse({t.task_id: "completed" for t in event.tasks})
-
-    monkeypatch.setattr(poller, "build_invoker", lambda settings: FakeInvoker(record))
+    monkeypatch.setattr(poller, "build_invoker", lambda settings: FakeInvoker(taken))
     for name, value in {
         "REDIS_URL": redis_url,
         "RHAILAMBDA_WORKERS": ",".join(WORKERS),
@@ -395,56 +395,40 @@ def test_a_busy_on_demand_run_hands_over_without_a_gap(
     def run(event: dict[str, Any], request_id: str) -> None:
         outcomes.append(poller.handler(event, _Context(request_id, remaining_s)))
 
-    class Invoke(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            event = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            n = len(successors) + 2
-            thread = threading.Thread(target=run, args=(event, f"{n:08x}-0000"), daemon=True)
-            successors.append(thread)
-            thread.start()
-            self.send_response(202)
-            self.end_headers()
+    def start_successor(payload: bytes) -> None:
+        n = len(successors) + 2
+        thread = threading.Thread(
+            target=run, args=(json.loads(payload), f"{n:08x}-0000"), daemon=True
+        )
+        successors.append(thread)
+        thread.start()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    lambda_endpoint.on_invoke = start_successor
     submitted: dict[str, float] = {"h0": time.monotonic()}
     seed_tasks(redis_client, L, "w1", ["h0"])  # the first trigger finds work
     first = threading.Thread(target=run, args=({"source": "aws.events"}, "00000001-0"))
     first.start()
-    try:
-        i, ended_at = 1, None
-        while ended_at is None or time.monotonic() - ended_at < 1.0:  # 1 s past its end
-            if ended_at is None and not first.is_alive():
-                ended_at = time.monotonic()
-            submitted[f"h{i}"] = time.monotonic()
-            seed_tasks(redis_client, L, "w1", [f"h{i}"])
-            i += 1
-            time.sleep(0.05)  # a steady stream of submits
-            assert i < 1000, "the first run never ended"
-        deadline = time.monotonic() + 10
-        while set(taken) != set(submitted) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for thread in successors:
-            thread.join(30)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert set(taken) == set(submitted), "tasks left waiting after the first run ended"
+    i, ended_at = 1, None
+    while ended_at is None or time.monotonic() - ended_at < 1.0:  # 1 s past its end
+        if ended_at is None and not first.is_alive():
+            ended_at = time.monotonic()
+        submitted[f"h{i}"] = time.monotonic()
+        seed_tasks(redis_client, L, "w1", [f"h{i}"])
+        i += 1
+        time.sleep(0.05)  # a steady stream of submits
+        assert i < 1000, "the first run never ended"
+    deadline = time.monotonic() + 10
+    while set(taken.at) != set(submitted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for thread in successors:
+        thread.join(30)
+    assert set(taken.at) == set(submitted), "tasks left waiting after the first run ended"
     assert (outcomes[0]["shimId"], outcomes[0]["outcome"]) == ("stack-poller", "drained")
     assert outcomes[1]["shimId"] == "stack-poller-00000002"  # not the fixed id: it is live
     assert len(outcomes) == 1 + len(successors) and {o["outcome"] for o in outcomes} == {
         "drained"
     }  # the last successor idled out
-    waits = sorted(taken[t] - submitted[t] for t in submitted)
-    print(f"{len(waits)} tasks across the hand-over; longest wait for a drainer {waits[-1]:.3f} s")
-    assert waits[-1] < 2.0
+    assert taken.longest_wait_s(submitted) < 2.0
     assert redis_client.exists(f"{L.shims()}:claim:stack-poller") == 0  # released
 
 

@@ -67,3 +67,56 @@ def test_a_new_shim_adopts_the_old_layouts_in_flight_dead_letters_and_pauses(
     assert r.lrange(f"{OLD}inflight:w1:old-live", 0, -1) == ["kept-by-live"]
     assert r.llen(L.reply("kept-by-live")) == 0
     assert "old shim old-dead back on w1" in out
+
+
+def test_the_upgrade_pass_takes_the_same_few_round_trips_for_many_queues(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Every queue's old dead letters and pause, and every expired old shim's in-flight
+    lists, go in one batched call per step: 30 queues cost no more round trips than 1."""
+    import asyncio
+    from typing import Any
+
+    from rhailambda.resp_async import AsyncRespClient
+    from rhailambda.settings import RedisSettings
+    from rhailambda.shim.health import Health
+    from rhailambda.shim.upgrade import LegacyKeys
+
+    r = redis_client
+    workers = [f"q{i}" for i in range(30)]
+    expired_ms = int(time.time() * 1000) - 60_000
+    for w in workers:
+        r.lpush(f"{OLD}dlq:{w}", f"dead-{w}")
+        r.sadd(f"{OLD}paused", w)
+    for shim in ("old-a", "old-b", "old-c"):
+        r.zadd(f"{OLD}shims", {shim: expired_ms})
+        r.hset(f"{OLD}shim:{shim}", "workers", ",".join(workers))
+        for w in workers:
+            r.lpush(f"{OLD}inflight:{w}:{shim}", f"{shim}-{w}")
+
+    async def go() -> tuple[int, int]:
+        client = AsyncRespClient(RedisSettings(redis_url).address())
+        sent = 0
+        real = client.round_trip
+
+        async def counted(commands: Any, **kwargs: Any) -> Any:
+            nonlocal sent
+            sent += 1
+            return await real(commands, **kwargs)
+
+        client.round_trip = counted  # type: ignore[method-assign]
+        try:
+            keys = LegacyKeys(client, L, Health(redis_url=redis_url))
+            return await keys.adopt(workers), sent
+        finally:
+            client.close()
+
+    moved, round_trips = asyncio.run(go())
+    assert moved == 30 + 3 * 30
+    # PING, ZRANGE+TYPE, dead letters, pauses, HGETs, in-flight lists, ZREM+DEL
+    assert round_trips <= 7, round_trips
+    for w in workers:
+        assert r.lrange(L.dead_letter(w), 0, -1) == [f"dead-{w}"]
+        assert sorted(r.lrange(L.queue(w), 0, -1)) == [f"old-{x}-{w}" for x in "abc"]
+        assert r.exists(L.paused(w))
+    assert not r.exists(f"{OLD}shims") and not r.exists(f"{OLD}paused")

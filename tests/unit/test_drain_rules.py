@@ -10,43 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from memory_source import MemoryQueueSource
 from support.shim_doubles import FakeInvoker
+from support.unit_rig import SETTINGS, W, until
 
 from rhailambda.errors import InvocationError, PayloadTooLargeError, ThrottledError
 from rhailambda.event import BatchResponse, InvocationEvent, Outcome
-from rhailambda.settings import ProtocolSettings, RedisSettings
 from rhailambda.shim.drain import Drainer
 from rhailambda.shim.settings import (
-    FlowSettings,
-    FunctionSettings,
-    QueueSettings,
     RetrySettings,
     ShimSettings,
 )
 
-W = "w1"
-SETTINGS = ShimSettings(
-    redis=RedisSettings(),
-    protocol=ProtocolSettings(),
-    queues=QueueSettings(worker_ids=(W,), shim_id="s1", block_s=0.05, pause_poll_s=0.01),
-    flow=FlowSettings(max_concurrency=4, per_queue_concurrency=4, shutdown_timeout_s=1),
-    retry=RetrySettings(max_attempts=3, backoff_base_s=0.001, backoff_cap_s=0.005),
-    function=FunctionSettings(function_timeout_s=5, timeout_margin_s=0.1),
-)
 Behaviour = Callable[[InvocationEvent], Awaitable[BatchResponse]]
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.002)
 
 
 def drain(

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from memory_source import MemoryQueueSource
 from support.shim_doubles import FakeInvoker
-from test_drain_rules import SETTINGS, W, until  # type: ignore[import-not-found]
-from test_shim_units import parse  # type: ignore[import-not-found]
+from support.unit_rig import SETTINGS, W, parse, until
 
 from rhailambda.errors import SettingError
 from rhailambda.event import BatchResponse, InvocationEvent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 from typing import Any
@@ -10,12 +9,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.unit_rig import parse
 
 from rhailambda.errors import SettingError
-from rhailambda.settings import Env
 from rhailambda.shim.limiter import FairLimiter
 from rhailambda.shim.policy import backoff_s, window_wait_s
-from rhailambda.shim.settings import ShimSettings, add_arguments, from_args
 
 
 @given(st.integers(1, 200), st.floats(0.001, 5), st.floats(5, 100))
@@ -86,12 +84,6 @@ def test_cancelled_waiter_gives_its_slot_back() -> None:
         await asyncio.wait_for(limiter.acquire(), 1)
 
     asyncio.run(scenario())
-
-
-def parse(argv: list[str], environ: dict[str, str]) -> ShimSettings:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return from_args(parser.parse_args(argv), Env(environ))
 
 
 def test_settings_from_env_and_flags_win() -> None:

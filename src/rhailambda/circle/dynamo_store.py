@@ -20,8 +20,9 @@ A commit is one ``TransactWriteItems`` call: Put/Delete records with a condition
 on their version, ConditionChecks for records and collections only read, an Update
 of every written collection's stamp, and a Put of the task's receipt (conditional:
 no unexpired receipt of the same task yet). DynamoDB takes at most 100 items per
-call, one kept for the receipt; bigger commits raise :class:`CommitTooLarge` before
-anything is sent. A receipt past ``expires`` counts as absent (TTL deletion lags).
+call: :attr:`max_items_per_commit` is 99, one kept for the receipt (bigger commits
+raise :class:`CommitTooLarge` before anything is sent). A receipt past ``expires``
+counts as absent (TTL deletion lags).
 """
 
 from __future__ import annotations
@@ -33,19 +34,9 @@ from typing import Any, Final, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from rhailambda.circle.errors import CommitTooLarge, StoreConflict, StoreError, TaskCommitted
+from rhailambda.circle.errors import StoreConflict, StoreError, TaskCommitted
 from rhailambda.circle.names import encode_context
-from rhailambda.circle.store import (
-    ABSENT,
-    Expectations,
-    Members,
-    MemberWrite,
-    Page,
-    RecordWrite,
-    Stored,
-    cap_page,
-    commit_items,
-)
+from rhailambda.circle.store import ABSENT, Change, CircleStore, Members, Page, Stored, cap_page
 from rhailambda.extension import Receipt
 
 __all__ = ["MAX_TRANSACTION_ITEMS", "DynamoCircleStore", "DynamoClient"]
@@ -91,7 +82,7 @@ def _receipt_of(item: Mapping[str, Any], now: int) -> Receipt | None:
     return Receipt(task_id, output, int(item["attempt"]["N"]), fingerprint)
 
 
-class DynamoCircleStore:
+class DynamoCircleStore(CircleStore):
     """:class:`~rhailambda.circle.store.CircleStore` on one DynamoDB table."""
 
     max_items_per_commit: int | None = MAX_TRANSACTION_ITEMS - 1  # one for the receipt
@@ -195,19 +186,8 @@ class DynamoCircleStore:
         return Members(ids=frozenset(i["sk"]["S"][len("member#") :] for i in items), stamp=stamp)
 
     # --- commit --------------------------------------------------------------
-    def commit(
-        self,
-        context: str,
-        writes: Sequence[RecordWrite],
-        member_writes: Sequence[MemberWrite],
-        expected: Expectations,
-        receipt: Receipt | None = None,
-    ) -> None:
-        if not writes and not member_writes:
-            return  # nothing to apply: a read-only script needs no validation
-        needed = commit_items(writes, member_writes, expected) + (0 if receipt is None else 1)
-        if needed > MAX_TRANSACTION_ITEMS:
-            raise CommitTooLarge(needed, MAX_TRANSACTION_ITEMS, "DynamoDB transaction items")
+    def _apply(self, context: str, change: Change, receipt: Receipt | None) -> None:
+        writes, member_writes, expected = change.writes, change.member_writes, change.expected
         token = os.urandom(8).hex()
         ops: list[dict[str, Any]] = []
         what: list[str] = []

@@ -14,18 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rhailambda.circle.errors import CommitTooLarge, StoreConflict, TaskCommitted
-from rhailambda.circle.store import (
-    ABSENT,
-    Expectations,
-    Members,
-    MemberWrite,
-    Page,
-    RecordWrite,
-    Stored,
-    cap_page,
-    commit_items,
-)
+from rhailambda.circle.errors import StoreConflict, TaskCommitted
+from rhailambda.circle.store import ABSENT, Change, CircleStore, Members, Page, Stored, cap_page
 from rhailambda.extension import Receipt
 
 __all__ = ["MemoryCircleStore"]
@@ -41,7 +31,7 @@ class _Circle:
     receipts: dict[str, tuple[Receipt, float]] = field(default_factory=dict)  # -> expiry
 
 
-class MemoryCircleStore:
+class MemoryCircleStore(CircleStore):
     """:class:`~rhailambda.circle.store.CircleStore` in a dict, guarded by one lock."""
 
     def __init__(
@@ -89,19 +79,8 @@ class MemoryCircleStore:
         receipt, expiry = circle.receipts.get(task_id, (None, 0.0))
         return receipt if expiry > self._clock() else None
 
-    def commit(
-        self,
-        context: str,
-        writes: Sequence[RecordWrite],
-        member_writes: Sequence[MemberWrite],
-        expected: Expectations,
-        receipt: Receipt | None = None,
-    ) -> None:
-        if not writes and not member_writes:
-            return
-        needed = commit_items(writes, member_writes, expected)
-        if self.max_items_per_commit is not None and needed > self.max_items_per_commit:
-            raise CommitTooLarge(needed, self.max_items_per_commit, "items")
+    def _apply(self, context: str, change: Change, receipt: Receipt | None) -> None:
+        expected = change.expected
         with self._lock:
             circle = self._circle(context)
             if receipt is not None:
@@ -118,7 +97,7 @@ class MemoryCircleStore:
             if expected.members is not None and circle.members_stamp != expected.members:
                 raise StoreConflict("the member set")
             token = os.urandom(8).hex()
-            for w in writes:
+            for w in change.writes:
                 records = circle.records.setdefault(w.collection, {})
                 order = circle.order.setdefault(w.collection, [])
                 if w.data is None:
@@ -129,9 +108,9 @@ class MemoryCircleStore:
                         bisect.insort(order, w.id)
                     records[w.id] = Stored(id=w.id, data=w.data, version=token)
                 circle.stamps[w.collection] = token
-            for m in member_writes:
+            for m in change.member_writes:
                 (circle.members.add if m.present else circle.members.discard)(m.member_id)
-            if member_writes:
+            if change.member_writes:
                 circle.members_stamp = token
             if receipt is not None:
                 expiry = self._clock() + self._receipt_ttl_s

@@ -25,15 +25,7 @@ from typing import Any, cast
 
 from rhailambda.circle.errors import StoreConflict, StoreError, TaskCommitted
 from rhailambda.circle.names import encode_context
-from rhailambda.circle.store import (
-    ABSENT,
-    Expectations,
-    Members,
-    MemberWrite,
-    Page,
-    RecordWrite,
-    Stored,
-)
+from rhailambda.circle.store import ABSENT, Change, CircleStore, Members, Page, Stored
 from rhailambda.errors import RedisError, RedisResponseError
 from rhailambda.extension import Receipt
 from rhailambda.protocol import KeyLayout
@@ -75,14 +67,12 @@ def _decode_receipt(task_id: str, text: str) -> Receipt:
     )
 
 
-class RedisCircleStore:
+class RedisCircleStore(CircleStore):
     """:class:`~rhailambda.circle.store.CircleStore` on one Redis (the function's client).
 
     Reads are re-sent once on a broken connection; a commit is not (its reply may
     be lost after it applied): the task fails and runs again.
     """
-
-    max_items_per_commit: int | None = None
 
     def __init__(
         self, client: RespClient, layout: KeyLayout | None = None, *, receipt_ttl_s: int = 3600
@@ -209,16 +199,8 @@ class RedisCircleStore:
         ]
 
     # --- commit --------------------------------------------------------------
-    def commit(
-        self,
-        context: str,
-        writes: Sequence[RecordWrite],
-        member_writes: Sequence[MemberWrite],
-        expected: Expectations,
-        receipt: Receipt | None = None,
-    ) -> None:
-        if not writes and not member_writes:
-            return  # nothing to apply: a read-only script needs no validation
+    def _apply(self, context: str, change: Change, receipt: Receipt | None) -> None:
+        expected = change.expected
         colls: list[str] = []
         slot: dict[str, int] = {}
 
@@ -234,8 +216,8 @@ class RedisCircleStore:
             "records": [[index(c), id_, v] for (c, id_), v in expected.records.items()],
             "check_members": expected.members is not None,
             "members_stamp": expected.members or ABSENT,
-            "writes": [[index(w.collection), w.id, w.data or ""] for w in writes],
-            "member_writes": [[m.member_id, 1 if m.present else 0] for m in member_writes],
+            "writes": [[index(w.collection), w.id, w.data or ""] for w in change.writes],
+            "member_writes": [[m.member_id, 1 if m.present else 0] for m in change.member_writes],
             "colls": colls,
         }
         keys = [self._key(context, "stamps"), self._key(context, "members")]

@@ -18,23 +18,28 @@ stores it in the same atomic step, and first checks that no receipt of the same
 task (:meth:`Receipt.covers`: same fingerprint, another attempt) is there: if one is, it raises
 :class:`~rhailambda.extension.AlreadyCommitted` and changes nothing.
 
-Two backends implement it: :mod:`rhailambda.circle.redis_store` and
-:mod:`rhailambda.circle.dynamo_store`. Context ids reach a store already
-validated; it encodes them itself.
+Three backends implement it: :mod:`rhailambda.circle.redis_store`,
+:mod:`rhailambda.circle.dynamo_store` and :mod:`rhailambda.circle.memory_store`. Each
+subclasses :class:`CircleStore`, which keeps the rules every commit shares (an empty
+commit does nothing, one over :attr:`~CircleStore.max_items_per_commit` fails before
+touching anything) and hands the rest to the backend's ``_apply``. Context ids reach
+a store already validated; it encodes them itself.
 """
 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from rhailambda.circle.errors import InvalidArgument
+from rhailambda.circle.errors import CommitTooLarge, InvalidArgument
 from rhailambda.extension import Receipt
 
 __all__ = [
     "ABSENT",
+    "Change",
     "CircleStore",
     "Expectations",
     "MemberWrite",
@@ -111,17 +116,27 @@ class Expectations:
     members: str | None = None
 
 
-class CircleStore(Protocol):
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one commit hands its backend: the writes and what must still hold."""
+
+    writes: Sequence[RecordWrite]
+    member_writes: Sequence[MemberWrite]
+    expected: Expectations
+
+
+class CircleStore(ABC):
     """Storage of circle data. Implementations are thread-safe and built once."""
 
     #: Most items one commit may touch (writes plus checks, the receipt not counted:
     #: a store with a limit keeps one item for it), or None for no limit.
-    max_items_per_commit: int | None
+    max_items_per_commit: int | None = None
 
+    @abstractmethod
     def read(self, context: str, collection: str, ids: Sequence[str]) -> dict[str, Stored]:
         """The stored records among ``ids`` (absent ids are left out)."""
-        ...
 
+    @abstractmethod
     def scan(
         self, context: str, collection: str, offset: int, limit: int, max_bytes: int | None = None
     ) -> Page:
@@ -130,11 +145,14 @@ class CircleStore(Protocol):
         Once the records read hold more than ``max_bytes`` of JSON, the page stops
         there, ``truncated``.
         """
-        ...
 
+    @abstractmethod
     def members(self, context: str) -> Members:
         """The circle's member ids and the member set's stamp."""
-        ...
+
+    @abstractmethod
+    def receipts(self, tasks: Sequence[tuple[str, str]]) -> list[Receipt | None]:
+        """The unexpired receipt of each ``(context, task_id)``, or None; one call."""
 
     def commit(
         self,
@@ -151,11 +169,18 @@ class CircleStore(Protocol):
         anything) when the commit needs more than :attr:`max_items_per_commit` items.
         Nothing to write: nothing happens, no receipt is stored.
         """
-        ...
+        if not writes and not member_writes:
+            return  # nothing to apply: a read-only script needs no validation
+        limit = self.max_items_per_commit
+        if limit is not None:
+            needed = commit_items(writes, member_writes, expected)
+            if needed > limit:
+                raise CommitTooLarge(needed, limit, "items (writes, reads and lists)")
+        self._apply(context, Change(writes, member_writes, expected), receipt)
 
-    def receipts(self, tasks: Sequence[tuple[str, str]]) -> list[Receipt | None]:
-        """The unexpired receipt of each ``(context, task_id)``, or None; one call."""
-        ...
+    @abstractmethod
+    def _apply(self, context: str, change: Change, receipt: Receipt | None) -> None:
+        """:meth:`commit` of a change with something to write, within the item limit."""
 
 
 def commit_items(

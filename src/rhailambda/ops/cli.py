@@ -69,13 +69,13 @@ def _worker(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from rhailambda.ops.dlq import dead_letters
+    from rhailambda.ops.dlq import DeadLetterList
 
     worker = normalize_worker_id(args.worker)
     if args.limit < 0:
         raise SettingError("--limit", f"must be at least 0, got {args.limit}")
     with connect(args) as (client, protocol):
-        letters, total = dead_letters(client, protocol, worker, args.limit)
+        letters, total = DeadLetterList(client, protocol, worker).newest(args.limit)
     rows = [d.summary() for d in letters]
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -97,13 +97,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from rhailambda.ops.dlq import listed, read_task
+    from rhailambda.ops.dlq import DeadLetterList, read_task
 
     with connect(args) as (client, protocol):
         (task,) = read_task(client, protocol, [args.task_id])
         worker = args.worker or task.fields.get("workerId", "")
         worker = normalize_worker_id(worker) if worker else ""
-        on_list = bool(worker) and args.task_id in listed(client, protocol, worker)
+        on_list = bool(worker) and args.task_id in DeadLetterList(client, protocol, worker).ids()
     out: dict[str, Any] = {**task.summary(), "workerId": worker, "deadLettered": on_list,
                            "hash": task.fields}  # fmt: skip
     print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -114,12 +114,13 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _act(args: argparse.Namespace, verb: str) -> int:
-    from rhailambda.ops import dlq
+    from rhailambda.ops.dlq import DeadLetterList
 
     worker = normalize_worker_id(args.worker)
-    action = dlq.redrive if verb == "redriven" else dlq.purge
     with connect(args) as (client, protocol):
-        outcome = action(client, protocol, worker, None if args.all else args.task_ids)
+        letters = DeadLetterList(client, protocol, worker)
+        action = letters.redrive if verb == "redriven" else letters.purge
+        outcome = action(None if args.all else args.task_ids)
     print(f"{verb}: {len(outcome.done)}" + "".join(f"\n  {t}" for t in outcome.done))
     for task_id, why in outcome.skipped.items():
         print(f"rhailambda dlq: {task_id}: {why}", file=sys.stderr)

@@ -34,7 +34,7 @@ from rhailambda.resp import RespClient
 from rhailambda.resp_wire import raise_error
 from rhailambda.settings import ProtocolSettings
 
-__all__ = ["DeadLetter", "Outcome", "dead_letters", "purge", "read_task", "redrive"]
+__all__ = ["DeadLetter", "DeadLetterList", "Outcome", "read_task"]
 
 # KEYS: task, done. ARGV: now. 'ok', or why the task cannot be redriven.
 RESET_LUA = """
@@ -146,87 +146,81 @@ def read_task(
     return out
 
 
-def listed(client: RespClient, protocol: ProtocolSettings, worker_id: str) -> list[str]:
-    """The ids on ``worker_id``'s dead-letter list, newest first."""
-    ids = client.execute("LRANGE", protocol.layout.dead_letter(worker_id), 0, -1, idempotent=True)
-    return [str(i) for i in ids]
+@dataclass(frozen=True, slots=True)
+class DeadLetterList:
+    """One queue's dead-letter list: what is on it, and the redrive and the purge."""
 
+    client: RespClient
+    protocol: ProtocolSettings
+    worker_id: str
 
-def dead_letters(
-    client: RespClient, protocol: ProtocolSettings, worker_id: str, limit: int = 0
-) -> tuple[list[DeadLetter], int]:
-    """The newest ``limit`` dead letters of a queue (0: all) and how many there are."""
-    ids = listed(client, protocol, worker_id)
-    shown = list(dict.fromkeys(ids))  # an id dead-lettered twice is listed once
-    return read_task(client, protocol, shown[:limit] if limit else shown), len(shown)
+    def ids(self) -> list[str]:
+        """The ids on the list, newest first."""
+        key = self.protocol.layout.dead_letter(self.worker_id)
+        return [str(i) for i in self.client.execute("LRANGE", key, 0, -1, idempotent=True)]
 
+    def newest(self, limit: int = 0) -> tuple[list[DeadLetter], int]:
+        """The newest ``limit`` dead letters (0: all) and how many there are."""
+        shown = list(dict.fromkeys(self.ids()))  # an id dead-lettered twice is listed once
+        letters = read_task(self.client, self.protocol, shown[:limit] if limit else shown)
+        return letters, len(shown)
 
-def _select(
-    client: RespClient, protocol: ProtocolSettings, worker_id: str, task_ids: Sequence[str] | None
-) -> tuple[list[str], dict[str, str]]:
-    """The ids to act on (all listed ones for None) and the asked-for ids not listed."""
-    present = list(dict.fromkeys(listed(client, protocol, worker_id)))
-    if task_ids is None:
-        return present, {}
-    known = set(present)
-    wanted = list(dict.fromkeys(task_ids))
-    absent = {t: f"not on the dead-letter list of {worker_id}" for t in wanted if t not in known}
-    return [t for t in wanted if t in known], absent
-
-
-def redrive(
-    client: RespClient,
-    protocol: ProtocolSettings,
-    worker_id: str,
-    task_ids: Sequence[str] | None = None,
-) -> Outcome:
-    """Put dead letters back onto their queue with fresh attempts (``None``: all)."""
-    layout = protocol.layout
-    ids, skipped = _select(client, protocol, worker_id, task_ids)
-    outcome = Outcome(skipped=skipped)
-    if not ids:
+    def redrive(self, task_ids: Sequence[str] | None = None) -> Outcome:
+        """Put dead letters back onto their queue with fresh attempts (``None``: all)."""
+        ids, outcome = self._select(task_ids)
+        if ids:
+            self._redrive(ids, outcome)
         return outcome
-    now = p.now_rfc3339()
-    reset = client.script(RESET_LUA, idempotent=True)
-    verdicts = reset.many([([layout.task(t), layout.done(t)], [now]) for t in ids])
-    ready: list[str] = []
-    for task_id, verdict in zip(ids, verdicts, strict=True):
-        verdict = raise_error(verdict)
-        if verdict == "ok":
-            ready.append(task_id)
-        else:
-            outcome.skipped[task_id] = str(verdict)
-    cleared = [["DEL", layout.replied(t), layout.reply(t)] for t in ready]  # one slot each
-    for reply in client.round_trip(cleared, idempotent=True) if cleared else []:
-        raise_error(reply)
-    requeue = client.script(REQUEUE_LUA, idempotent=True)
-    keys = [layout.dead_letter(worker_id), layout.queue(worker_id)]
-    for chunk in _chunks(ready):
-        moved = {str(t) for t in requeue(keys, list(chunk))}
-        outcome.done += [t for t in chunk if t in moved]
-        for t in chunk:
-            if t not in moved:
-                outcome.skipped[t] = "redriven meanwhile by someone else"
-    return outcome
 
-
-def purge(
-    client: RespClient,
-    protocol: ProtocolSettings,
-    worker_id: str,
-    task_ids: Sequence[str] | None = None,
-) -> Outcome:
-    """Delete dead letters for good: their hash (if final) and their list entry."""
-    layout = protocol.layout
-    ids, skipped = _select(client, protocol, worker_id, task_ids)
-    outcome = Outcome(skipped=skipped)
-    if not ids:
+    def purge(self, task_ids: Sequence[str] | None = None) -> Outcome:
+        """Delete dead letters for good: their hash (if final) and their list entry."""
+        ids, outcome = self._select(task_ids)
+        if ids:
+            self._purge(ids, outcome)
         return outcome
-    script = client.script(PURGE_TASK_LUA, idempotent=True)
-    for reply in script.many([([layout.task(t)], []) for t in ids]):
-        raise_error(reply)
-    unlist = client.script(UNLIST_LUA, idempotent=True)
-    for chunk in _chunks(ids):
-        unlist([layout.dead_letter(worker_id)], list(chunk))
-    outcome.done += ids
-    return outcome
+
+    def _select(self, task_ids: Sequence[str] | None) -> tuple[list[str], Outcome]:
+        """The ids to act on (all listed ones for None); the asked-for ids not listed are
+        the outcome's skipped ones."""
+        present = list(dict.fromkeys(self.ids()))
+        if task_ids is None:
+            return present, Outcome()
+        known = set(present)
+        wanted = list(dict.fromkeys(task_ids))
+        why = f"not on the dead-letter list of {self.worker_id}"
+        absent = {t: why for t in wanted if t not in known}
+        return [t for t in wanted if t in known], Outcome(skipped=absent)
+
+    def _redrive(self, ids: list[str], outcome: Outcome) -> None:
+        client, layout = self.client, self.protocol.layout
+        now = p.now_rfc3339()
+        reset = client.script(RESET_LUA, idempotent=True)
+        verdicts = reset.many([([layout.task(t), layout.done(t)], [now]) for t in ids])
+        ready: list[str] = []
+        for task_id, verdict in zip(ids, verdicts, strict=True):
+            verdict = raise_error(verdict)
+            if verdict == "ok":
+                ready.append(task_id)
+            else:
+                outcome.skipped[task_id] = str(verdict)
+        cleared = [["DEL", layout.replied(t), layout.reply(t)] for t in ready]  # one slot each
+        for reply in client.round_trip(cleared, idempotent=True) if cleared else []:
+            raise_error(reply)
+        requeue = client.script(REQUEUE_LUA, idempotent=True)
+        keys = [layout.dead_letter(self.worker_id), layout.queue(self.worker_id)]
+        for chunk in _chunks(ready):
+            moved = {str(t) for t in requeue(keys, list(chunk))}
+            outcome.done += [t for t in chunk if t in moved]
+            for t in chunk:
+                if t not in moved:
+                    outcome.skipped[t] = "redriven meanwhile by someone else"
+
+    def _purge(self, ids: list[str], outcome: Outcome) -> None:
+        client, layout = self.client, self.protocol.layout
+        script = client.script(PURGE_TASK_LUA, idempotent=True)
+        for reply in script.many([([layout.task(t)], []) for t in ids]):
+            raise_error(reply)
+        unlist = client.script(UNLIST_LUA, idempotent=True)
+        for chunk in _chunks(ids):
+            unlist([layout.dead_letter(self.worker_id)], list(chunk))
+        outcome.done += ids

@@ -28,13 +28,14 @@ from collections.abc import Sequence
 
 from rhailambda.protocol import KeyLayout
 from rhailambda.resp_async import AsyncRespClient, AsyncScript
-from rhailambda.resp_wire import raise_error
+from rhailambda.resp_wire import Arg, raise_error
 from rhailambda.shim.health import Health
 from rhailambda.shim.inflight_lua import HAND_BACK_LUA
 
 __all__ = ["LegacyKeys"]
 
 log = logging.getLogger("rhailambda.shim")
+Call = tuple[list[Arg], list[Arg]]  # one script run: keys, args
 
 # KEYS: old paused set, new paused key. ARGV: worker id.
 _PAUSE_LUA = """
@@ -70,43 +71,57 @@ class LegacyKeys:
         return await self._health.call("upgrade", lambda: self._pass(worker_ids))
 
     async def _pass(self, worker_ids: Sequence[str]) -> int:
+        """Each step for all queues (and all expired old shims) in one round trip."""
         shims_key, paused_key = f"{self._old}shims", f"{self._old}paused"
         leases, kinds = await self._client.round_trip(
             [["ZRANGE", shims_key, 0, -1, "WITHSCORES"], ["TYPE", paused_key]]
         )
         leases = raise_error(leases)
-        moved = 0
-        for worker in worker_ids:
-            moved += int(
-                await self._append(
-                    self._client,
-                    [f"{self._old}dlq:{worker}", self._layout.dead_letter(worker)],
-                )
-            )
-            if raise_error(kinds) == "set":
-                keys = [paused_key, self._layout.paused(worker)]
-                if await self._pause(self._client, keys, [worker]):
+        dead: list[Call] = [
+            ([f"{self._old}dlq:{w}", self._layout.dead_letter(w)], []) for w in worker_ids
+        ]
+        moved = sum(int(raise_error(n)) for n in await self._append.many(self._client, dead))
+        if raise_error(kinds) == "set":
+            pauses: list[Call] = [([paused_key, self._layout.paused(w)], [w]) for w in worker_ids]
+            carried = await self._pause.many(self._client, pauses)
+            for worker, was_paused in zip(worker_ids, carried, strict=True):
+                if raise_error(was_paused):
                     log.warning("upgrade: queue %s was paused by an old shim: still paused", worker)
         now_ms = time.time() * 1000
-        live = 0
-        for shim_id, score in zip(leases[::2], leases[1::2], strict=True):
-            if float(score) > now_ms:
-                live += 1
-                continue
-            info = f"{self._old}shim:{shim_id}"
-            listed = raise_error(await self._client.execute("HGET", info, "workers")) or ""
-            workers = [w for w in dict.fromkeys([*str(listed).split(","), *worker_ids]) if w]
-            for worker in workers:
-                old = f"{self._old}inflight:{worker}:{shim_id}"
-                got = int(await self._append(self._client, [old, self._layout.queue(worker)]))
-                if got:
-                    log.warning(
-                        "upgrade: %d ids left in flight by old shim %s back on %s",
-                        got, shim_id, worker,
-                    )  # fmt: skip
-                moved += got
-            await self._client.round_trip([["ZREM", shims_key, shim_id], ["DEL", info]])
+        expired = [str(shim_id) for shim_id, score in zip(leases[::2], leases[1::2], strict=True)
+                   if float(score) <= now_ms]  # fmt: skip
+        if expired:
+            moved += await self._reap(shims_key, expired, worker_ids)
+        live = len(leases) // 2 - len(expired)
         if live:
             log.warning("upgrade: %d shims of the old version still hold a lease", live)
         self.pending = live > 0
+        return moved
+
+    async def _reap(self, shims_key: str, expired: list[str], worker_ids: Sequence[str]) -> int:
+        """Hand the in-flight ids of expired old shims back; forget their registrations."""
+        infos = [f"{self._old}shim:{shim_id}" for shim_id in expired]
+        listed = await self._client.round_trip([["HGET", info, "workers"] for info in infos])
+        lists: list[tuple[str, str]] = []  # (old shim, worker) per in-flight list
+        for shim_id, workers in zip(expired, listed, strict=True):
+            named = str(raise_error(workers) or "").split(",")
+            lists += [(shim_id, w) for w in dict.fromkeys([*named, *worker_ids]) if w]
+        calls: list[Call] = [
+            ([f"{self._old}inflight:{w}:{shim_id}", self._layout.queue(w)], [])
+            for shim_id, w in lists
+        ]
+        moved = 0
+        replies = await self._append.many(self._client, calls)
+        for (shim_id, worker), reply in zip(lists, replies, strict=True):
+            got = int(raise_error(reply))
+            if got:
+                log.warning(
+                    "upgrade: %d ids left in flight by old shim %s back on %s",
+                    got, shim_id, worker,
+                )  # fmt: skip
+            moved += got
+        forget: list[list[Arg]] = []
+        for shim_id, info in zip(expired, infos, strict=True):
+            forget += [["ZREM", shims_key, shim_id], ["DEL", info]]
+        await self._client.round_trip(forget)
         return moved
