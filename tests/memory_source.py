@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from rhailambda.shim.source import UNREAD, Ahead, ReadAhead, Taken
+from rhailambda.shim.source import UNREAD, Ahead, ReadAhead, Taken, UnreadUpTo
 
 
 @dataclass
@@ -54,7 +54,7 @@ class MemoryQueueSource:
 
     # --- QueueSource --------------------------------------------------------------
     async def read_ahead(
-        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: int = 0
+        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: UnreadUpTo = None
     ) -> ReadAhead:
         self.takes += 1
         if worker_id in self.paused:
@@ -73,7 +73,9 @@ class MemoryQueueSource:
             task = self.tasks.setdefault(task_id, MemoryTask())
             self.inflight.setdefault(worker_id, []).append(task_id)
             items.append(Ahead(task_id, task.circle))
-        if len(items) <= unread_up_to:  # as Redis does: the delivery reads the circles
+        if (
+            unread_up_to is not None and len(items) <= unread_up_to()
+        ):  # as Redis does: the delivery reads the circles
             items = [Ahead(a.task_id, UNREAD) for a in items]
         return ReadAhead(tuple(items))
 

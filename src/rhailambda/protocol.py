@@ -10,6 +10,7 @@ the circle store all ask a :class:`KeyLayout` built once from settings.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,6 +82,12 @@ def age_s(created_at: str, now: float) -> float | None:
     return now - created.timestamp()
 
 
+@functools.lru_cache(maxsize=16)
+def _reply_parts(template: str, prefix: str) -> tuple[str, ...]:
+    """The reply template around its ``{task_id}``s (formatted once, not per key)."""
+    return tuple(template.format(prefix=prefix, task_id="\0").split("\0"))
+
+
 def now_rfc3339() -> str:
     """The current UTC time as RFC 3339 (``2026-01-01T00:00:00.123456+00:00``)."""
     return datetime.now(UTC).isoformat()
@@ -122,12 +129,13 @@ class KeyLayout:
 
     def reply(self, task_id: str) -> str:
         """The per-task reply list the client BLPOPs."""
-        return self.reply_template.format(prefix=self.prefix, task_id=task_id)
+        return task_id.join(_reply_parts(self.reply_template, self.prefix))
 
     def is_reply_key(self, key: str) -> bool:
         """Whether ``key`` is some task's reply list (a task id ``reply:x`` has its
         hash there, a worker id ``reply:x`` its queue: both refused)."""
-        head, _, tail = self.reply("\0").partition("\0")
+        parts = _reply_parts(self.reply_template, self.prefix)
+        head, tail = parts[0], parts[-1]
         return key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail)
 
     # --- rhailambda's own keys ----------------------------------------------

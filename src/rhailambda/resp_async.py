@@ -146,9 +146,12 @@ class AsyncConnection(asyncio.Protocol):
 
 
 def _retrieved(waiters: Sequence[asyncio.Future[Any]]) -> None:
-    """Mark a broken pipeline's failed replies seen (asyncio logs unseen ones)."""
+    """A broken pipeline's later replies: failed ones marked seen, pending ones cancelled
+    (nobody awaits them now; asyncio would log their failure as never retrieved)."""
     for waiter in waiters:
-        if waiter.done() and not waiter.cancelled():
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
             waiter.exception()
 
 

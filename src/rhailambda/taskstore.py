@@ -51,7 +51,10 @@ earlier write (final, same claim, reply staged), *push* is guarded by the marker
 the same id, ``pending`` again, is never deleted).
 
 On a standalone server (one node, no slots) the three steps run as one script
-(:data:`FINISH_LUA`, the same Lua functions): atomic, one round trip.
+(:data:`FINISH_LUA`, the same Lua functions): atomic, one round trip. There the usual
+finish (this attempt holds the claim, nothing staged) pushes the reply and cleans up
+directly: no state between the steps can be seen, so it stages nothing and writes no
+sent marker; its done marker stops any later delivery at claim.
 
 Keys with a TTL (replies, sent and done markers) are what ``volatile-lru`` may
 evict under memory pressure (ElastiCache Serverless's policy). What each loss

@@ -91,16 +91,12 @@ class Intake:
                 await self._wait_for_room()
                 continue
             try:
-                want = min(room, _READ_CHUNK)
-                lazy = self._lazy_up_to()
+                # Blocking at once: the BLMOVE returns at once when ids are there, and the
+                # move of up to `want` more rides in the same round trip.
                 got = await self._source.read_ahead(
-                    self.worker_id, want, block_s=0, unread_up_to=lazy
-                )
-                if not got.items and not got.paused:  # the BLMOVE, then up to `want` more
-                    block_s = self._s.queues.block_s
-                    got = await self._source.read_ahead(
-                        self.worker_id, want, block_s=block_s, unread_up_to=self._lazy_up_to()
-                    )
+                    self.worker_id, min(room, _READ_CHUNK), block_s=self._s.queues.block_s,
+                    unread_up_to=self._lazy_up_to,
+                )  # fmt: skip
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis said no: the queue must not stop for good
@@ -118,7 +114,8 @@ class Intake:
                 self._changed.set()
 
     def _lazy_up_to(self) -> int:
-        """How many ids a read may bring back with circles unread (see ``_lazy_circles``)."""
+        """How many ids a read may bring back with circles unread (see ``_lazy_circles``):
+        asked once the read has its ids (a blocking read may wait long)."""
         empty = not len(self._sched) and not self._popped
         return self._s.batch.batch_size if self._lazy_circles and empty else 0
 

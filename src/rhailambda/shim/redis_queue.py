@@ -57,7 +57,7 @@ from rhailambda.shim.inflight_lua import (
     HELD_LUA,
     MOVE_LUA,
 )
-from rhailambda.shim.source import UNREAD, Ahead, ReadAhead, Taken, TakeResult
+from rhailambda.shim.source import UNREAD, Ahead, ReadAhead, Taken, TakeResult, UnreadUpTo
 from rhailambda.slots import by_group
 
 __all__ = ["RedisQueueSource", "circle_from", "circle_read"]
@@ -213,7 +213,7 @@ class RedisQueueSource:
         return TakeResult(await self.deliver(worker_id, ahead.items))
 
     async def read_ahead(
-        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: int = 0
+        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: UnreadUpTo = None
     ) -> ReadAhead:
         if worker_id in self._suspect:
             await self._hand_back_orphans(worker_id)
@@ -242,8 +242,9 @@ class RedisQueueSource:
             if block_s > 0 and self._move.sha is not None:
                 # BLMOVE and the move of whatever else is there in one round trip: Redis
                 # runs the script once the BLMOVE returns (a lone task's wake-up).
+                rest: list[str | int] = [max_items - 1]  # the BLMOVE takes the first
                 first, ids = await step(
-                    "blmove", lambda: self._blmove_move(channel, block_s, keys, args)
+                    "blmove", lambda: self._blmove_move(channel, block_s, keys, rest)
                 )
                 if ids and ids[0] == -1:  # paused: the BLMOVE's id goes back
                     if first is not None:
@@ -269,7 +270,7 @@ class RedisQueueSource:
             task_ids = [str(i) for i in ids]
             if not task_ids:
                 return ReadAhead()
-            if len(task_ids) <= unread_up_to:  # the delivery reads them
+            if unread_up_to is not None and len(task_ids) <= unread_up_to():  # delivery reads them
                 circles = [UNREAD] * len(task_ids)
             else:
                 circles = await self._circles(task_ids)  # read-only: retried freely

@@ -16,15 +16,26 @@ lone task (the warm latency).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["UNREAD", "Ahead", "LeaseStore", "QueueSource", "ReadAhead", "TakeResult", "Taken"]
+__all__ = [
+    "UNREAD",
+    "Ahead",
+    "LeaseStore",
+    "QueueSource",
+    "ReadAhead",
+    "TakeResult",
+    "Taken",
+    "UnreadUpTo",
+]
 
 #: The circle of an id read ahead without its circle (``unread_up_to``): its delivery
 #: reads it. A NUL byte starts it, so no circle id users write collides with it.
 UNREAD = "\x00unread"
+#: Asked once a read has moved its ids: up to how many may come back :data:`UNREAD`.
+UnreadUpTo = Callable[[], int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +70,15 @@ class TakeResult:
 
 class QueueSource(Protocol):
     async def read_ahead(
-        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: int = 0
+        self, worker_id: str, max_items: int, *, block_s: float, unread_up_to: UnreadUpTo = None
     ) -> ReadAhead:
         """Move up to ``max_items`` ids (oldest first) into in-flight and read each one's
         circle; no attempt is counted and the task hashes are not written.
 
         With ``block_s`` > 0, wait that long for the first id on an empty queue. A
         paused queue moves nothing (``paused``). When at most ``unread_up_to`` ids come
-        back, their circles may be left :data:`UNREAD` (their delivery reads them).
+        back (``unread_up_to()``, asked once they are moved), their circles may be left
+        :data:`UNREAD` (their delivery reads them).
         """
         ...
 
