@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 from redis_cluster import N_SLOTS, ClusterUnderTest, key_slot
-from redis_server import CLUSTER_BUS_OFFSET, RedisServer, free_port
+from redis_server import CLUSTER_BUS_OFFSET, RedisServer, ServerKind, free_port
 
 KINDS = ["redis", "valkey"]
 
@@ -141,7 +141,7 @@ def test_full_migration_moves_every_key(cluster3: ClusterUnderTest) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_back_to_back_migrations_leave_every_slot_with_its_target(kind: str) -> None:
+def test_back_to_back_migrations_leave_every_slot_with_its_target(kind: ServerKind) -> None:
     # Each slot to the first master that does not own it: targets bump their config
     # epochs in turn. A migration started before its target has heard of its source's
     # newer epoch (the slot maps agree at once, SETSLOT NODE goes to every master)
