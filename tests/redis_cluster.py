@@ -58,6 +58,7 @@ class _NodeLine:
     port: int
     flags: frozenset[str]
     master_id: str | None
+    config_epoch: int
     slots: tuple[tuple[int, int], ...]  # owned ranges (not the [migrating] annotations)
     migrating: dict[int, str] = field(default_factory=dict)  # slot -> target id
     importing: dict[int, str] = field(default_factory=dict)  # slot -> source id
@@ -98,6 +99,7 @@ def _parse_nodes(text: str) -> list[_NodeLine]:
                 port=port,
                 flags=frozenset(parts[2].split(",")),
                 master_id=None if parts[3] == "-" else parts[3],
+                config_epoch=int(parts[6]),
                 slots=tuple(sorted(slots)),
                 migrating=migrating,
                 importing=importing,
@@ -337,9 +339,18 @@ class ClusterUnderTest:
 
         Settled: every running node says ``cluster_state:ok``, sees every other running
         node healthy and every slot owned by a running master, and all agree on the slot
-        map and on each running node's role and master; every replica's link to a
-        running master is up. (So after a master is killed, settled means its replica
-        has taken over.)
+        map, on each running node's role and master and on each one's config epoch; every
+        replica's link to a running master is up. (So after a master is killed, settled
+        means its replica has taken over.)
+
+        The epochs matter for the next migration: its target claims the slot with its
+        own epoch, bumped only if that is not already the highest the target knows of.
+        The slot maps agree as soon as SETSLOT NODE reached every master, before gossip
+        has carried a bumped epoch; a target that has not heard of its source's newer
+        epoch keeps a lower one, and the source's last claim of the slot (a ping sent
+        before its own SETSLOT, or another node's UPDATE) takes the slot back from it:
+        then the target sends MOVED to the source and the others send MOVED to the
+        target, for good.
         """
         running = [n for n in self.nodes if n.running]
         running_ids = {self.node_id(n) for n in running}
@@ -367,14 +378,15 @@ class ClusterUnderTest:
                     for i in running_ids
                 )
             )
-            signatures.setdefault((slot_map, roles), node)
+            epochs = tuple(sorted((i, healthy[i].config_epoch) for i in running_ids))
+            signatures.setdefault((slot_map, roles, epochs), node)
             mine = _myself(view)
             if mine.role == "replica" and mine.master_id in running_ids:
                 link = self.client(node).info("replication").get("master_link_status")
                 if link != "up":
                     return f"{node}: replication link {link}"
         if len(signatures) > 1:
-            return f"nodes disagree on slots/roles: {len(signatures)} views"
+            return f"nodes disagree on slots/roles/epochs: {len(signatures)} views"
         return None
 
     def wait_ok(self, timeout_s: float | None = None) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 from redis_cluster import N_SLOTS, ClusterUnderTest, key_slot
-from redis_server import CLUSTER_BUS_OFFSET, RedisServer, free_port
+from redis_server import CLUSTER_BUS_OFFSET, RedisServer, ServerKind, free_port
 
 KINDS = ["redis", "valkey"]
 
@@ -138,6 +138,28 @@ def test_full_migration_moves_every_key(cluster3: ClusterUnderTest) -> None:
     assert cluster3.client(target).hgetall(key) == {"status": "pending"}
     assert cluster3.problem() is None  # settled: every node agrees on the new owner
     assert {cluster3.owner_seen_by(node, slot).port for node in cluster3.nodes} == {target.port}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_back_to_back_migrations_leave_every_slot_with_its_target(kind: ServerKind) -> None:
+    # Each slot to the first master that does not own it: targets bump their config
+    # epochs in turn. A migration started before its target has heard of its source's
+    # newer epoch (the slot maps agree at once, SETSLOT NODE goes to every master)
+    # leaves the target claiming the slot with a lower epoch, and the source's last
+    # claim takes it back: each then answers MOVED to the other, for good. wait_ok,
+    # after each migration, waits for every node to agree on every node's epoch.
+    with ClusterUnderTest(kind, masters=3) as cluster, cluster.cluster_client() as client:
+        keys = [f"rhailib:back-to-back-{i}" for i in range(21)]
+        for key in keys:
+            client.set(key, key)
+        for key in keys:
+            slot = key_slot(key)
+            owner = cluster.node_for_slot(slot)
+            target = next(m for m in cluster.masters() if m.port != owner.port)
+            cluster.migrate_slot(slot, target)
+            assert any(lo <= slot <= hi for lo, hi in cluster.slots_of(target))  # its own claim
+            assert {cluster.owner_seen_by(n, slot).port for n in cluster.nodes} == {target.port}
+        assert [client.get(key) for key in keys] == keys
 
 
 def test_failover_flips_roles_and_keeps_acknowledged_writes(cluster3: ClusterUnderTest) -> None:
