@@ -116,7 +116,7 @@ def check_handler(settings: ShimSettings, *, python: str = sys.executable) -> st
     try:
         done = subprocess.run(
             argv, input=b"", capture_output=True, timeout=_INIT_TIMEOUT_S,
-            env={**os.environ, **settings.function_env}, check=False,
+            env={**os.environ, **worker_env(settings)}, check=False,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return f"a local worker did not start within {_INIT_TIMEOUT_S:g} s"
@@ -128,6 +128,16 @@ def check_handler(settings: ShimSettings, *, python: str = sys.executable) -> st
             if isinstance(ready, dict):
                 return None if ready.get("ready") else str(ready.get("error"))
     return f"a local worker exited with code {done.returncode} before it was ready"
+
+
+def worker_env(settings: ShimSettings) -> dict[str, str]:
+    """What local workers get on top of the shim's environment: the function's settings,
+    and the shim's log level for the function's logger (Powertools reads
+    ``POWERTOOLS_LOG_LEVEL``) unless one is set: ``--log-level WARNING`` quiets both."""
+    env = dict(settings.function_env)
+    if not (os.environ.get("POWERTOOLS_LOG_LEVEL") or env.get("POWERTOOLS_LOG_LEVEL")):
+        env["POWERTOOLS_LOG_LEVEL"] = settings.log_level
+    return env
 
 
 class LocalInvoker:
@@ -177,7 +187,7 @@ class LocalInvoker:
             handler=settings.local.handler,
             max_workers=settings.local.max_workers,
             idle_timeout_s=settings.local.idle_timeout_s,
-            env=settings.function_env,
+            env=worker_env(settings),
             function_name=settings.function.function_name,
             memory_mb=settings.local.memory_limit_mb,
             timeout_margin_s=min(settings.function.timeout_margin_s, 2.0),
