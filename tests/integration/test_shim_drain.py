@@ -141,7 +141,10 @@ def test_fair_across_queues_and_per_queue_cap(redis_client: redis.Redis, redis_u
         redis_url, ("big", "small"), flow=FlowSettings(max_concurrency=2, per_queue_concurrency=1)
     )
     small_done = lambda: sum(t.startswith("b") for t in invoker.task_ids) == 10  # noqa: E731
-    asyncio.run(run_shim(settings, invoker, small_done))
+    big_started = lambda: any(t.startswith("a") for t in invoker.task_ids)  # noqa: E731
+    # small's 10 may all go before big's first batch (a small read into an empty window
+    # is delivered at once): wait for both, so big's cap is seen at work
+    asyncio.run(run_shim(settings, invoker, lambda: small_done() and big_started()))
     big_seen = sum(t.startswith("a") for t in invoker.task_ids)
     assert big_seen < 200, big_seen  # small's 10 went through while big was mostly queued
     assert invoker.max_by_worker["big"] == 1
