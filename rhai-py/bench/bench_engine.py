@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,6 +62,15 @@ def median_s(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
+def parallel_ratio(engine: rhai_py.Engine, repeats: int) -> float:
+    """Wall time of fib(22) on two threads at once over two in a row (1.0: no parallelism)."""
+    ast = engine.compile(FIB_SCRIPT)
+    serial = median_s(lambda: (engine.eval(ast), engine.eval(ast)), repeats)
+    with ThreadPoolExecutor(2) as pool:
+        parallel = median_s(lambda: list(pool.map(lambda _: engine.eval(ast), range(2))), repeats)
+    return parallel / serial
+
+
 def run_binary(binary: Path, script: Path) -> None:
     subprocess.run([str(binary), str(script)], check=True, stdout=subprocess.DEVNULL)
 
@@ -97,6 +108,9 @@ def main() -> int:
     limited_fib = median_s(lambda: engine.eval(FIB_SCRIPT), args.repeats)
     figures.append(Figure("fib(22) rhai_py, no limits", py_fib * 1e3, "ms", None))
     figures.append(Figure("fib(22) rhai_py, default limits", limited_fib * 1e3, "ms", None))
+    if (os.cpu_count() or 1) >= 2:
+        ratio = parallel_ratio(fib_engine, args.repeats)
+        figures.append(Figure("fib(22) on two threads / two in a row", ratio, "x", 0.8))
     if args.rhai_run:
         with tempfile.TemporaryDirectory() as tmp:
             fib_file, empty_file = Path(tmp) / "fib.rhai", Path(tmp) / "empty.rhai"
