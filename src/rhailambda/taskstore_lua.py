@@ -62,18 +62,17 @@ local function is_final(s) return s == 'completed' or s == 'error' end
 -- The run token names this run of the id (set at claim), so a reused id is answered
 -- again while a finish sent twice is not; '' (no hash) pushes only if nothing was.
 local function stage(tkey, mode, attempt, status, field, value, now, reply)
-  local t = redis.call('TYPE', tkey)['ok']
-  if mode == 'missing' then
-    if t == 'none' then return {reply, ''} end
+  if mode == 'missing' or mode == 'poison' then
+    local t = redis.call('TYPE', tkey)['ok']
+    if mode == 'missing' and t == 'none' then return {reply, ''} end
+    if mode == 'poison' and t ~= 'none' and t ~= 'hash' then return {reply, ''} end
     return false
   end
-  if mode == 'poison' then
-    if t ~= 'none' and t ~= 'hash' then return {reply, ''} end
-    return false
-  end
-  if t ~= 'hash' then return false end
-  local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaClaim', 'rhailambdaReply',
-                         'rhailambdaRun')
+  -- one read tells a hash (the usual case) from anything else: no TYPE call
+  local cur = redis.pcall('HMGET', tkey, 'status', 'rhailambdaClaim', 'rhailambdaReply',
+                          'rhailambdaRun')
+  if cur['err'] then return false end  -- not a hash
+  if not cur[1] and redis.call('EXISTS', tkey) == 0 then return false end  -- no hash
   local run = cur[4] or ('claim:' .. tostring(cur[2]))
   if is_final(cur[1]) then
     if cur[3] and (mode ~= 'claim' or cur[2] == attempt) then return {cur[3], run} end
@@ -90,12 +89,19 @@ end
 
 -- 2. push: 1 pushed now, 0 pushed before, -1 the reply key is not a list
 local function push(rkey, mkey, ttl, reply, run)
-  local t = redis.call('TYPE', rkey)['ok']
-  if t ~= 'none' and t ~= 'list' then return -1 end
-  local sent = redis.call('GET', mkey)
+  local token = run == '' and '-' or run
+  -- the usual case in one call: no marker yet, so set it (SET NX GET: the old one if any)
+  local sent = redis.call('SET', mkey, token, 'NX', 'GET', 'EX', ttl)
   if sent and (run == '' or sent == run) then return 0 end
-  redis.call('SET', mkey, run == '' and '-' or run, 'EX', ttl)
-  redis.call('LPUSH', rkey, reply)
+  if sent then  -- another run's marker (a reused id): this run is answered too
+    local t = redis.call('TYPE', rkey)['ok']
+    if t ~= 'none' and t ~= 'list' then return -1 end
+    redis.call('SET', mkey, token, 'EX', ttl)
+  end
+  if type(redis.pcall('LPUSH', rkey, reply)) == 'table' then  -- not a list: no reply possible
+    if not sent then redis.call('DEL', mkey) end
+    return -1
+  end
   redis.call('EXPIRE', rkey, ttl)
   return 1
 end
@@ -103,8 +109,8 @@ end
 -- 3. clean: drop the hash (or its staged reply), leave the done marker. A dead letter
 -- keeps its hash, without the staged reply, for keep_s seconds ('0': not a dead letter).
 local function clean(tkey, dkey, ttl, preserve, keep_s)
-  if redis.call('TYPE', tkey)['ok'] == 'hash' then
-    local cur = redis.call('HMGET', tkey, 'status', 'rhailambdaReply')
+  local cur = redis.pcall('HMGET', tkey, 'status', 'rhailambdaReply')
+  if not cur['err'] and (cur[1] or cur[2] or redis.call('EXISTS', tkey) == 1) then  -- a hash
     if not (is_final(cur[1]) and cur[2]) then return 0 end
     local keep = keep_s ~= '0'
     if preserve or keep then redis.call('HDEL', tkey, 'rhailambdaReply')

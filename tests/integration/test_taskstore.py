@@ -152,10 +152,11 @@ def test_a_function_dying_between_any_two_steps_still_replies_once(
     assert not redis_client.exists(LAYOUT.task("t1"))
 
 
+@pytest.mark.parametrize("steps", [False, True], ids=["whole", "three-steps"])
 def test_a_reply_key_of_the_wrong_type_is_reported_not_raised(
-    redis_client: redis.Redis, resp_client: RespClient
+    redis_client: redis.Redis, resp_client: RespClient, steps: bool
 ) -> None:
-    store = TaskStore(resp_client, ProtocolSettings())
+    store = TaskStore(resp_client, ProtocolSettings(), steps=steps)
     _task(redis_client, "t1")
     _task(redis_client, "t2")
     redis_client.hset(LAYOUT.reply("t1"), "x", "1")  # someone's hash sits on t1's reply key
@@ -164,6 +165,7 @@ def test_a_reply_key_of_the_wrong_type_is_reported_not_raised(
     assert store.finish(finishes) == [-1, 1], "t2 is answered; t1 is reported, not raised"
     assert redis_client.hget(LAYOUT.task("t1"), "status") == "completed", "t1's result is kept"
     assert redis_client.llen(LAYOUT.reply("t2")) == 1
+    assert not redis_client.exists(LAYOUT.replied("t1")), "no sent marker for a reply never sent"
 
 
 def test_the_shims_dead_letters_remember_ids_as_long_as_the_function(
