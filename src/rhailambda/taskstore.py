@@ -67,6 +67,7 @@ itself, whose TTL the protocol requires.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -166,7 +167,7 @@ class FinishPlan:
     ) -> None:
         layout = protocol.layout
         self.protocol = protocol
-        self.group = group
+        self.group = functools.cache(group)  # stage and clean group the same task keys
         self.task_keys = [layout.task(f.ref.task_id) for f in finishes]
         self.reply_keys = [layout.reply(f.ref.task_id) for f in finishes]
         self.done_keys = [layout.done(f.ref.task_id) for f in finishes]
@@ -215,6 +216,14 @@ class FinishPlan:
             calls.append((idx, [self.task_keys[i] for i in idx], args))
         return calls
 
+    def staged(self, values: list[Any]) -> dict[int, tuple[str, str]]:
+        """Per finish index: (reply, run token) staged by step 1 (STAGE_LUA's replies)."""
+        return {
+            i: (self.args[i][6] if v[0] == 0 else str(v[0]), str(v[1]))
+            for i, v in enumerate(values)
+            if isinstance(v, list)
+        }
+
     def push(
         self, staged: dict[int, tuple[str, str]]
     ) -> list[tuple[list[int], list[str], list[str | int]]]:
@@ -242,11 +251,6 @@ def scatter(n: int, calls: Sequence[tuple[list[int], Any, Any]], replies: list[A
         for i, value in zip(idx, reply, strict=True):
             out[i] = value
     return out
-
-
-def staged_replies(values: list[Any]) -> dict[int, tuple[str, str]]:
-    """Per finish index: (reply, run token) staged by step 1."""
-    return {i: (str(v[0]), str(v[1])) for i, v in enumerate(values) if isinstance(v, list)}
 
 
 def results(n: int, staged: dict[int, tuple[str, str]], pushed: list[Any]) -> list[int]:
@@ -315,7 +319,7 @@ class TaskStore:
             return [int(x) for x in scatter(n, calls, self._finish.many(
                 [(k, a) for _, k, a in calls]))]  # fmt: skip
         calls = plan.stage()
-        staged = staged_replies(scatter(n, calls, self._stage.many([(k, a) for _, k, a in calls])))
+        staged = plan.staged(scatter(n, calls, self._stage.many([(k, a) for _, k, a in calls])))
         self._at("staged")
         calls = plan.push(staged)
         pushed = scatter(n, calls, self._push.many([(k, a) for _, k, a in calls]))

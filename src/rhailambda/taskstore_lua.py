@@ -123,15 +123,18 @@ end
 """
 
 # KEYS: task per finish. ARGV: 7 per finish (mode, attempt, status, field, value, now,
-# reply). Returns the reply to push (or false) per finish.
+# reply). Returns {reply to push, run token} (or false) per finish; the reply is 0 when
+# it is the one passed in (the usual case: it does not travel back).
 STAGE_LUA = (
     _STEPS_LUA
     + """
 local out = {}
 for i = 1, #KEYS do
   local b = (i - 1) * 7
-  out[i] = stage(KEYS[i], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5],
-                 ARGV[b + 6], ARGV[b + 7])
+  local staged = stage(KEYS[i], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
+                       ARGV[b + 5], ARGV[b + 6], ARGV[b + 7])
+  if staged and staged[1] == ARGV[b + 7] then staged[1] = 0 end
+  out[i] = staged
 end
 return out
 """

@@ -26,7 +26,6 @@ from rhailambda.taskstore import (
     Mode,
     results,
     scatter,
-    staged_replies,
 )
 
 __all__ = ["fail_tasks_async", "finish_async"]
@@ -59,7 +58,7 @@ async def finish_async(
 
     if not client.cluster:
         return [int(x) for x in await run(FINISH_LUA, plan.whole())]
-    staged = staged_replies(await run(STAGE_LUA, plan.stage()))
+    staged = plan.staged(await run(STAGE_LUA, plan.stage()))
     pushed = await run(PUSH_LUA, plan.push(staged))
     await run(CLEAN_LUA, plan.clean([i for i in staged if pushed[i] != REPLY_KEY_UNUSABLE]))
     return results(n, staged, pushed)
