@@ -3,7 +3,7 @@
 ``python -m bench.script_costs [N]`` seeds N tasks (default 20,000) on a standalone
 Valkey 9 and on a one-node Valkey 9 cluster (the shape ElastiCache Serverless shows
 its clients), then takes each batch of 100 through the steps the shim and the function
-run, with the real scripts: *deliver* (the shim's, ``redis_queue._DELIVER_LUA``),
+run, with the real scripts: *deliver* (the shim's, ``shim.taskslot.DELIVER_LUA``),
 *claim*, and the finish (``TaskStore.finish``: one script on a standalone server; stage,
 push and clean on a cluster, one script per task's slot). Per step it prints the
 server's CPU (utime + stime from /proc) and the caller's CPU (``time.process_time``:
@@ -30,7 +30,7 @@ from bench.infra import commandstats, cpu_s, delta, server_pid
 from rhailambda.event import TaskRef
 from rhailambda.resp import RespClient, from_url
 from rhailambda.settings import ProtocolSettings
-from rhailambda.shim.redis_queue import _DELIVER_LUA
+from rhailambda.shim.taskslot import DELIVER_LUA
 from rhailambda.slots import by_group
 from rhailambda.taskstore import Finish, TaskStore
 
@@ -64,7 +64,7 @@ def _seed(r: redis.Redis, ids: list[str]) -> None:
 def _deliver(client: RespClient, protocol: ProtocolSettings, ids: list[str]) -> list[int]:
     layout = protocol.layout
     task_keys = [layout.task(t) for t in ids]
-    script = client.script(_DELIVER_LUA)
+    script = client.script(DELIVER_LUA)
     calls: list[tuple[list[str], list[str | int]]] = []
     for idx in by_group(range(len(ids)), task_keys, client.slot_group, per_item=2):
         keys = [k for i in idx for k in (task_keys[i], layout.done(ids[i]))]

@@ -148,6 +148,11 @@ class KeyLayout:
         """A shim's in-flight list for one queue (ids it has taken, not yet finished)."""
         return f"{self.internal_prefix}inflight:{tag_for(self.queue(worker_id))}:{shim_id}"
 
+    def stage(self, worker_id: str, shim_id: str) -> str:
+        """List: the id a standalone shim's BLMOVE just took, until the script right
+        behind it moves it on (empty but for that instant; reaped like in-flight)."""
+        return f"{self.internal_prefix}stage:{tag_for(self.queue(worker_id))}:{shim_id}"
+
     def dead_letter(self, worker_id: str) -> str:
         """The dead-letter list of a worker queue."""
         return f"{self.internal_prefix}dlq:{tag_for(self.queue(worker_id))}"

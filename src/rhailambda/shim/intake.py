@@ -112,12 +112,15 @@ class Intake:
                 self._sched.push(item.circle, item)
             if got.items:
                 self._changed.set()
+                # The drain loop takes its batch before the next read starts: a read into
+                # an empty window may deliver as it moves (see ``_lazy_up_to``).
+                await asyncio.sleep(0)
 
     def _lazy_up_to(self) -> int:
         """How many ids a read may bring back with circles unread (see ``_lazy_circles``):
         asked once the read has its ids (a blocking read may wait long)."""
-        empty = not len(self._sched) and not self._popped
-        return self._s.batch.batch_size if self._lazy_circles and empty else 0
+        # (ids popped and being delivered are on their way out: they do not count)
+        return self._s.batch.batch_size if self._lazy_circles and not len(self._sched) else 0
 
     async def _wait_for_room(self) -> None:
         """A full window looks at the pause switch every poll, as an empty queue would."""

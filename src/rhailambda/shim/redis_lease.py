@@ -5,8 +5,9 @@ lease expiry (ms since the epoch), with an info hash ``layout.shim_info(id)``
 naming its queues and health; both share one slot (the ``{shims}`` tag). A shim
 whose lease expired is reaped by any live shim, one slot at a time:
 
-1. per queue it served (queue slot): its in-flight list goes back onto the front
-   of the queue (oldest first), in one script;
+1. per queue it served (queue slot): its in-flight list (and its stage list, see
+   :mod:`rhailambda.shim.quick_take`) goes back onto the front of the queue (oldest
+   first), one script each;
 2. (lease slot) its registration is removed, only if its lease is still expired.
 
 A reaper that dies between the two leaves the registration, so the next reaper
@@ -98,8 +99,10 @@ class RedisLeaseStore:
         if not force and score is not None and float(score) > now_ms():
             return -1  # it renewed since we listed it as expired
         calls: list[tuple[list[str], list[str]]] = [
-            ([self._layout.inflight(w, shim_id), self._layout.queue(w)], []) for w in workers
-        ]  # every queue's list in one round trip (one write per node)
+            ([held(w, shim_id), self._layout.queue(w)], [])
+            for w in workers
+            for held in (self._layout.inflight, self._layout.stage)
+        ]  # every queue's lists in one round trip (one write per node)
         replies = await self._health.call("reap", lambda: self._return.many(self._client, calls))
         moved = sum(int(raise_error(r)) for r in replies)
         keys = [self._layout.shims(), info_key]

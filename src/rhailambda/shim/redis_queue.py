@@ -7,20 +7,20 @@ So taking is two steps, and the drain loop may hold ids between them for long (i
 fair-share read-ahead window, shim.intake):
 
 1. *read ahead* (:meth:`RedisQueueSource.read_ahead`): the *move* (queue slot):
-   ``BLMOVE queue inflight RIGHT LEFT`` only on an empty queue, then one script
-   that checks the pause switch and moves up to n ids with ``LMOVE`` (pipelined
-   behind the BLMOVE: one round trip): ids go straight into our in-flight list,
-   never through a bare pop. Then each id's circle is read, read-only: one script
-   over every key on a standalone server, a plain ``HMGET`` per key on a cluster
-   (one key per command, so any node answers its own). A small read into an empty
-   window skips this (``unread_up_to``): the delivery reads the circle anyway.
+   ``BLMOVE queue inflight RIGHT LEFT``, then one script pipelined behind it that
+   checks the pause switch and moves up to n - 1 more ids with ``LMOVE``: ids go
+   straight into our in-flight list, never through a bare pop. Then each id's circle
+   is read, read-only: one script on a standalone server, an ``HMGET`` per key on a
+   cluster. A small read into an empty window skips this (``unread_up_to``): on a
+   cluster the delivery reads the circles; on a standalone server the read delivers
+   as it moves (:mod:`rhailambda.shim.quick_take`: one round trip for a lone task).
 2. *deliver* (:meth:`RedisQueueSource.deliver`, task slots: one script per slot on
    a cluster, one in all on a standalone server), for the ids put into a batch:
    skip tasks already final or finished (their done marker), count the attempt
-   (``HINCRBY`` on the hash: the fencing token), read createdAt and the circle.
-   An id whose task key is not a hash, or whose attempt field is not an integer, is
-   poison: dead-lettered with an error reply, alone. Any other refusal (OOM, READONLY)
-   is Redis's, not the task's: the script fails and the call is waited out.
+   (``HINCRBY``: the fencing token), read createdAt and the circle. An id whose task
+   key is not a hash, or whose attempt field is not an integer, is poison:
+   dead-lettered with an error reply, alone. Any other refusal (OOM, READONLY) is
+   Redis's, not the task's: the script fails and the call is waited out.
 
 Ids dropped by *deliver* leave the in-flight list in one more queue-slot call; the
 rest are handed to the drain loop. If a step fails half-way (connection lost after
@@ -44,11 +44,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rhailambda.errors import RedisResponseError
-from rhailambda.protocol import CONTEXT_ID, FIELD_ALIASES
 from rhailambda.resp_async import AsyncChannel, AsyncRespClient, AsyncScript
-from rhailambda.resp_wire import raise_error
 from rhailambda.settings import ProtocolSettings
-from rhailambda.shim import finishing
+from rhailambda.shim import finishing, quick_take
 from rhailambda.shim.health import Health
 from rhailambda.shim.inflight_lua import (
     DEAD_LETTER_LUA,
@@ -58,76 +56,19 @@ from rhailambda.shim.inflight_lua import (
     MOVE_LUA,
 )
 from rhailambda.shim.source import UNREAD, Ahead, ReadAhead, Taken, TakeResult, UnreadUpTo
+from rhailambda.shim.taskslot import (
+    CIRCLES_LUA,
+    DELIVER_LUA,
+    MOVE_DELIVER_LUA,
+    circle_from,
+    circle_read,
+    collision,
+)
 from rhailambda.slots import by_group
 
-__all__ = ["RedisQueueSource", "circle_from", "circle_read"]
-
-_CONTEXT_ALIAS = next(k for k, v in FIELD_ALIASES.items() if v == CONTEXT_ID)  # context_id
-
-
-def circle_read(key: str) -> list[str | int]:
-    """The read-only command giving a task's circle (both spellings of contextId)."""
-    return ["HMGET", key, CONTEXT_ID, _CONTEXT_ALIAS]
-
-
-def circle_from(reply: Any) -> str:
-    """The circle in :func:`circle_read`'s reply; "" for none (or an error reply)."""
-    values = reply if isinstance(reply, list) else []
-    return next((str(v) for v in values if v), "")
-
+__all__ = ["RedisQueueSource"]
 
 _BLOCK_MARGIN_S = 5.0  # a BLMOVE's reply may take this much longer than its block
-
-# KEYS: task1, done1, task2, done2, ... (one slot). Per task: {'go', attempt, createdAt, circle},
-# {'drop'} (final and answered, or finished and cleaned up), or {'poison', why}. A final
-# task that still holds its staged reply is not answered yet (its finish died after
-# step 1, see rhailambda.taskstore): it goes, and the function completes the finish.
-_DELIVER_LUA = """
-local out = {}
-for i = 1, #KEYS / 2 do
-  local key, done = KEYS[2 * i - 1], KEYS[2 * i]
-  local h = redis.pcall('HMGET', key, 'status', 'createdAt', 'created_at', 'rhailambdaReply',
-                        'contextId', 'context_id')
-  if h['err'] and not string.find(h['err'], '^WRONGTYPE') then return redis.error_reply(h['err'])
-  elseif h['err'] then
-    out[i] = {'poison', 'holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a task hash'}
-  elseif (h[1] == 'completed' or h[1] == 'error') and not h[4] then
-    out[i] = {'drop'}
-  elseif h[1] or redis.call('EXISTS', key) == 1 then
-    local attempt = redis.pcall('HINCRBY', key, 'rhailambdaAttempt', 1)
-    if type(attempt) == 'table' and not string.find(attempt['err'], 'not an integer') then
-      return redis.error_reply(attempt['err'])  -- OOM, READONLY...: Redis's, not the task's
-    elseif type(attempt) == 'table' then
-      out[i] = {'poison', 'its rhailambdaAttempt field is not an integer'}
-    else
-      local circle = h[5]
-      if not circle or circle == '' then circle = h[6] or '' end
-      out[i] = {'go', attempt, h[2] or h[3] or '', circle}
-    end
-  elseif redis.call('EXISTS', done) == 1 then
-    out[i] = {'drop'}
-  else
-    out[i] = {'go', 1, '', ''}  -- no hash: the function answers "not found"
-  end
-end
-return out
-"""
-
-# KEYS: task keys (standalone: any number in one call). Per key: its circle, or ''
-# (none, or not a hash). The same answer as circle_read + circle_from per key.
-_CIRCLES_LUA = """
-local out = {}
-for i = 1, #KEYS do
-  local h = redis.pcall('HMGET', KEYS[i], 'contextId', 'context_id')
-  local circle = ''
-  if not h['err'] then
-    circle = h[1]
-    if not circle or circle == '' then circle = h[2] or '' end
-  end
-  out[i] = circle
-end
-return out
-"""
 
 _ARGS_PER_CALL = 1000  # ElastiCache allows 3,999 arguments per command
 
@@ -159,14 +100,17 @@ class RedisQueueSource:
         self._shim_id = shim_id
         self._health = health
         self._move = AsyncScript(MOVE_LUA)
-        self._deliver = AsyncScript(_DELIVER_LUA)
-        self._circles_script = AsyncScript(_CIRCLES_LUA)
+        self._deliver = AsyncScript(DELIVER_LUA)
+        self._move_deliver = AsyncScript(MOVE_DELIVER_LUA)
+        self._circles_script = AsyncScript(CIRCLES_LUA)
         self._forget = AsyncScript(FORGET_LUA)
         self._held_script = AsyncScript(HELD_LUA)
         self._dead_letter = AsyncScript(DEAD_LETTER_LUA)
         self._hand_back = AsyncScript(HAND_BACK_LUA)
         self._held: dict[str, Counter[str]] = {}  # ids handed to the drain loop, per queue
         self._suspect: set[str] = set()  # queues where a move may have half-failed
+        #: per queue: ids a standalone read delivered already (MOVE_DELIVER_LUA's answers)
+        self._answered: dict[str, dict[str, list[Any]]] = {}
 
     async def _script(
         self, what: str, script: AsyncScript, keys: list[str], args: Sequence[str | int]
@@ -236,16 +180,25 @@ class RedisQueueSource:
 
             return await self._health.call(what, once)
 
+        quick = self._quick_up_to(unread_up_to) if block_s > 0 else 0
         try:
+            if quick:  # standalone, an empty window: move and deliver in one round trip
+                qkeys = quick_take.keys(self._layout, worker_id, self._shim_id)
+                qargs = quick_take.args(self._layout, quick, self._queue_keys)
+                got = await step("blmove", lambda: quick_take.blmove_deliver(
+                    channel, self._move_deliver, qkeys, qargs, block_s))  # fmt: skip
+                if got is None:
+                    return ReadAhead(paused=True)
+                ids, answers = got
+                self._answered.setdefault(worker_id, {}).update(zip(ids, answers, strict=True))
             # A blocking take goes straight to BLMOVE (it returns at once when ids are
             # there): the drain loop only blocks after a non-blocking take found none.
-            if block_s > 0 and self._move.sha is not None:
+            elif block_s > 0 and self._move.sha is not None:
                 # BLMOVE and the move of whatever else is there in one round trip: Redis
                 # runs the script once the BLMOVE returns (a lone task's wake-up).
                 rest: list[str | int] = [max_items - 1]  # the BLMOVE takes the first
-                first, ids = await step(
-                    "blmove", lambda: self._blmove_move(channel, block_s, keys, rest)
-                )
+                first, ids = await step("blmove", lambda: quick_take.blmove_move(
+                    channel, self._move, block_s, keys, rest))  # fmt: skip
                 if ids and ids[0] == -1:  # paused: the BLMOVE's id goes back
                     if first is not None:
                         await self._script("hand_back", self._hand_back, [inflight, queue],
@@ -270,7 +223,9 @@ class RedisQueueSource:
             task_ids = [str(i) for i in ids]
             if not task_ids:
                 return ReadAhead()
-            if unread_up_to is not None and len(task_ids) <= unread_up_to():  # delivery reads them
+            if quick:
+                circles = [quick_take.circle_of(answers[i]) for i in range(len(task_ids))]
+            elif unread_up_to is not None and len(task_ids) <= unread_up_to():  # delivery reads
                 circles = [UNREAD] * len(task_ids)
             else:
                 circles = await self._circles(task_ids)  # read-only: retried freely
@@ -291,26 +246,11 @@ class RedisQueueSource:
         self._hold(worker_id, items)
         return ReadAhead(items)
 
-    async def _blmove_move(
-        self, channel: AsyncChannel, block_s: float, keys: list[str], args: list[str | int]
-    ) -> tuple[str | None, list[Any]]:
-        """BLMOVE, then MOVE_LUA (``keys``: queue, inflight, paused) pipelined behind it
-        on the taker's own connection."""
-        commands: list[list[str | int | float]] = [
-            ["BLMOVE", keys[0], keys[1], "RIGHT", "LEFT", block_s],
-            ["EVALSHA", str(self._move.sha), len(keys), *keys, *args],
-        ]
-        first, moved = await channel.round_trip(commands, timeout_s=block_s + _BLOCK_MARGIN_S)
-        first = raise_error(first)
-        if isinstance(moved, RedisResponseError) and moved.code == "NOSCRIPT":
-            moved = await self._move(channel, keys, args)  # flushed scripts: load it again
-        return (None if first is None else str(first)), list(raise_error(moved))
-
     async def _circles(self, task_ids: Sequence[str]) -> list[str]:
         """Each id's circle (contextId, or its snake_case spelling); "" when the task has
         none or its key is no hash (deliver dead-letters those). One script on a
         standalone server; one HMGET per key on a cluster (every key its own slot)."""
-        usable = [t for t in task_ids if self._collision(t) is None]
+        usable = [t for t in task_ids if collision(self._layout, self._queue_keys, t) is None]
         if not usable:
             return ["" for _ in task_ids]
         keys = [self._layout.task(t) for t in usable]
@@ -324,21 +264,35 @@ class RedisQueueSource:
         return [circle.get(t, "") for t in task_ids]
 
     async def deliver(self, worker_id: str, items: Sequence[Ahead]) -> tuple[Taken, ...]:
-        return await self._delivered(worker_id, [a.task_id for a in items])
+        answered = self._answered.get(worker_id)
+        known = quick_take.pop_answers(answered, [a.task_id for a in items]) if answered else {}
+        return await self._delivered(worker_id, [a.task_id for a in items], known=known)
+
+    def _quick_up_to(self, unread_up_to: UnreadUpTo) -> int:
+        """How many ids a blocking read may deliver at once: 0 (the two steps) unless the
+        server is known to be standalone and the window is empty (``unread_up_to``)."""
+        if self._client.topology.cluster is not False or unread_up_to is None:
+            return 0
+        return unread_up_to()
 
     async def _delivered(
         self,
         worker_id: str,
         task_ids: Sequence[str],
         step: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
+        known: dict[int, list[Any]] | None = None,
     ) -> tuple[Taken, ...]:
-        """Count an attempt for each id we hold in flight; settle the ones not to run."""
+        """Count an attempt for each id we hold in flight (``known``: per index, the
+        answer of a delivery made by the read); settle the ones not to run."""
         if not task_ids:
             return ()
         step = step or self._health.call
         # an empty id has no task key of its own, another's key is not its own: poison,
         # without asking Redis (the dead-letter's finish removes a hash it left there)
-        verdicts: list[Any] = [self._collision(t) for t in task_ids]
+        queues, layout, known = self._queue_keys, self._layout, known or {}
+        verdicts: list[Any] = [
+            known[i] if i in known else collision(layout, queues, t) for i, t in enumerate(task_ids)
+        ]
         task_keys = [self._layout.task(t) for t in task_ids]
         usable = [i for i, v in enumerate(verdicts) if v is None]
         calls = []
@@ -383,17 +337,6 @@ class RedisQueueSource:
             await self.dead_letter(worker_id, ids, f"malformed task: its task key {why}")
         return tuple(items)
 
-    def _collision(self, task_id: str) -> list[str] | None:
-        """Why ``task_id``'s key is not a task key of its own, or None."""
-        key = self._layout.task(task_id)
-        if not task_id:
-            return ["poison", "is empty"]
-        if self._layout.is_reply_key(key):
-            return ["poison", f"{key!r} is a reply list (a task id may not start with 'reply:')"]
-        if key in self._queue_keys:
-            return ["poison", f"{key!r} is a worker's queue (a task id may not name a worker)"]
-        return None
-
     async def _evict_task_on_queue(self, worker_id: str) -> bool:
         """A task hash written AT the queue key (task id = worker id, pushed nowhere):
         dead-letter it with an error reply (its finish deletes the hash), so the
@@ -427,6 +370,9 @@ class RedisQueueSource:
                 orphans.append(task_id)
         if orphans:
             await self.hand_back(worker_id, orphans)
+        if self._client.topology.cluster is False:  # a quick read's BLMOVE may have staged one
+            keys = [self._layout.stage(worker_id, self._shim_id), self._layout.queue(worker_id)]
+            await self._script("hand_back", self._hand_back, keys, [])
         self._suspect.discard(worker_id)
 
     async def redeliver(self, worker_id: str, task_ids: Sequence[str]) -> tuple[Taken, ...]:
@@ -484,10 +430,14 @@ class RedisQueueSource:
         moved = 0
         for chunk in _chunks(ids) if ids else [[]]:
             moved += int(await self._script("hand_back", self._hand_back, [inflight, queue], chunk))
+        answered = self._answered.get(worker_id, {})
         if task_ids is None:
             self._held.pop(worker_id, None)
+            answered.clear()
         else:
             self._release(worker_id, ids)
+            for task_id in ids:
+                answered.pop(task_id, None)
         return moved
 
     async def is_paused(self, worker_id: str) -> bool:

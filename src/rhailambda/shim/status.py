@@ -26,7 +26,7 @@ from rhailambda.protocol import KeyLayout
 from rhailambda.resp import RespClient
 from rhailambda.shim.intake import CIRCLES_FIELD
 from rhailambda.shim.redis_lease import WORKERS_FIELD
-from rhailambda.shim.redis_queue import circle_from, circle_read
+from rhailambda.shim.taskslot import circle_from, circle_read
 
 __all__ = [
     "CircleStatus",
