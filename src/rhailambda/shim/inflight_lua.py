@@ -7,10 +7,32 @@ dead letters, its pause switch: one slot, see ``KeyLayout``). The task-slot
 
 from __future__ import annotations
 
-__all__ = ["DEAD_LETTER_LUA", "FORGET_LUA", "HAND_BACK_LUA", "HELD_LUA", "MOVE_LUA"]
+__all__ = [
+    "DEAD_LETTER_LUA",
+    "FORGET_LUA",
+    "HAND_BACK_LUA",
+    "HELD_LUA",
+    "MOVE_IDS",
+    "MOVE_LUA",
+]
+
+# move_ids(from, to, ids, n): LMOVE ids from the old end of `from` onto `to` until
+# `ids` holds n (or `from` is empty); returns ids
+MOVE_IDS = """
+local function move_ids(from, to, ids, n)
+  while #ids < n do
+    local id = redis.call('LMOVE', from, to, 'RIGHT', 'LEFT')
+    if not id then break end
+    ids[#ids + 1] = id
+  end
+  return ids
+end
+"""
 
 # KEYS: queue, inflight, paused. ARGV: n, [first id (moved by BLMOVE)]
-MOVE_LUA = """
+MOVE_LUA = (
+    MOVE_IDS
+    + """
 local queue, inflight = KEYS[1], KEYS[2]
 local ids = {}
 if ARGV[2] then ids[1] = ARGV[2] end
@@ -20,14 +42,9 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   end
   return {-1}
 end
-local n = tonumber(ARGV[1])
-while #ids < n do
-  local id = redis.call('LMOVE', queue, inflight, 'RIGHT', 'LEFT')
-  if not id then break end
-  ids[#ids + 1] = id
-end
-return ids
+return move_ids(queue, inflight, ids, tonumber(ARGV[1]))
 """
+)
 
 # KEYS: inflight. ARGV: ids to forget (one entry each). Returns how many were removed.
 # From the right (old end): an id acked was read ahead before the window behind it.

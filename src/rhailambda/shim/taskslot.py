@@ -13,6 +13,7 @@ from collections.abc import Container
 from typing import Any
 
 from rhailambda.protocol import CONTEXT_ID, FIELD_ALIASES, KeyLayout
+from rhailambda.shim.inflight_lua import MOVE_IDS
 
 __all__ = [
     "CIRCLES_LUA",
@@ -97,7 +98,8 @@ return out
 # back at the queue's old end), else {ids, answers}. An id whose key is not a task key
 # of its own (empty, a reply key, a queue) is answered {'later'} untouched.
 MOVE_DELIVER_LUA = (
-    _DELIVER_ONE
+    MOVE_IDS
+    + _DELIVER_ONE
     + """
 local queue, inflight, stage = KEYS[1], KEYS[2], KEYS[4]
 local prefix, head, tail = ARGV[2], ARGV[3], ARGV[4]
@@ -105,18 +107,8 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   while redis.call('LMOVE', stage, queue, 'LEFT', 'RIGHT') do end
   return {-1}
 end
-local ids = {}
 local n = tonumber(ARGV[1])
-while #ids < n do
-  local id = redis.call('LMOVE', stage, inflight, 'RIGHT', 'LEFT')
-  if not id then break end
-  ids[#ids + 1] = id
-end
-while #ids < n do
-  local id = redis.call('LMOVE', queue, inflight, 'RIGHT', 'LEFT')
-  if not id then break end
-  ids[#ids + 1] = id
-end
+local ids = move_ids(queue, inflight, move_ids(stage, inflight, {}, n), n)
 local queues = {}
 for q in string.gmatch(ARGV[5], '[^\\n]+') do queues[q] = true end
 local answers = {}
