@@ -65,6 +65,28 @@ def test_a_read_into_an_empty_window_delivers_as_it_moves(
     _with_source(redis_url, body)
 
 
+def test_a_backlog_comes_back_undelivered_for_fair_share_to_pick(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """More ids than a batch are no lone wake-up: they fill the window with their circles
+    read, and none has an attempt counted before fair share picks it."""
+    seed_tasks(redis_client, L, "w1", ["a1", "a2", "b1"])
+    redis_client.hset(L.task("b1"), "contextId", "b")
+    redis_client.lpush(L.queue("w1"), "reply:x")  # an odd id: no circle to read
+
+    async def body(source: RedisQueueSource, _: AsyncRespClient) -> None:
+        ahead = await source.read_ahead("w1", 10, block_s=0.5, unread_up_to=lambda: 1)
+        assert [(a.task_id, a.circle) for a in ahead.items] == [
+            ("a1", "c"), ("a2", "c"), ("b1", "b"), ("reply:x", "")]  # fmt: skip
+        assert all(redis_client.hget(L.task(t), ATTEMPT) is None for t in ("a1", "a2", "b1"))
+        assert redis_client.llen(L.inflight("w1", "s1")) == 4
+        assert not redis_client.exists(L.stage("w1", "s1"))
+        taken = await source.deliver("w1", [ahead.items[2]])  # fair share picked b1
+        assert [(t.task_id, t.attempt, t.circle) for t in taken] == [("b1", 1, "b")]
+
+    _with_source(redis_url, body)
+
+
 def test_ids_that_are_no_plain_task_go_the_long_way(
     redis_client: redis.Redis, redis_url: str
 ) -> None:

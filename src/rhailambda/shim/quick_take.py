@@ -11,9 +11,11 @@ an id only between those two commands, which Redis runs back to back; should a s
 die in between anyway, the reaper hands the stage list back like the in-flight list.
 
 Only a read into an empty window goes this way (``unread_up_to``, as for the reads
-whose circles the delivery reads): its ids are the next batch, so counting their
-attempts at once costs nothing. A pause or shutdown before they are sent hands them
-back with that attempt counted (one attempt of the task's budget, never a lost id).
+whose circles the delivery reads), and only when the queue holds no more than a batch:
+its ids are the next batch, so counting their attempts at once costs nothing. A
+backlog comes back with its circles read and nothing delivered, for fair share to pick.
+A pause or shutdown before the ids are sent hands them back with that attempt counted
+(one attempt of the task's budget, never a lost id).
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ def keys(layout: KeyLayout, worker_id: str, shim_id: str) -> list[str]:
             layout.paused(worker_id), layout.stage(worker_id, shim_id)]  # fmt: skip
 
 
-def args(layout: KeyLayout, n: int, queue_keys: Iterable[str]) -> list[str | int]:
-    """MOVE_DELIVER_LUA's arguments: how many, and what a task key of its own looks like."""
+def args(layout: KeyLayout, n: int, queue_keys: Iterable[str], room: int) -> list[str | int]:
+    """MOVE_DELIVER_LUA's arguments: how many to deliver, what a task key of its own
+    looks like, and how many a backlog may bring into the window."""
     head, tail = layout.reply("\x00").split("\x00")
-    return [n, layout.task(""), head, tail, "\n".join(sorted(queue_keys))]
+    return [n, layout.task(""), head, tail, "\n".join(sorted(queue_keys)), max(room, n)]
 
 
 async def blmove_move(
@@ -68,9 +71,10 @@ async def blmove_deliver(
     keys: list[str],
     args: list[str | int],
     block_s: float,
-) -> tuple[list[str], list[list[Any]]] | None:
+) -> tuple[list[str], list[str], list[list[Any]]] | None:
     """``BLMOVE queue stage`` and the script behind it (``keys``: queue, inflight, paused,
-    stage): (ids, their delivery answers), or None when the queue is paused."""
+    stage): (ids, their circles, their delivery answers), or None when the queue is
+    paused. A backlog comes back undelivered: no answers, the circles read."""
     sha = script.sha or script_sha(script)
     commands: list[list[str | int | float]] = [
         ["BLMOVE", keys[0], keys[3], "RIGHT", "LEFT", block_s],
@@ -85,8 +89,11 @@ async def blmove_deliver(
     got = raise_error(got)
     if got and got[0] == -1:
         return None
-    ids, answers = got
-    return [str(i) for i in ids], list(answers)
+    ids = [str(i) for i in got[0]]
+    if len(got) > 2:  # a backlog: fair share picks among them
+        return ids, [str(c) for c in got[2]], []
+    answers = list(got[1])
+    return ids, [circle_of(a) for a in answers], answers
 
 
 def script_sha(script: AsyncScript) -> str:

@@ -184,13 +184,14 @@ class RedisQueueSource:
         try:
             if quick:  # standalone, an empty window: move and deliver in one round trip
                 qkeys = quick_take.keys(self._layout, worker_id, self._shim_id)
-                qargs = quick_take.args(self._layout, quick, self._queue_keys)
+                qargs = quick_take.args(self._layout, quick, self._queue_keys, max_items)
                 got = await step("blmove", lambda: quick_take.blmove_deliver(
                     channel, self._move_deliver, qkeys, qargs, block_s))  # fmt: skip
                 if got is None:
                     return ReadAhead(paused=True)
-                ids, answers = got
-                self._answered.setdefault(worker_id, {}).update(zip(ids, answers, strict=True))
+                ids, quick_circles, answers = got
+                if answers:
+                    self._answered.setdefault(worker_id, {}).update(zip(ids, answers, strict=True))
             # A blocking take goes straight to BLMOVE (it returns at once when ids are
             # there): the drain loop only blocks after a non-blocking take found none.
             elif block_s > 0 and self._move.sha is not None:
@@ -224,7 +225,7 @@ class RedisQueueSource:
             if not task_ids:
                 return ReadAhead()
             if quick:
-                circles = [quick_take.circle_of(answers[i]) for i in range(len(task_ids))]
+                circles = quick_circles
             elif unread_up_to is not None and len(task_ids) <= unread_up_to():  # delivery reads
                 circles = [UNREAD] * len(task_ids)
             else:

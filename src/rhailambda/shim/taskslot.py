@@ -38,6 +38,17 @@ def circle_from(reply: Any) -> str:
     return next((str(v) for v in values if v), "")
 
 
+# circle_of(task key): its circle (contextId, or context_id), or '' (none, or no hash)
+_CIRCLE_OF = """
+local function circle_of(key)
+  local h = redis.pcall('HMGET', key, 'contextId', 'context_id')
+  if h['err'] then return '' end
+  local circle = h[1]
+  if not circle or circle == '' then circle = h[2] or '' end
+  return circle
+end
+"""
+
 # deliver_one(task key, done key or nil): {'go', attempt, createdAt, circle}, {'drop'}
 # (final and answered, or finished and cleaned up), {'poison', why}, or {'later'} (no
 # done key given and something other than a task hash to look at: the caller delivers
@@ -92,13 +103,16 @@ return out
 # Standalone only (it reaches task keys it is not given). Runs right behind
 # ``BLMOVE queue stage RIGHT LEFT`` on the same connection. KEYS: queue, inflight,
 # paused, stage. ARGV: n, task-key prefix, reply-key head, reply-key tail, the shim's
-# queue keys joined by newlines. The id the BLMOVE staged (if any) and up to n - 1 more
-# move into the in-flight list, as MOVE_LUA's do; then deliver_one per id (no done key:
-# what is not a plain task goes the long way). Returns {-1} when paused (the staged id
-# back at the queue's old end), else {ids, answers}. An id whose key is not a task key
-# of its own (empty, a reply key, a queue) is answered {'later'} untouched.
+# queue keys joined by newlines, the read's room. The id the BLMOVE staged (if any) and
+# up to n - 1 more move into the in-flight list, as MOVE_LUA's do; then deliver_one per
+# id (no done key: what is not a plain task goes the long way). Returns {-1} when paused
+# (the staged id back at the queue's old end), else {ids, answers}. An id whose key is
+# not a task key of its own (empty, a reply key, a queue) is answered {'later'}
+# untouched. A backlog (the queue not empty after n) is no lone wake-up: up to the room
+# moves, nothing is delivered, and {ids, {}, circles} lets fair share pick among them.
 MOVE_DELIVER_LUA = (
     MOVE_IDS
+    + _CIRCLE_OF
     + _DELIVER_ONE
     + """
 local queue, inflight, stage = KEYS[1], KEYS[2], KEYS[4]
@@ -109,14 +123,19 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local n = tonumber(ARGV[1])
 local ids = move_ids(queue, inflight, move_ids(stage, inflight, {}, n), n)
+local backlog = redis.call('LLEN', queue) > 0
+if backlog then ids = move_ids(queue, inflight, ids, tonumber(ARGV[6])) end
 local queues = {}
 for q in string.gmatch(ARGV[5], '[^\\n]+') do queues[q] = true end
-local answers = {}
+local answers, circles = {}, {}
 for i = 1, #ids do
   local key = prefix .. ids[i]
   local reply_key = #key > #head + #tail and key:sub(1, #head) == head
                     and (tail == '' or key:sub(-#tail) == tail)
-  if ids[i] == '' or reply_key or queues[key] then
+  local odd = ids[i] == '' or reply_key or queues[key]
+  if backlog then
+    circles[i] = odd and '' or circle_of(key)
+  elseif odd then
     answers[i] = {'later'}
   else
     local got = deliver_one(key, nil)
@@ -124,25 +143,21 @@ for i = 1, #ids do
     answers[i] = got
   end
 end
+if backlog then return {ids, {}, circles} end
 return {ids, answers}
 """
 )
 
 # KEYS: task keys (standalone: any number in one call). Per key: its circle, or ''
 # (none, or not a hash). The same answer as circle_read + circle_from per key.
-CIRCLES_LUA = """
+CIRCLES_LUA = (
+    _CIRCLE_OF
+    + """
 local out = {}
-for i = 1, #KEYS do
-  local h = redis.pcall('HMGET', KEYS[i], 'contextId', 'context_id')
-  local circle = ''
-  if not h['err'] then
-    circle = h[1]
-    if not circle or circle == '' then circle = h[2] or '' end
-  end
-  out[i] = circle
-end
+for i = 1, #KEYS do out[i] = circle_of(KEYS[i]) end
 return out
 """
+)
 
 
 def collision(layout: KeyLayout, queue_keys: Container[str], task_id: str) -> list[str] | None:
