@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -16,20 +15,12 @@ from typing import Any
 import pytest
 import redis
 from support.shim_doubles import RUNS_KEY
+from support.waiting import wait_for
 
 from rhailambda.protocol import KeyLayout, now_rfc3339
 
 L = KeyLayout()
 GOOD = [f"g{i}" for i in range(10)]
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (got := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling another process's effect, with a deadline
-    return got
 
 
 def write_task(r: redis.Redis, task_id: str, worker_id: str) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import redis
 from redis_server import RedisServer
 from support.shim_doubles import queue_source, seed_tasks
+from support.waiting import wait_for
 
 from rhailambda.client import Client
 from rhailambda.errors import RedisResponseError
@@ -26,15 +26,6 @@ L = KeyLayout()
 N = 200
 #: a few ms of work per task, so the drain is under way when memory runs out
 SCRIPT = "let x = 0; for i in 0..20000 { x += i; } x"
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (got := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling another process's effect, with a deadline
-    return got
 
 
 def shim_row(url: str) -> dict[str, Any]:

@@ -8,13 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from typing import Any
 
 import redis
 from redis_server import RedisServer
 from support.shim_doubles import FakeInvoker, seed_tasks, wait_until
+from support.waiting import wait_for
 
 from rhailambda.event import BatchResponse, InvocationEvent
 from rhailambda.protocol import KeyLayout
@@ -32,14 +30,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )  # fmt: skip
 
 
-def wait_sync(predicate: Callable[[], Any], timeout_s: float, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)  # polling an outside process's effect, with a deadline
-
-
 def test_shim_process_status_pause_and_sigterm(redis_client: redis.Redis, redis_url: str) -> None:
     env = {
         **os.environ,
@@ -54,10 +44,10 @@ def test_shim_process_status_pause_and_sigterm(redis_client: redis.Redis, redis_
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        wait_sync(lambda: redis_client.zscore(L.shims(), "proc1"), 15, "registration")
+        wait_for(lambda: redis_client.zscore(L.shims(), "proc1"), 15, "registration")
         seed_tasks(redis_client, L, "worker_one", [f"p{i}" for i in range(50)])
-        wait_sync(lambda: redis_client.llen(L.queue("worker_one")) == 0, 30, "draining")
-        wait_sync(lambda: redis_client.llen(L.inflight("worker_one", "proc1")) == 0, 30, "acks")
+        wait_for(lambda: redis_client.llen(L.queue("worker_one")) == 0, 30, "draining")
+        wait_for(lambda: redis_client.llen(L.inflight("worker_one", "proc1")) == 0, 30, "acks")
 
         paused = cli("pause", "--redis-url", redis_url, "--worker", "W2")
         assert paused.returncode == 0, paused.stderr
@@ -75,7 +65,7 @@ def test_shim_process_status_pause_and_sigterm(redis_client: redis.Redis, redis_
         assert cli("status", "--redis-url", redis_url).returncode == 0  # the table renders
 
         assert cli("resume", "--redis-url", redis_url, "--worker", "w2").returncode == 0
-        wait_sync(lambda: redis_client.llen(L.queue("w2")) == 0, 30, "resume")
+        wait_for(lambda: redis_client.llen(L.queue("w2")) == 0, 30, "resume")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

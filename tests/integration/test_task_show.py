@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import redis
-from support.ops_helpers import CLI, SCRIPT, cli, hang_env, wait_until
+from support.ops_helpers import CLI, SCRIPT, cli, hang_env
+from support.waiting import wait_for
 
 from rhailambda.client import Client
 from rhailambda.protocol import KeyLayout
@@ -76,8 +77,8 @@ def test_task_show_reports_each_of_the_five_places(
 
         # 2. in flight: running in a live shim
         running = client.submit(SCRIPT, worker_id="tsrun", context_id="c", caller_id="c")
-        wait_until(lambda: redis_client.hget(L.task(running), "status") == "processing",
-                   "the hanging task to be claimed")  # fmt: skip
+        wait_for(lambda: redis_client.hget(L.task(running), "status") == "processing",
+                 60, "the hanging task to be claimed")  # fmt: skip
         report = show(running, env)
         (place,) = report["places"]
         assert place["kind"] == "in_flight"
@@ -90,8 +91,8 @@ def test_task_show_reports_each_of_the_five_places(
         # 3. waiting for a retry: timed out once, its retry an hour away (in shim memory)
         retry = client.submit(SCRIPT, worker_id="tsretry", context_id="c", caller_id="c")
         info = L.shim_info("ts-retry")
-        wait_until(lambda: int(redis_client.hget(info, "retried") or 0) >= 1,
-                   "the timed-out task to wait for its retry")  # fmt: skip
+        wait_for(lambda: int(redis_client.hget(info, "retried") or 0) >= 1,
+                 60, "the timed-out task to wait for its retry")  # fmt: skip
         (place,) = show(retry, env)["places"]
         assert (place["kind"], place["shim_id"]) == ("in_flight", "ts-retry")
         assert "waiting in that shim for a retry" in place["text"]
@@ -103,7 +104,7 @@ def test_task_show_reports_each_of_the_five_places(
             "status": "pending", "createdAt": "2020-01-01T00:00:00Z",
         })  # fmt: skip
         redis_client.lpush(L.queue("tsretry"), old)
-        wait_until(lambda: redis_client.llen(L.dead_letter("tsretry")) == 1, "the dead letter")
+        wait_for(lambda: redis_client.llen(L.dead_letter("tsretry")) == 1, 60, "the dead letter")
         report = show(old, env, "--worker", "tsretry")  # its hash names no worker
         (place,) = report["places"]
         assert (place["kind"], place["worker_id"]) == ("dead_lettered", "tsretry")
@@ -112,7 +113,7 @@ def test_task_show_reports_each_of_the_five_places(
 
         # 5. done, its reply not collected yet
         quick = client.submit("40 + 2", worker_id="tsretry", context_id="c", caller_id="c")
-        wait_until(lambda: redis_client.llen(L.reply(quick)) == 1, "the quick task's reply")
+        wait_for(lambda: redis_client.llen(L.reply(quick)) == 1, 60, "the quick task's reply")
         report = show(quick, env)
         (place,) = report["places"]
         assert place["kind"] == "done" and place["kept_s"] > 0
