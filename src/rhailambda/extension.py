@@ -95,9 +95,11 @@ class Receipt:
 
 def task_fingerprint(script: str, caller_id: str, context_id: str, created_at: str) -> str:
     """What a task is, in 32 hex digits (BLAKE2b: no OpenSSL load on the cold start)."""
-    fields = (script, caller_id, context_id, created_at)
-    parts = [field.encode("utf-8", "surrogatepass") for field in fields]
-    data = b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+    # each field is its length (8 bytes, big-endian) and its UTF-8; written out: per task
+    a, b = script.encode("utf-8", "surrogatepass"), caller_id.encode("utf-8", "surrogatepass")
+    c, d = context_id.encode("utf-8", "surrogatepass"), created_at.encode("utf-8", "surrogatepass")
+    n = int.to_bytes
+    data = b"".join((n(len(a), 8), a, n(len(b), 8), b, n(len(c), 8), c, n(len(d), 8), d))
     return blake2b(data, digest_size=16).hexdigest()
 
 

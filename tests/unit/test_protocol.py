@@ -71,6 +71,32 @@ def test_reply_has_the_dispatcher_shape() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("text", "output", "error"),
+    [
+        ('say "hi"\\n\n\t\x00\x1f\x7f', "20", None),
+        ("é ß 名前 😀 \u2028\u2029", None, "boom: «nope»"),
+        ("\ud800 lone surrogate", "\udfff", "</script>"),
+        ("", "", ""),
+    ],
+)
+def test_reply_text_is_exactly_what_json_dumps_writes(
+    text: str, output: str | None, error: str | None
+) -> None:
+    """The hand-written reply is byte for byte the compact, non-ASCII-escaping JSON a
+    client (and the Rust dispatcher) always got."""
+    fields = p.TaskFields.from_hash(
+        text, {"script": text, "callerId": text, "contextId": text, "createdAt": text}, text
+    )
+    reply = p.build_reply(fields, status=text, output=output, error=error, updated_at=text)
+    expected = {
+        "taskId": text, "script": text, "status": text, "output": output, "error": error,
+        "createdAt": text, "updatedAt": text, "callerId": text, "contextId": text,
+        "workerId": text,
+    }  # fmt: skip
+    assert reply == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+
+
 def test_env_errors_name_the_variable() -> None:
     env = Env({"N": "ten", "B": "maybe", "F": "nan"})
     with pytest.raises(SettingError, match=r"^N:"):

@@ -25,7 +25,6 @@ circle's data (:func:`rhailambda.tenancy.other_tenant`); its neighbours run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
@@ -91,13 +90,14 @@ def _validate(fields: p.TaskFields, max_script_bytes: int) -> str | None:
     """Why a claimed task cannot run, or None."""
     if fields.script is None:
         return "malformed task: the task hash has no 'script' field"
-    if not fields.script.strip():
+    if not fields.script or fields.script.isspace():
         return "malformed task: the script is empty"
     if fields.status not in ("", p.STATUS_PENDING, p.STATUS_PROCESSING):
         return f"malformed task: unknown status {fields.status!r}"
-    size = len(fields.script.encode())
-    if size > max_script_bytes:
-        return f"script too large: {size} bytes, the limit is {max_script_bytes}"
+    if len(fields.script) * 4 > max_script_bytes:  # UTF-8: at most 4 bytes a character
+        size = len(fields.script.encode())
+        if size > max_script_bytes:
+            return f"script too large: {size} bytes, the limit is {max_script_bytes}"
     if not fields.context_id:
         return "malformed task: the task hash has no 'contextId' field"
     if not fields.caller_id:
@@ -147,17 +147,14 @@ class BatchRunner:
             outcomes[task_id] = "rejected"
             reasons[task_id] = why
         claims = self._store.claim(event.tasks)
-        verdicts = batch_verdicts(
-            self._settings.signatures,
-            [c for c in claims if self._runnable(c, tenant_id)],
-            event.worker_id,
-            time.time(),
-        )
-        recalled = self._recall(claims, event.worker_id, tenant_id)
+        problems = [self._problem(c, tenant_id) for c in claims]  # None: it may run
+        runnable = [c for c, why in zip(claims, problems, strict=True) if why is None]
+        verdicts = batch_verdicts(self._settings.signatures, runnable, event.worker_id, time.time())
+        recalled = self._recall(runnable, event.worker_id)
         held_bytes = 0  # outputs and errors waiting in `finishes`
-        for claim in claims:
+        for claim, problem in zip(claims, problems, strict=True):
             result, finish = self._run_one(
-                claim, event.worker_id, deadline, recalled, verdicts, tenant_id
+                claim, event.worker_id, deadline, recalled, verdicts, problem
             )
             outcomes.setdefault(claim.ref.task_id, result.outcome)  # an id twice: first wins
             results.append(result)
@@ -185,21 +182,14 @@ class BatchRunner:
             elif written != REPLIED and finish.mode != "finishing":
                 outcomes[task_id] = "skipped"  # a newer delivery took over: its reply counts
 
-    def _problem(self, fields: p.TaskFields, tenant_id: str | None) -> str | None:
-        """Why a claimed task cannot run here, or None."""
-        why = _validate(fields, self._settings.max_script_bytes)
-        return why or other_tenant(fields.context_id, tenant_id)
+    def _problem(self, claim: Claim, tenant_id: str | None) -> str | None:
+        """Why a claimed task cannot run here, or None ("" for no claimed task)."""
+        if claim.state != "claimed" or claim.fields is None:
+            return ""
+        why = _validate(claim.fields, self._settings.max_script_bytes)
+        return why or other_tenant(claim.fields.context_id, tenant_id)
 
-    def _runnable(self, claim: Claim, tenant_id: str | None) -> bool:
-        return (
-            claim.state == "claimed"
-            and claim.fields is not None
-            and self._problem(claim.fields, tenant_id) is None
-        )
-
-    def _recall(
-        self, claims: Sequence[Claim], worker_id: str, tenant_id: str | None
-    ) -> dict[str, Receipt] | str:
+    def _recall(self, runnable: Sequence[Claim], worker_id: str) -> dict[str, Receipt] | str:
         """Receipts of the tasks delivered again that an earlier run committed, by task id.
 
         A string: why the extensions could not say (a store down); those tasks are
@@ -214,12 +204,8 @@ class BatchRunner:
         # writes in: a fresh claim's task is new, whatever receipt its id has.
         again = [
             (c.ref.task_id, c.fields, c.ref.attempt)
-            for c in claims
-            if c.state == "claimed"
-            and c.fields is not None
-            and c.ref.attempt > 1
-            and c.fields.status == p.STATUS_PROCESSING
-            and self._problem(c.fields, tenant_id) is None
+            for c in runnable
+            if c.fields is not None and c.ref.attempt > 1 and c.fields.status == p.STATUS_PROCESSING
         ]
         found: dict[str, Receipt] = {}
         if not keepers or not again:
@@ -243,7 +229,7 @@ class BatchRunner:
         deadline: float,
         recalled: dict[str, Receipt] | str,
         verdicts: Mapping[str, Verdict],
-        tenant_id: str | None = None,
+        problem: str | None,
     ) -> tuple[TaskResult, Finish | None]:
         task_id = claim.ref.task_id
         if claim.state == "skip":
@@ -272,7 +258,7 @@ class BatchRunner:
         left = deadline - started
         if left < _MIN_TASK_BUDGET_S:  # hand it back: the claim lets the next attempt in
             return TaskResult(task_id, fields, "failed", "no time left in batch", 0.0), None
-        error = self._problem(fields, tenant_id)
+        error = problem
         verdict = verdicts.get(task_id)
         verified = verdict is not None and verdict.verified
         if error is None and verdict is not None:
@@ -313,7 +299,7 @@ class BatchRunner:
                 ast = self._compiler.compile(fields.script)
         except rhai_py.RhaiError as exc:
             return None, _describe(exc), 0
-        ctx = _script_context(fields, fields.worker_id)
+        ctx = _script_context(fields, fields.worker_id, None)
         constants = {
             "CALLER_ID": ctx.caller_id,
             "CONTEXT_ID": ctx.context_id,
@@ -331,7 +317,7 @@ class BatchRunner:
         runs = 0
         while True:
             runs += 1
-            run_ctx = dataclasses.replace(ctx, deadline=time.monotonic() + timeout_s)
+            run_ctx = _script_context(fields, ctx.worker_id, time.monotonic() + timeout_s)
             sessions = [ext.open(run_ctx) for ext in self._extensions]
             engine = rhai_py.Engine(**engine_kwargs)
             for session in sessions:
@@ -373,9 +359,11 @@ def _register(
         engine.register_module(name, functions)
 
 
-def _script_context(fields: p.TaskFields, worker_id: str) -> ScriptContext:
+def _script_context(
+    fields: p.TaskFields, worker_id: str, deadline: float | None = None
+) -> ScriptContext:
     return ScriptContext(
-        fields.caller_id, fields.context_id, fields.worker_id or worker_id, fields.task_id
+        fields.caller_id, fields.context_id, fields.worker_id or worker_id, fields.task_id, deadline
     )
 
 

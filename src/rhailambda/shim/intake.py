@@ -219,16 +219,18 @@ class Intake:
 
     def settled(self, task_ids: Sequence[str]) -> None:
         """These delivered ids left in-flight (acked, dead-lettered, handed back)."""
-        released = False
+        ended: dict[str, int] = {}  # circle -> how many of its tasks ended
         for task_id in task_ids:
             circles = self._running.get(task_id)
             if not circles:
                 continue
-            self._sched.release(circles.pop())
+            circle = circles.pop()
+            ended[circle] = ended.get(circle, 0) + 1
             if not circles:
                 del self._running[task_id]
-            released = True
-        if released:
+        for circle, count in ended.items():
+            self._sched.release(circle, count)
+        if ended:
             self._changed.set()
 
     def busiest(self, top: int) -> list[tuple[str, int, int]]:
