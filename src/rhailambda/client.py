@@ -12,6 +12,13 @@ redis-py's per-command cost, which is most of a light-load round trip::
 
 With ``signing_key`` (a :class:`rhailambda.signing.SigningKey`) every task is signed
 (PROTOCOL.md, "Signed tasks"): its caller id is the key's public key.
+
+Task ids it makes up on a Redis Cluster carry their worker as a hash tag
+(``{worker1}6f1c...``, ``slot_tagged_ids``): every key of every task of one worker
+then lives in one slot, so the shim delivers, and the function claims and finishes,
+a whole batch per script call, as on a standalone server. Ids a caller gives (and
+ids other clients make, such as the Rust dispatcher's plain UUIDs) work as they are:
+each of their tasks is a slot of its own, and takes a call per task and step.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from rhailambda.wake import Waker
 if TYPE_CHECKING:
     from rhailambda.signing import SigningKey
 
-__all__ = ["MAX_ID_BYTES", "Client", "Reply", "Submission", "check_ids"]
+__all__ = ["MAX_ID_BYTES", "Client", "Reply", "Submission", "check_ids", "new_task_id"]
 
 # BLPOP takes many keys: waiting on a chunk wakes on whichever reply comes first.
 _WAIT_CHUNK = 128
@@ -130,6 +137,16 @@ def _check_text(what: str, value: str) -> None:
         raise InvalidIdError(what, value, "is not valid UTF-8") from None
 
 
+def new_task_id(worker_id: str, slot_tagged: bool) -> str:
+    """A fresh task id: a UUID, after ``{worker_id}`` when ``slot_tagged`` (a hash tag:
+    the keys of every such task of that worker hash to one slot) and the id stays within
+    :data:`MAX_ID_BYTES`."""
+    uid = str(uuid.uuid4())
+    if slot_tagged and len(worker_id.encode()) + 2 + len(uid) <= MAX_ID_BYTES:
+        return f"{{{worker_id}}}{uid}"
+    return uid
+
+
 class Client:
     """Submit scripts, await replies, read task status. Thread-safe (a connection pool)."""
 
@@ -141,8 +158,11 @@ class Client:
         client: RespClient | None = None,
         signing_key: SigningKey | None = None,
         wake_function: str | None = None,
+        slot_tagged_ids: bool | None = None,
     ) -> None:
-        """``wake_function``: the poller to wake (else ``RHAILAMBDA_WAKE_FUNCTION``; "": none)."""
+        """``wake_function``: the poller to wake (else ``RHAILAMBDA_WAKE_FUNCTION``; "": none).
+        ``slot_tagged_ids``: whether new task ids carry their worker as a hash tag
+        (None: on a cluster, where it lets a batch share one slot)."""
         if client is None:
             if redis_url is None:
                 raise ValueError("give redis_url or client")
@@ -157,6 +177,7 @@ class Client:
         self.layout = layout or p.KeyLayout()
         self._pop_many = client.script(_POP_MANY_LUA)
         self._signing_key = signing_key
+        self._slot_tagged_ids = slot_tagged_ids
         self.waker = (
             Waker.default(self.layout)
             if wake_function is None
@@ -214,9 +235,10 @@ class Client:
         ids: list[str] = []
         queues: dict[str, list[str]] = {}
         given = {sub.task_id for sub in chunk if sub.task_id}
+        tagged = self._redis.cluster if self._slot_tagged_ids is None else self._slot_tagged_ids
         for sub in chunk:
-            task_id = str(uuid.uuid4()) if sub.task_id is None else sub.task_id
             worker = p.normalize_worker_id(sub.worker_id)
+            task_id = sub.task_id if sub.task_id is not None else new_task_id(worker, tagged)
             try:
                 sub.script.encode()
             except UnicodeEncodeError as exc:
@@ -285,7 +307,7 @@ class Client:
         window of the oldest pending keys: one pipelined LPOP round over the window,
         and when nothing is there, one BLPOP on the whole window (it wakes on
         whichever reply comes first; on a cluster, whose BLPOP keys must share a
-        slot, on the oldest key alone). Cost stays linear in the number of tasks. A
+        slot, on the keys in the oldest key's slot). Cost stays linear in the number of tasks. A
         single pending reply is a BLPOP alone: one round trip when it is there.
         """
         deadline = time.monotonic() + timeout_s
@@ -300,8 +322,11 @@ class Client:
             if left <= 0:
                 raise ReplyTimeoutError(next(iter(pending.values())), timeout_s)
             block_s = max(0.01, min(left, _MAX_BLOCK_S))
-            # BLPOP's keys must share a slot on a cluster: there, wait on the oldest alone.
-            waited = window[:1] if self._redis.cluster else window
+            # BLPOP's keys must share a slot on a cluster: there, the oldest key's slot.
+            waited = window
+            if self._redis.cluster:
+                slot = self._redis.slot_group(window[0])
+                waited = [k for k in window if self._redis.slot_group(k) == slot]
             got = self._redis.execute("BLPOP", *waited, round(block_s, 3))  # never re-sent: pops
             if got is not None:
                 key, payload = str(got[0]), str(got[1])

@@ -51,7 +51,10 @@ earlier write (final, same claim, reply staged), *push* is guarded by the marker
 the same id, ``pending`` again, is never deleted).
 
 On a standalone server (one node, no slots) the three steps run as one script
-(:data:`FINISH_LUA`, the same Lua functions): atomic, one round trip. There the usual
+(:data:`FINISH_LUA`, the same Lua functions): atomic, one round trip. So do they on
+a cluster for a task whose id carries a hash tag (``{worker1}6f1c...``, what
+:class:`rhailambda.client.Client` makes up there): its hash, reply list and markers
+share one slot, and the tasks of one slot finish in one call. There the usual
 finish (this attempt holds the claim, nothing staged) pushes the reply and cleans up
 directly: no state between the steps can be seen, so it stages nothing and writes no
 sent marker; its done marker stops any later delivery at claim.
@@ -312,12 +315,37 @@ class TaskStore:
         """Apply the finishes; per finish REPLIED, NOT_OURS or REPLY_KEY_UNUSABLE."""
         if not finishes:
             return []
+        if self._steps:
+            return self._three_steps(finishes)
+        if not self._client.cluster:
+            return self._whole(finishes)
+        # a task whose reply list shares its hash's slot (a slot-tagged id) finishes whole
+        layout, group = self._protocol.layout, self._client.slot_group
+        ids = [f.ref.task_id for f in finishes]
+        whole = [i for i, t in enumerate(ids) if group(layout.task(t)) == group(layout.reply(t))]
+        if not whole:
+            return self._three_steps(finishes)
+        apart = sorted(set(range(len(ids))) - set(whole))
+        out = [NOT_OURS] * len(ids)
+        for part, run in ((whole, self._whole), (apart, self._three_steps)):
+            for i, written in zip(part, run([finishes[i] for i in part]), strict=True):
+                out[i] = written
+        return out
+
+    def _whole(self, finishes: Sequence[Finish]) -> list[int]:
+        """FINISH_LUA: every key of each task in one slot (standalone: one call)."""
+        if not finishes:
+            return []
+        calls = FinishPlan(self._protocol, finishes, self._client.slot_group).whole()
+        return [int(x) for x in scatter(len(finishes), calls, self._finish.many(
+            [(k, a) for _, k, a in calls]))]  # fmt: skip
+
+    def _three_steps(self, finishes: Sequence[Finish]) -> list[int]:
+        """Stage, push, clean: the hash and the reply in different slots."""
+        if not finishes:
+            return []
         n = len(finishes)
         plan = FinishPlan(self._protocol, finishes, self._client.slot_group)
-        if not (self._client.cluster or self._steps):
-            calls = plan.whole()
-            return [int(x) for x in scatter(n, calls, self._finish.many(
-                [(k, a) for _, k, a in calls]))]  # fmt: skip
         calls = plan.stage()
         staged = plan.staged(scatter(n, calls, self._stage.many([(k, a) for _, k, a in calls])))
         self._at("staged")
