@@ -1,9 +1,11 @@
-"""Our client side of a throughput run (``python -m bench.load URL WORKER N [signed]``).
+"""Our client side of a throughput run (``python -m bench.load URL WORKER N [signed] [plain]``).
 
 Submits N tasks in one pipelined round trip, waits for every reply, checks each
 output, prints one JSON line. The peers' clients (bench/peers/) print the same.
 ``signed``: the client signs every task with a fresh key (the signing is timed, as
-a real client pays it) and each reply must come from a verified run.
+a real client pays it) and each reply must come from a verified run. ``plain``: plain
+UUID task ids, as the Rust dispatcher makes them (on a cluster the client would tag
+them with their worker: ``Client(slot_tagged_ids=...)``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from rhailambda.signing import SigningKey
 SIGNED_SCRIPT = f"if CALLER_VERIFIED {{ {SCRIPT} }} else {{ 0 }}"
 
 
-def main(url: str, worker: str, n: int, signed: bool = False, timeout_s: float = 600.0) -> None:
+def main(
+    url: str, worker: str, n: int, signed: bool = False, plain: bool = False,
+    timeout_s: float = 600.0,
+) -> None:  # fmt: skip
     key = SigningKey.generate() if signed else None
     script, caller = (SIGNED_SCRIPT, "") if signed else (SCRIPT, "bench")
-    with Client(url, signing_key=key) as client:
+    with Client(url, signing_key=key, slot_tagged_ids=False if plain else None) as client:
         cpu0, started = time.process_time(), time.perf_counter()
         ids = client.submit_many([(script, worker, "bench", caller)] * n)
         replies = client.wait_many(ids, timeout_s)
@@ -33,4 +38,5 @@ def main(url: str, worker: str, n: int, signed: bool = False, timeout_s: float =
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), signed=sys.argv[4:5] == ["signed"])
+    flags = set(sys.argv[4:])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), "signed" in flags, "plain" in flags)

@@ -75,11 +75,13 @@ def ours(
     redis_pid: int | None = None,
     *,
     signed: bool = False,
+    plain_ids: bool = False,
 ) -> dict[str, Any]:
-    """Our throughput; ``signed``: the client signs every task, the function verifies it."""
+    """Our throughput; ``signed``: the client signs every task, the function verifies it;
+    ``plain_ids``: plain UUID task ids (no slot tag on a cluster, as the Rust dispatcher's)."""
     args = [*shim_args, "--local-workers", str(cfg.processes)]
     rates, cpu = [], []
-    extra = ["signed"] if signed else []
+    extra = (["signed"] if signed else []) + (["plain"] if plain_ids else [])
     with Shim(url, WORKER, args, log=log) as shim:
         warm = run_json(
             [PY, "-m", "bench.load", url, WORKER, str(min(1000, cfg.n_tasks)), *extra],
