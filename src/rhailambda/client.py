@@ -142,7 +142,10 @@ def new_task_id(worker_id: str, slot_tagged: bool) -> str:
     the keys of every such task of that worker hash to one slot) and the id stays within
     :data:`MAX_ID_BYTES`."""
     uid = str(uuid.uuid4())
-    if slot_tagged and len(worker_id.encode()) + 2 + len(uid) <= MAX_ID_BYTES:
+    # (a worker id check_ids refuses gets a plain id: its error names the worker id then)
+    size = len(worker_id.encode("utf-8", "replace"))
+    usable = worker_id.isprintable() and not any(c.isspace() for c in worker_id)
+    if slot_tagged and usable and size + 2 + len(uid) <= MAX_ID_BYTES:
         return f"{{{worker_id}}}{uid}"
     return uid
 

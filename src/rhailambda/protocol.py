@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from rhailambda.slots import tag_for
+from rhailambda.slots import key_home
 
 __all__ = [
     "FIELD_ALIASES",
@@ -146,31 +146,31 @@ class KeyLayout:
     # Cluster", and PROTOCOL.md here for the whole list.
     def inflight(self, worker_id: str, shim_id: str) -> str:
         """A shim's in-flight list for one queue (ids it has taken, not yet finished)."""
-        return f"{self.internal_prefix}inflight:{tag_for(self.queue(worker_id))}:{shim_id}"
+        return f"{self.internal_prefix}inflight:{key_home(self.queue(worker_id))}:{shim_id}"
 
     def stage(self, worker_id: str, shim_id: str) -> str:
         """List: the id a standalone shim's BLMOVE just took, until the script right
         behind it moves it on (empty but for that instant; reaped like in-flight)."""
-        return f"{self.internal_prefix}stage:{tag_for(self.queue(worker_id))}:{shim_id}"
+        return f"{self.internal_prefix}stage:{key_home(self.queue(worker_id))}:{shim_id}"
 
     def dead_letter(self, worker_id: str) -> str:
         """The dead-letter list of a worker queue."""
-        return f"{self.internal_prefix}dlq:{tag_for(self.queue(worker_id))}"
+        return f"{self.internal_prefix}dlq:{key_home(self.queue(worker_id))}"
 
     def paused(self, worker_id: str) -> str:
         """Present while the queue is paused (like an event source mapping's ``Enabled: false``)."""
-        return f"{self.internal_prefix}paused:{tag_for(self.queue(worker_id))}"
+        return f"{self.internal_prefix}paused:{key_home(self.queue(worker_id))}"
 
     def done(self, task_id: str) -> str:
         """Marker of a finished task whose hash is gone: a late redelivery is dropped.
 
         Lives as long as the reply (the reply TTL), in the task hash's slot.
         """
-        return f"{self.internal_prefix}done:{tag_for(self.task(task_id))}"
+        return f"{self.internal_prefix}done:{key_home(self.task(task_id))}"
 
     def replied(self, task_id: str) -> str:
         """Marker that the task's reply was pushed: the push happens once, in the reply's slot."""
-        return f"{self.internal_prefix}replied:{tag_for(self.reply(task_id))}"
+        return f"{self.internal_prefix}replied:{key_home(self.reply(task_id))}"
 
     def shims(self) -> str:
         """Sorted set: shim id -> lease expiry (ms since epoch). One slot for every shim."""

@@ -29,6 +29,7 @@ __all__ = [
     "by_group",
     "command_keys",
     "hashed_part",
+    "key_home",
     "key_slot",
     "parse_redirect",
     "tag_for",
@@ -88,6 +89,14 @@ def tag_for(key: str) -> str:
     if b"}" not in part:
         return "{" + part.decode("utf-8", "surrogateescape") + "}"
     return "{" + _slot_tag(key_slot(key)) + "}"
+
+
+def key_home(key: str) -> str:
+    """What a key of ours that belongs to ``key`` embeds: :func:`tag_for` (``key``'s slot),
+    then ``key`` itself unless the tag already holds all of it, so that no two keys share
+    a home (``{rhailib:w1}``; for ``rhailib:{w1}6f1c``, ``{w1}rhailib:{w1}6f1c``)."""
+    tag = tag_for(key)
+    return tag if len(tag) == len(key) + 2 and tag[1:-1] == key else tag + key
 
 
 # Where the keys of a command are: (first key index, last (negative: from the end), step).

@@ -78,13 +78,13 @@ def test_a_mixed_batch_finishes_each_task_its_way_with_one_reply_each(
         ]
         store = TaskStore(resp_client, ProtocolSettings())
         claims = store.claim([TaskRef(t, 1) for t in ids])
-        assert all(c.fields is not None for c in claims)
+        fields = [c.fields for c in claims]
+        assert all(f is not None for f in fields)
         order = [3, 0, 4, 1, 5, 2]  # interleaved: the answers come back in the batch's order
-        finishes = [
-            Finish(claims[i].ref, claims[i].fields, "error" if i % 2 else "completed",  # type: ignore[arg-type]
-                   output="ok", error="bad")  # fmt: skip
-            for i in order
-        ]
+        finishes = []
+        for i in order:
+            status = "error" if i % 2 else "completed"
+            finishes.append(Finish(claims[i].ref, fields[i], status, output="ok", error="bad"))  # type: ignore[arg-type]
         assert store.finish(finishes) == [REPLIED] * 6
         assert store.finish(finishes) == [0] * 6  # again (a re-sent finish): nothing new
         replies = client.wait_many(ids, timeout_s=10)
@@ -105,3 +105,23 @@ def test_plain_ids_on_a_standalone_server_unless_asked(
         (tagged,) = client.submit_many([("1", "w3", "c", "c")])
     assert "{" not in plain and tagged.startswith("{w3}")
     assert redis_client.lrange(L.queue("w3"), 0, -1) == [tagged, plain]
+
+
+def test_tasks_of_one_hash_tag_keep_markers_of_their_own(
+    redis_url: str, resp_client: RespClient
+) -> None:
+    """Two ids of one tag: the first one's done marker does not make the second look
+    finished (a signed second task would be refused as a replay), nor its reply sent."""
+    with Client(redis_url, wake_function="") as client:
+        first, second = client.submit_many([("1", "w4", "c", "c", t) for t in ("{g}1", "{g}2")])
+        store = TaskStore(resp_client, ProtocolSettings())
+        (claim,) = store.claim([TaskRef(first, 1)])
+        assert claim.fields is not None
+        assert store.finish([Finish(claim.ref, claim.fields, "completed", output="1")]) == [1]
+        (other,) = store.claim([TaskRef(second, 1)])
+        assert other.state == "claimed" and not other.finished_before
+        assert other.fields is not None
+        assert store.finish([Finish(other.ref, other.fields, "completed", output="2")]) == [1]
+        replies = client.wait_many([first, second], timeout_s=10)
+    assert {t: r.output for t, r in replies.items()} == {first: "1", second: "2"}
+    assert L.done(first) != L.done(second) and L.replied(first) != L.replied(second)

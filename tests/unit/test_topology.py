@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rhailambda.errors import RedisResponseError
 from rhailambda.redis_url import Address
-from rhailambda.slots import SLOTS, Node, hashed_part, key_slot, tag_for
+from rhailambda.slots import SLOTS, Node, hashed_part, key_home, key_slot, tag_for
 from rhailambda.topology import Exchange, Topology
 
 A, B = Node("10.0.0.1", 7000), Node("10.0.0.2", 7001)
@@ -22,6 +22,21 @@ def test_known_slots_and_tags() -> None:
     assert hashed_part("a{}b") == b"a{}b", "an empty tag hashes the whole key"
     for key in ("rhailib:w1", "rhailib:{t}", "rhailib:a}b", "rhailib:{}x", "é{"):
         assert key_slot(f"ours:{tag_for(key)}:x") == key_slot(key), key
+
+
+def test_no_two_keys_share_a_home_and_each_home_keeps_its_keys_slot() -> None:
+    """Our keys of two protocol keys never coincide: two tasks of one hash tag (the
+    client's slot-tagged ids), two keys whose ``}`` gets them the same short slot tag."""
+    odd = "rhailib:a}b"
+    twin = next(k for i in range(200_000) if key_slot(k := f"rhailib:x}}{i}") == key_slot(odd))
+    keys = ["rhailib:w1", "rhailib:{w1}6f1c", "rhailib:{w1}9a2e", "rhailib:reply:{w1}6f1c",
+            odd, twin, "rhailib:{}x", "é{"]  # fmt: skip
+    homes = [key_home(k) for k in keys]
+    assert len(set(homes)) == len(keys)
+    assert tag_for(odd) == tag_for(twin) and tag_for(keys[1]) == tag_for(keys[2])  # why
+    for key, home in zip(keys, homes, strict=True):
+        assert key_slot(f"rhailambda:done:{home}") == key_slot(key), key
+    assert key_home("rhailib:w1") == "{rhailib:w1}", "the usual key's home is as before"
 
 
 def test_one_master_of_every_slot_takes_everything_until_a_slot_moves() -> None:
