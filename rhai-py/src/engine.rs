@@ -2,8 +2,9 @@
 //! Python callbacks. Scripts run with the GIL released; one engine may run on many
 //! threads at once.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, TryLockError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -16,10 +17,11 @@ use rhai::{Dynamic, EvalAltResult, Module, Scope, Shared};
 type SharedModule = Shared<Module>;
 
 use crate::ast::Ast;
-use crate::callbacks::{self, Sink};
+use crate::callbacks::{self, Sink, Target};
 use crate::convert::{dynamic_to_py, py_to_dynamic};
 use crate::errors::{eval_error, parse_error, take_callback_error};
 use crate::limits::{check_deadline, non_negative, timeout_from_secs, DeadlineGuard, Limits};
+use crate::methods::{self, Candidate};
 use crate::render::render;
 
 /// The standard package, built once per process and shared by every engine.
@@ -132,7 +134,22 @@ fn build_scope(
 pub struct Engine {
     inner: Arc<RwLock<rhai::Engine>>,
     timeout: Option<Duration>,
+    /// The static modules registered, held here too: a module replaced in the Rhai
+    /// engine is then dropped after the engine lock is released (see `modify_now`).
+    /// Locked only under the engine's write lock.
+    modules: Mutex<HashMap<Arc<str>, SharedModule>>,
 }
+
+/// What `register_module` puts into the Rhai engine: a module of plain callables, or
+/// a shared module of methods with the receiver for this engine.
+struct Registration {
+    name: Arc<str>,
+    module: SharedModule,
+    receiver: Option<Arc<Py<PyAny>>>,
+}
+
+/// What a registration replaced: dropped once the engine lock is released.
+type Replaced = (Option<SharedModule>, Option<Arc<Py<PyAny>>>);
 
 impl Engine {
     /// Runs a script with the GIL released and returns its raw result.
@@ -178,7 +195,11 @@ impl Engine {
     }
 
     /// Changes the Rhai engine; waits for running scripts with the GIL released.
-    fn modify(&self, py: Python<'_>, change: impl FnOnce(&mut rhai::Engine) + Send) {
+    fn modify<R: Send>(
+        &self,
+        py: Python<'_>,
+        change: impl FnOnce(&mut rhai::Engine) -> R + Send,
+    ) -> R {
         // Poll instead of `write()`: a writer queued on the lock would block new readers,
         // and a script whose Python callback evaluates on this same engine takes a
         // second read lock on its thread -- that would deadlock.
@@ -188,7 +209,41 @@ impl Engine {
                 Err(TryLockError::Poisoned(poisoned)) => return change(&mut poisoned.into_inner()),
                 Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
             }
-        });
+        })
+    }
+
+    /// [`modify`](Self::modify), but when no script holds the lock, `change` runs at
+    /// once with the GIL held (a detach costs a GIL hand-over). That is safe as
+    /// `try_write` never waits, and `change` runs no Python code: it must not drop a
+    /// Python object either (a `__del__` could evaluate on this engine and deadlock),
+    /// so it returns what it replaces, dropped here after the lock is released.
+    fn modify_now<R: Send>(
+        &self,
+        py: Python<'_>,
+        change: impl FnOnce(&mut rhai::Engine) -> R + Send,
+    ) -> R {
+        match self.inner.try_write() {
+            Ok(mut engine) => change(&mut engine),
+            Err(TryLockError::Poisoned(poisoned)) => change(&mut poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => self.modify(py, change),
+        }
+    }
+
+    /// Puts a module (and its receiver, or none) into the engine, under its lock.
+    fn install(&self, engine: &mut rhai::Engine, registration: Registration) -> Replaced {
+        let Registration {
+            name,
+            module,
+            receiver,
+        } = registration;
+        let held = self
+            .modules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Arc::clone(&name), Arc::clone(&module));
+        engine.register_static_module(&*name, module);
+        let receiver = methods::set_receiver(engine.default_tag_mut(), &name, receiver);
+        (held, receiver)
     }
 }
 
@@ -275,6 +330,7 @@ impl Engine {
                 debug,
             ))),
             timeout: limits.timeout,
+            modules: Mutex::default(),
         })
     }
 
@@ -355,24 +411,61 @@ impl Engine {
         functions: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         check_name(name)?;
+        let arities = |fn_name: &str, func: &Bound<'_, PyAny>| {
+            callbacks::arities(py, &format!("{name}::{fn_name}"), func)
+        };
+        let add = |module: &mut rhai::Module, fn_name: &str, func: Bound<'_, PyAny>| {
+            let found = arities(fn_name, &func)?;
+            let target = Target::Callable(Arc::new(func.unbind()));
+            callbacks::set_module_fn(module, name, fn_name, &target, found);
+            PyResult::Ok(())
+        };
         let mut module = rhai::Module::new();
+        // Bound methods of one receiver wait for their arities until the shape is
+        // known. Anything else (or an error) first adds the waiting ones the ordinary
+        // way, so that errors are raised as and in the order they always were.
+        let mut candidate = Some(Candidate::default());
         for item in functions.call_method0("items")?.try_iter()? {
-            let (fn_name, func): (String, Bound<'_, PyAny>) = item?.extract()?;
-            check_name(&fn_name)?;
-            let arities = callbacks::arities(py, &format!("{name}::{fn_name}"), &func)?;
-            callbacks::set_module_fn(
-                &mut module,
-                name,
-                &fn_name,
-                &Arc::new(func.unbind()),
-                arities,
-            );
+            let next = item.and_then(|item| {
+                let (fn_name, func): (String, Bound<'_, PyAny>) = item.extract()?;
+                check_name(&fn_name)?;
+                Ok((fn_name, func))
+            });
+            let next = match (next, &mut candidate) {
+                (Ok(pair), Some(waiting)) => match waiting.offer(pair) {
+                    Ok(()) => continue,
+                    Err(pair) => Ok(pair),
+                },
+                (next, _) => next,
+            };
+            for (fn_name, func) in candidate.take().into_iter().flat_map(Candidate::into_pairs) {
+                add(&mut module, &fn_name, func)?;
+            }
+            let (fn_name, func) = next?;
+            add(&mut module, &fn_name, func)?;
         }
-        module.build_index();
-        let module: SharedModule = module.into();
-        self.modify(py, |engine| {
-            engine.register_static_module(name, module);
-        });
+        let name: Arc<str> = name.into();
+        let registration = match candidate {
+            Some(methods) if !methods.is_empty() => {
+                let (module, receiver) = methods.into_module(&name, arities)?;
+                Registration {
+                    name,
+                    module,
+                    receiver: Some(receiver),
+                }
+            }
+            _ => {
+                module.set_id(&*name);
+                module.build_index();
+                Registration {
+                    name,
+                    module: module.into(),
+                    receiver: None,
+                }
+            }
+        };
+        let replaced = self.modify_now(py, |engine| self.install(engine, registration));
+        drop(replaced);
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod convert;
 mod engine;
 mod errors;
 mod limits;
+mod methods;
 mod render;
 
 use pyo3::prelude::*;
