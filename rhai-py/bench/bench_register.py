@@ -28,7 +28,9 @@ class Session:
     def delete(self, collection: object, id: object) -> bool:
         return False
 
-    def list_records(self, collection: object, offset: object = 0, limit: object = None) -> list[object]:
+    def list_records(
+        self, collection: object, offset: object = 0, limit: object = None
+    ) -> list[object]:
         return []
 
     def find(self, collection: object, field: object, value: object) -> list[object]:

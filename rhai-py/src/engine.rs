@@ -137,7 +137,7 @@ pub struct Engine {
     /// The static modules registered, held here too: a module replaced in the Rhai
     /// engine is then dropped after the engine lock is released (see `modify_now`).
     /// Locked only under the engine's write lock.
-    modules: Mutex<HashMap<Arc<str>, SharedModule>>,
+    modules: Mutex<HashMap<Arc<str>, SharedModule, methods::FxBuild>>,
 }
 
 /// What `register_module` puts into the Rhai engine: a module of plain callables, or
@@ -411,6 +411,29 @@ impl Engine {
         functions: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         check_name(name)?;
+        let registration = match methods::lookup(name, functions) {
+            Some((module, receiver)) => Registration {
+                name: name.into(),
+                module,
+                receiver: Some(receiver),
+            },
+            None => build_module(py, name, functions)?,
+        };
+        let replaced = self.modify_now(py, |engine| self.install(engine, registration));
+        drop(replaced);
+        Ok(())
+    }
+}
+
+/// What `register_module` registers when [`methods::lookup`] found nothing: the
+/// functions are read and checked one by one, as always, and bound methods of one
+/// receiver make a shared module (built here and cached for the next lookup).
+fn build_module(
+    py: Python<'_>,
+    name: &str,
+    functions: &Bound<'_, PyAny>,
+) -> PyResult<Registration> {
+    {
         let arities = |fn_name: &str, func: &Bound<'_, PyAny>| {
             callbacks::arities(py, &format!("{name}::{fn_name}"), func)
         };
@@ -425,7 +448,10 @@ impl Engine {
         // known. Anything else (or an error) first adds the waiting ones the ordinary
         // way, so that errors are raised as and in the order they always were.
         let mut candidate = Some(Candidate::default());
-        for item in functions.call_method0("items")?.try_iter()? {
+        for item in functions
+            .call_method0(pyo3::intern!(py, "items"))?
+            .try_iter()?
+        {
             let next = item.and_then(|item| {
                 let (fn_name, func): (String, Bound<'_, PyAny>) = item.extract()?;
                 check_name(&fn_name)?;
@@ -444,29 +470,25 @@ impl Engine {
             let (fn_name, func) = next?;
             add(&mut module, &fn_name, func)?;
         }
-        let name: Arc<str> = name.into();
-        let registration = match candidate {
+        Ok(match candidate {
             Some(methods) if !methods.is_empty() => {
-                let (module, receiver) = methods.into_module(&name, arities)?;
+                let (module, receiver) = methods.into_module(name, arities)?;
                 Registration {
-                    name,
+                    name: name.into(),
                     module,
                     receiver: Some(receiver),
                 }
             }
             _ => {
-                module.set_id(&*name);
+                module.set_id(name);
                 module.build_index();
                 Registration {
-                    name,
+                    name: name.into(),
                     module: module.into(),
                     receiver: None,
                 }
             }
-        };
-        let replaced = self.modify_now(py, |engine| self.install(engine, registration));
-        drop(replaced);
-        Ok(())
+        })
     }
 }
 

@@ -9,12 +9,13 @@
 //! read or change). The cache holds the function objects, never a receiver.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyDict, PyString, PyType};
 use rhai::{Dynamic, Module, Shared};
 
 use crate::callbacks::{set_module_fn, Target};
@@ -22,25 +23,174 @@ use crate::callbacks::{set_module_fn, Target};
 type SharedModule = Shared<Module>;
 
 /// An engine's default tag: the receivers of its method modules, by module name.
-pub type Receivers = Arc<HashMap<Arc<str>, Arc<Py<PyAny>>>>;
+pub type Receivers = Arc<HashMap<Arc<str>, Arc<Py<PyAny>>, FxBuild>>;
 
-/// A receiver-free module per shape; cleared when full, like the arity cache.
-static SHAPES: Mutex<Option<HashMap<ShapeKey, Shape>>> = Mutex::new(None);
+/// Hashing of our own names and addresses (no untrusted input).
+pub type FxBuild = BuildHasherDefault<FxHasher>;
+
+/// The modules built, by the fingerprint of their shape; cleared when full, like the
+/// arity cache.
+static SHAPES: Mutex<Option<Shapes>> = Mutex::new(None);
 const SHAPES_MAX: usize = 1024;
 
-/// Per function: its name, the addresses of `__func__`, `__code__`, `__defaults__`,
-/// `__kwdefaults__` (all held by the [`Shape`], so no address can be reused while the
-/// key exists) and the length of `__kwdefaults__` (a dict: it can change in place; the
-/// arity cache keys on that length too).
-#[derive(PartialEq, Eq, Hash)]
-struct ShapeKey {
-    module: Box<str>,
-    functions: Vec<(String, [usize; 4], usize)>,
+/// The addresses of `__func__`, `__code__`, `__defaults__`, `__kwdefaults__` (all held
+/// by the [`Shape`], so none can be reused while it is cached) and the length of
+/// `__kwdefaults__` (a dict: it can change in place; the arity cache keys on it too).
+type Ids = ([usize; 4], usize);
+
+#[derive(Default)]
+struct Shapes {
+    by_fingerprint: HashMap<u64, Vec<Shape>, FxBuild>,
+    count: usize,
 }
 
 struct Shape {
+    module_name: Box<str>,
+    functions: Vec<(String, Ids)>,
     module: SharedModule,
     _held: Vec<Py<PyAny>>,
+}
+
+impl Shapes {
+    fn find<'a, 'b>(
+        &'a self,
+        module_name: &str,
+        functions: impl Iterator<Item = (&'b str, Ids)> + Clone,
+    ) -> Option<&'a SharedModule> {
+        let shapes = self
+            .by_fingerprint
+            .get(&fingerprint(module_name, functions.clone()))?;
+        shapes
+            .iter()
+            .find(|shape| {
+                &*shape.module_name == module_name
+                    && shape.functions.len() == functions.clone().count()
+                    && shape
+                        .functions
+                        .iter()
+                        .zip(functions.clone())
+                        .all(|((n, ids), (name, other))| n == name && *ids == other)
+            })
+            .map(|shape| &shape.module)
+    }
+}
+
+/// The rustc hasher: the keys are our own function names and addresses, not input.
+#[derive(Default)]
+pub struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn fingerprint<'b>(module_name: &str, functions: impl Iterator<Item = (&'b str, Ids)>) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(module_name.as_bytes());
+    for (fn_name, (ids, kwdefaults_len)) in functions {
+        hasher.write_usize(fn_name.len());
+        hasher.write(fn_name.as_bytes());
+        ids.iter().for_each(|&id| hasher.write_usize(id));
+        hasher.write_usize(kwdefaults_len);
+    }
+    hasher.finish()
+}
+
+/// The parts of a bound method that decide its shape, if `func` can be one of a
+/// shape: exactly a `types.MethodType` around exactly a `types.FunctionType`, bound to
+/// `receiver` if given. Reads only attributes that run no Python code.
+fn method_parts<'py>(
+    func: &Bound<'py, PyAny>,
+    receiver: Option<&Bound<'py, PyAny>>,
+) -> Option<(Bound<'py, PyAny>, [Bound<'py, PyAny>; 4], usize)> {
+    static METHOD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static FUNCTION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = func.py();
+    if !func
+        .get_type()
+        .is(types_attr(py, &METHOD, "MethodType").ok()?)
+    {
+        return None;
+    }
+    let this = func.getattr(intern!(py, "__self__")).ok()?;
+    if receiver.is_some_and(|r| !r.is(&this)) {
+        return None;
+    }
+    let target = func.getattr(intern!(py, "__func__")).ok()?;
+    if !target
+        .get_type()
+        .is(types_attr(py, &FUNCTION, "FunctionType").ok()?)
+    {
+        return None;
+    }
+    let code = target.getattr(intern!(py, "__code__")).ok()?;
+    let defaults = target.getattr(intern!(py, "__defaults__")).ok()?;
+    let kwdefaults = target.getattr(intern!(py, "__kwdefaults__")).ok()?;
+    let kwdefaults_len = if kwdefaults.is_none() {
+        0
+    } else {
+        kwdefaults.len().ok()?
+    };
+    Some((this, [target, code, defaults, kwdefaults], kwdefaults_len))
+}
+
+fn ids(parts: &[Bound<'_, PyAny>; 4], kwdefaults_len: usize) -> Ids {
+    (
+        parts.each_ref().map(|p| p.as_ptr() as usize),
+        kwdefaults_len,
+    )
+}
+
+/// The module already built for `functions`, and the receiver, if `functions` is a
+/// plain dict of bound methods of one receiver whose shape is cached. Runs no Python
+/// code, so when it finds nothing the ordinary registration starts from scratch.
+pub fn lookup(
+    module_name: &str,
+    functions: &Bound<'_, PyAny>,
+) -> Option<(SharedModule, Arc<Py<PyAny>>)> {
+    let dict = functions.cast_exact::<PyDict>().ok()?;
+    let mut receiver = None;
+    let mut seen = Vec::with_capacity(dict.len());
+    for (key, value) in dict.iter() {
+        let key = key.cast_into::<PyString>().ok()?;
+        let (this, parts, kwdefaults_len) = method_parts(&value, receiver.as_ref())?;
+        receiver.get_or_insert(this);
+        seen.push((key, ids(&parts, kwdefaults_len)));
+    }
+    let names = seen
+        .iter()
+        .map(|(key, _)| key.to_str())
+        .collect::<PyResult<Vec<&str>>>()
+        .ok()?;
+    let functions = names.iter().copied().zip(seen.iter().map(|(_, ids)| *ids));
+    let module = {
+        let shapes = SHAPES.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(shapes.as_ref()?.find(module_name, functions)?)
+    };
+    Some((module, Arc::new(receiver?.unbind())))
 }
 
 /// A bound method waiting for the shape to be known.
@@ -49,7 +199,7 @@ struct Method<'py> {
     bound: Bound<'py, PyAny>,
     /// `__func__`, `__code__`, `__defaults__`, `__kwdefaults__`.
     parts: [Bound<'py, PyAny>; 4],
-    kwdefaults_len: usize,
+    ids: Ids,
 }
 
 /// The functions of a mapping seen so far, while all are bound methods of plain
@@ -77,66 +227,25 @@ fn types_attr<'py>(
 }
 
 impl<'py> Candidate<'py> {
-    /// Takes `func` if it can join: exactly a `types.MethodType` around exactly a
-    /// `types.FunctionType`, bound to the receiver of the methods taken before.
-    /// Otherwise hands the pair back. Reads only attributes that cannot run Python code.
+    /// Takes `func` if it can join (see [`method_parts`]); otherwise hands the pair back.
     pub fn offer(
         &mut self,
         (fn_name, func): (String, Bound<'py, PyAny>),
     ) -> Result<(), (String, Bound<'py, PyAny>)> {
-        match self.parts(&func) {
+        match method_parts(&func, self.receiver.as_ref()) {
             Some((receiver, parts, kwdefaults_len)) => {
                 self.receiver.get_or_insert(receiver);
+                let ids = ids(&parts, kwdefaults_len);
                 self.methods.push(Method {
                     fn_name,
                     bound: func,
                     parts,
-                    kwdefaults_len,
+                    ids,
                 });
                 Ok(())
             }
             None => Err((fn_name, func)),
         }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn parts(
-        &self,
-        func: &Bound<'py, PyAny>,
-    ) -> Option<(Bound<'py, PyAny>, [Bound<'py, PyAny>; 4], usize)> {
-        static METHOD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-        static FUNCTION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-        let py = func.py();
-        if !func
-            .get_type()
-            .is(types_attr(py, &METHOD, "MethodType").ok()?)
-        {
-            return None;
-        }
-        let receiver = func.getattr(intern!(py, "__self__")).ok()?;
-        if self.receiver.as_ref().is_some_and(|r| !r.is(&receiver)) {
-            return None;
-        }
-        let target = func.getattr(intern!(py, "__func__")).ok()?;
-        if !target
-            .get_type()
-            .is(types_attr(py, &FUNCTION, "FunctionType").ok()?)
-        {
-            return None;
-        }
-        let code = target.getattr(intern!(py, "__code__")).ok()?;
-        let defaults = target.getattr(intern!(py, "__defaults__")).ok()?;
-        let kwdefaults = target.getattr(intern!(py, "__kwdefaults__")).ok()?;
-        let kwdefaults_len = if kwdefaults.is_none() {
-            0
-        } else {
-            kwdefaults.len().ok()?
-        };
-        Some((
-            receiver,
-            [target, code, defaults, kwdefaults],
-            kwdefaults_len,
-        ))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,42 +269,35 @@ impl<'py> Candidate<'py> {
             unreachable!("into_module of an empty candidate")
         };
         let receiver = Arc::new(receiver.unbind());
-        let mut methods = self.methods;
-        let key = ShapeKey {
-            module: name.into(),
-            functions: methods
-                .iter_mut()
-                .map(|m| {
-                    let [a, b, c, d] = &m.parts;
-                    let ids = [a.as_ptr(), b.as_ptr(), c.as_ptr(), d.as_ptr()];
-                    let fn_name = std::mem::take(&mut m.fn_name);
-                    (fn_name, ids.map(|p| p as usize), m.kwdefaults_len)
-                })
-                .collect(),
-        };
+        let functions = || self.methods.iter().map(|m| (m.fn_name.as_str(), m.ids));
         {
             let shapes = SHAPES.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(shape) = shapes.as_ref().and_then(|s| s.get(&key)) {
-                return Ok((Arc::clone(&shape.module), receiver));
+            if let Some(module) = shapes.as_ref().and_then(|s| s.find(name, functions())) {
+                return Ok((Arc::clone(module), receiver));
             }
         }
+        let fingerprint = fingerprint(name, functions());
         let module_name: Arc<str> = name.into();
         let mut module = Module::new();
-        let mut held = Vec::with_capacity(methods.len() * 4);
-        for (method, (fn_name, ..)) in methods.into_iter().zip(&key.functions) {
-            let found = arities(fn_name, &method.bound)?;
+        let mut held = Vec::with_capacity(self.methods.len() * 4);
+        let mut functions = Vec::with_capacity(self.methods.len());
+        for method in self.methods {
+            let found = arities(&method.fn_name, &method.bound)?;
             let [func, ..] = &method.parts;
             let target = Target::Method {
                 func: Arc::new(func.clone().unbind()),
                 module: Arc::clone(&module_name),
             };
-            set_module_fn(&mut module, name, fn_name, &target, found);
+            set_module_fn(&mut module, name, &method.fn_name, &target, found);
             held.extend(method.parts.into_iter().map(Bound::unbind));
+            functions.push((method.fn_name, method.ids));
         }
         module.set_id(name);
         module.build_index();
         let module: SharedModule = module.into();
         let shape = Shape {
+            module_name: name.into(),
+            functions,
             module: Arc::clone(&module),
             _held: held,
         };
@@ -203,13 +305,21 @@ impl<'py> Candidate<'py> {
         // Python objects can run Python code, which may register again.
         let evicted = {
             let mut shapes = SHAPES.lock().unwrap_or_else(PoisonError::into_inner);
-            let map = shapes.get_or_insert_with(HashMap::new);
-            let evicted = if map.len() >= SHAPES_MAX {
-                std::mem::take(map)
+            let shapes = shapes.get_or_insert_with(Shapes::default);
+            let evicted = if shapes.count >= SHAPES_MAX {
+                std::mem::take(shapes)
             } else {
-                HashMap::new()
+                Shapes::default()
             };
-            (evicted, map.insert(key, shape))
+            let same = shapes.by_fingerprint.entry(fingerprint).or_default();
+            // Another thread may have built it while `arities` ran Python code.
+            let replaced = same
+                .iter()
+                .position(|s| *s.module_name == *name && s.functions == shape.functions)
+                .map(|i| same.swap_remove(i));
+            same.push(shape);
+            shapes.count += usize::from(replaced.is_none());
+            (evicted, replaced)
         };
         drop(evicted);
         Ok((module, receiver))
@@ -237,7 +347,9 @@ pub fn set_receiver(
         None => map.remove(&**name),
     };
     if !map.is_empty() {
-        *tag = Dynamic::from(receivers);
+        // Shared: each evaluation clones the engine's tag, and a shared value clones
+        // as an `Arc` (a plain custom value would be boxed anew every time).
+        *tag = Dynamic::from(receivers).into_shared();
     }
     replaced
 }
