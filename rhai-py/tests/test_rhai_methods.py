@@ -63,6 +63,22 @@ def test_each_engine_calls_the_session_registered_on_it() -> None:
     assert engines[0].eval('db::save("a", 1)') == "first"
     assert first.calls == [("save", "a")]
     assert second.calls == [("get", "k")]
+    third = Session("third")
+    engines[0].register_module("other", third.modules()["db"])
+    assert engines[0].eval("[db::who(), other::who()]") == ["first", "third"]
+
+
+def test_modules_of_two_receivers_on_one_engine() -> None:
+    first, second = Session("first"), Session("second")
+    engine = Engine()
+    engine.register_module("a", first.modules()["db"])
+    engine.register_module("b", second.modules()["db"])
+    assert engine.eval("[a::who(), b::who(), a::get(1), b::get(2)]") == [
+        "first",
+        "second",
+        ["first", 1],
+        ["second", 2],
+    ]
 
 
 def test_two_engines_running_at_once_keep_to_their_sessions() -> None:
