@@ -308,20 +308,34 @@ def test_registering_methods_while_another_thread_runs_a_script() -> None:
 
 
 def test_receivers_are_not_kept_alive() -> None:
-    session = Session("gone")
-    ref = weakref.ref(session)
-    engine = engine_for(session)
-    assert engine.eval("db::who()") == "gone"
-    replaced = Session("replaced")
-    replaced_ref = weakref.ref(replaced)
-    engine.register_module("db", replaced.modules()["db"])
+    class Local:  # methods of its own: the first registration builds (and caches) the shape
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def who(self) -> str:
+            return self.label
+
+        def get(self, key: object) -> object:
+            return key
+
+    def functions(obj: Local) -> dict[str, Callable[..., object]]:
+        return {"who": obj.who, "get": obj.get}
+
+    built, replaced, last = Local("built"), Local("replaced"), Local("last")
+    refs = [weakref.ref(built), weakref.ref(replaced), weakref.ref(last)]
+    engine = Engine()
+    engine.register_module("db", functions(built))
+    engine.register_module("kept", functions(built))
+    assert engine.eval("db::who() + kept::get(1)") == "built1"
+    engine.register_module("db", functions(replaced))
+    assert engine.eval("db::who()") == "replaced"
     engine.register_module("db", {"who": lambda: "plain"})
-    del replaced
+    other = Engine()
+    other.register_module("db", functions(last))
+    assert other.eval("db::who()") == "last"
+    del built, replaced, last
     gc.collect()
-    assert replaced_ref() is None  # replaced twice: neither engine nor cache holds it
-    del session
+    assert [r() is None for r in refs] == [False, True, False]  # `kept` and `other` hold theirs
+    del engine, other
     gc.collect()
-    assert ref() is not None  # still the receiver of `auth`
-    del engine
-    gc.collect()
-    assert ref() is None
+    assert [r() is None for r in refs] == [True, True, True]
