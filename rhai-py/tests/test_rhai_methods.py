@@ -339,3 +339,38 @@ def test_receivers_are_not_kept_alive() -> None:
     del engine, other
     gc.collect()
     assert [r() is None for r in refs] == [True, True, True]
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["methods", "mixed"])
+def test_a_replaced_receiver_may_use_the_engine_when_it_goes(mixed: bool) -> None:
+    """Re-registering drops the old receiver: its finalizer may evaluate on the engine.
+
+    Registration takes the engine's lock with the GIL held; were the old receiver (or a
+    module holding it) dropped under that lock, this finalizer would deadlock.
+    """
+    seen: list[object] = []
+
+    class Finalizing:
+        def who(self) -> str:
+            return "old"
+
+        def __del__(self) -> None:
+            seen.append(engine.eval("40 + 2"))
+
+    engine = Engine()
+    functions: dict[str, Callable[..., object]] = {"who": Finalizing().who}
+    if mixed:
+        functions["len"] = len
+    engine.register_module("db", functions)
+    del functions
+    assert engine.eval("db::who()") == "old"
+    done = threading.Event()
+
+    def reregister() -> None:
+        engine.register_module("db", {"who": lambda: "new"})
+        done.set()
+
+    threading.Thread(target=reregister, daemon=True).start()
+    assert done.wait(30), "re-registering deadlocked in the old receiver's finalizer"
+    assert seen == [42]
+    assert engine.eval("db::who()") == "new"
