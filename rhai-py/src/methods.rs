@@ -353,3 +353,41 @@ pub fn set_receiver(
     }
     replaced
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver_of(tag: &Dynamic, name: &str) -> Option<usize> {
+        let receivers = tag.read_lock::<Receivers>()?;
+        receivers.get(name).map(|r| r.as_ptr() as usize)
+    }
+
+    #[test]
+    fn set_receiver_sets_replaces_and_removes_by_name() {
+        Python::attach(|py| {
+            let (a, b) = (
+                Arc::new(py.None()),
+                Arc::new(PyString::new(py, "b").into_any().unbind()),
+            );
+            let (db, other): (Arc<str>, Arc<str>) = ("db".into(), "other".into());
+            let mut tag = Dynamic::UNIT;
+            assert!(set_receiver(&mut tag, &db, None).is_none());
+            assert!(tag.is_unit());
+            assert!(set_receiver(&mut tag, &db, Some(Arc::clone(&a))).is_none());
+            assert!(tag.is_shared());
+            assert!(set_receiver(&mut tag, &other, Some(Arc::clone(&a))).is_none());
+            let old = set_receiver(&mut tag, &db, Some(Arc::clone(&b)));
+            assert!(old.is_some_and(|old| Arc::ptr_eq(&old, &a)));
+            assert_eq!(receiver_of(&tag, "db"), Some(b.as_ptr() as usize));
+            assert_eq!(receiver_of(&tag, "other"), Some(a.as_ptr() as usize));
+            let clone = tag.clone(); // what an evaluation holds: unchanged by what follows
+            let old = set_receiver(&mut tag, &db, None);
+            assert!(old.is_some_and(|old| Arc::ptr_eq(&old, &b)));
+            assert_eq!(receiver_of(&tag, "db"), None);
+            assert_eq!(receiver_of(&clone, "db"), Some(b.as_ptr() as usize));
+            assert!(set_receiver(&mut tag, &other, None).is_some());
+            assert!(tag.is_unit());
+        });
+    }
+}
