@@ -17,11 +17,12 @@ use rhai::{Dynamic, EvalAltResult, Module, Scope, Shared};
 type SharedModule = Shared<Module>;
 
 use crate::ast::Ast;
-use crate::callbacks::{self, Sink, Target};
+use crate::callbacks::{self, Sink};
 use crate::convert::{dynamic_to_py, py_to_dynamic};
 use crate::errors::{eval_error, parse_error, take_callback_error};
 use crate::limits::{check_deadline, non_negative, timeout_from_secs, DeadlineGuard, Limits};
-use crate::methods::{self, Candidate};
+use crate::methods;
+use crate::register::{build_module, Registration};
 use crate::render::render;
 
 /// The standard package, built once per process and shared by every engine.
@@ -138,14 +139,6 @@ pub struct Engine {
     /// engine is then dropped after the engine lock is released (see `modify_now`).
     /// Locked only under the engine's write lock.
     modules: Mutex<HashMap<Arc<str>, SharedModule, methods::FxBuild>>,
-}
-
-/// What `register_module` puts into the Rhai engine: a module of plain callables, or
-/// a shared module of methods with the receiver for this engine.
-struct Registration {
-    name: Arc<str>,
-    module: SharedModule,
-    receiver: Option<Arc<Py<PyAny>>>,
 }
 
 /// What a registration replaced: dropped once the engine lock is released.
@@ -425,72 +418,7 @@ impl Engine {
     }
 }
 
-/// What `register_module` registers when [`methods::lookup`] found nothing: the
-/// functions are read and checked one by one, as always, and bound methods of one
-/// receiver make a shared module (built here and cached for the next lookup).
-fn build_module(
-    py: Python<'_>,
-    name: &str,
-    functions: &Bound<'_, PyAny>,
-) -> PyResult<Registration> {
-    let arities = |fn_name: &str, func: &Bound<'_, PyAny>| {
-        callbacks::arities(py, &format!("{name}::{fn_name}"), func)
-    };
-    let add = |module: &mut rhai::Module, fn_name: &str, func: Bound<'_, PyAny>| {
-        let found = arities(fn_name, &func)?;
-        let target = Target::Callable(Arc::new(func.unbind()));
-        callbacks::set_module_fn(module, name, fn_name, &target, found);
-        PyResult::Ok(())
-    };
-    let mut module = rhai::Module::new();
-    // Bound methods of one receiver wait for their arities until the shape is
-    // known. Anything else (or an error) first adds the waiting ones the ordinary
-    // way, so that errors are raised as and in the order they always were.
-    let mut candidate = Some(Candidate::default());
-    for item in functions
-        .call_method0(pyo3::intern!(py, "items"))?
-        .try_iter()?
-    {
-        let next = item.and_then(|item| {
-            let (fn_name, func): (String, Bound<'_, PyAny>) = item.extract()?;
-            check_name(&fn_name)?;
-            Ok((fn_name, func))
-        });
-        let next = match (next, &mut candidate) {
-            (Ok(pair), Some(waiting)) => match waiting.offer(pair) {
-                Ok(()) => continue,
-                Err(pair) => Ok(pair),
-            },
-            (next, _) => next,
-        };
-        for (fn_name, func) in candidate.take().into_iter().flat_map(Candidate::into_pairs) {
-            add(&mut module, &fn_name, func)?;
-        }
-        let (fn_name, func) = next?;
-        add(&mut module, &fn_name, func)?;
-    }
-    Ok(match candidate {
-        Some(methods) if !methods.is_empty() => {
-            let (module, receiver) = methods.into_module(name, arities)?;
-            Registration {
-                name: name.into(),
-                module,
-                receiver: Some(receiver),
-            }
-        }
-        _ => {
-            module.set_id(name);
-            module.build_index();
-            Registration {
-                name: name.into(),
-                module: module.into(),
-                receiver: None,
-            }
-        }
-    })
-}
-
-fn check_name(name: &str) -> PyResult<()> {
+pub fn check_name(name: &str) -> PyResult<()> {
     if rhai::is_valid_identifier(name) {
         Ok(())
     } else {

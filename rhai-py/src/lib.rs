@@ -8,6 +8,7 @@ mod engine;
 mod errors;
 mod limits;
 mod methods;
+mod register;
 mod render;
 
 use pyo3::prelude::*;
