@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import rhai_py
+from bench_register import engine_with_session
 from rich.console import Console
 from rich.table import Table
 
@@ -101,6 +102,12 @@ def main() -> int:
             25.0,
         ),
         Figure("Engine()", per_call_us(rhai_py.Engine, 20_000), "µs", 20.0),
+        Figure(
+            "Engine() + register 5 + 3 bound methods",
+            per_call_us(engine_with_session, 20_000),
+            "µs",
+            None,
+        ),
     ]
 
     fib_engine = rhai_py.Engine(max_operations=None, timeout_s=None)

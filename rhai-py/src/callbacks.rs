@@ -21,18 +21,21 @@ use crate::errors::stash_callback_error;
 /// Most positional parameters given to a function taking `*args`.
 pub const MAX_VARIADIC_ARITY: usize = 16;
 
-/// Calls a Python function with Rhai arguments and converts its result back.
-/// A Python exception becomes a catchable Rhai runtime error whose message holds
-/// the exception's type and text; the exception itself is kept for `__cause__`.
+/// Calls a Python function with Rhai arguments (after `receiver`, if given) and
+/// converts its result back. A Python exception becomes a catchable Rhai runtime
+/// error whose message holds the exception's type and text; the exception itself is
+/// kept for `__cause__`.
 pub fn call_python(
     func: &Py<PyAny>,
+    receiver: Option<&Py<PyAny>>,
     name: &str,
     args: &FnCallArgs,
     pos: Position,
 ) -> Result<Dynamic, Box<EvalAltResult>> {
     Python::attach(|py| {
         let result = (|| -> PyResult<Dynamic> {
-            let mut py_args = Vec::with_capacity(args.len());
+            let mut py_args = Vec::with_capacity(args.len() + 1);
+            py_args.extend(receiver.map(|r| r.clone_ref(py)));
             for arg in args.iter() {
                 py_args.push(dynamic_to_py(py, arg)?);
             }
@@ -189,24 +192,63 @@ pub fn native_fn(
        + Send
        + Sync
        + 'static {
-    move |ctx, args| call_python(&func, &name, args, ctx.call_position())
+    move |ctx, args| call_python(&func, None, &name, args, ctx.call_position())
 }
 
-/// Registers one overload of `func` per accepted arity into `module`.
+/// What a module function calls.
+#[derive(Clone)]
+pub enum Target {
+    /// This callable.
+    Callable(Arc<Py<PyAny>>),
+    /// `func(receiver, *args)`, the receiver of `module` in the calling engine's
+    /// [`Receivers`](crate::methods::Receivers) tag.
+    Method {
+        func: Arc<Py<PyAny>>,
+        module: Arc<str>,
+    },
+}
+
+impl Target {
+    fn call(
+        &self,
+        ctx: Option<rhai::NativeCallContext>,
+        qualified: &str,
+        args: &FnCallArgs,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        // Rhai does not add the call position to errors of qualified native calls.
+        let pos = ctx.as_ref().map_or(Position::NONE, |c| c.call_position());
+        match self {
+            Self::Callable(func) => call_python(func, None, qualified, args, pos),
+            Self::Method { func, module } => {
+                let receivers = ctx
+                    .as_ref()
+                    .and_then(|c| c.tag())
+                    .and_then(|tag| tag.read_lock::<crate::methods::Receivers>());
+                match receivers.as_ref().and_then(|r| r.get(&**module)) {
+                    Some(receiver) => call_python(func, Some(receiver), qualified, args, pos),
+                    None => Err(Box::new(EvalAltResult::ErrorRuntime(
+                        format!("{qualified}: internal error: no receiver in this engine").into(),
+                        pos,
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// Registers one overload of `target` per accepted arity into `module`.
 pub fn set_module_fn(
     module: &mut rhai::Module,
     module_name: &str,
     name: &str,
-    func: &Arc<Py<PyAny>>,
+    target: &Target,
     arities: (usize, usize),
 ) {
     let qualified: Arc<str> = format!("{module_name}::{name}").into();
     for arity in arities.0..=arities.1 {
-        let (func, qualified) = (Arc::clone(func), Arc::clone(&qualified));
-        // Rhai does not add the call position to errors of qualified native calls.
+        let (target, qualified) = (target.clone(), Arc::clone(&qualified));
         let call = move |ctx: Option<rhai::NativeCallContext>, args: &mut FnCallArgs| {
-            let pos = ctx.map_or(Position::NONE, |c| c.call_position());
-            call_python(&func, &qualified, args, pos)
+            target.call(ctx, &qualified, args)
         };
         rhai::FuncRegistration::new(name).set_into_module_raw(
             module,

@@ -2,8 +2,9 @@
 //! Python callbacks. Scripts run with the GIL released; one engine may run on many
 //! threads at once.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, TryLockError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -20,6 +21,8 @@ use crate::callbacks::{self, Sink};
 use crate::convert::{dynamic_to_py, py_to_dynamic};
 use crate::errors::{eval_error, parse_error, take_callback_error};
 use crate::limits::{check_deadline, non_negative, timeout_from_secs, DeadlineGuard, Limits};
+use crate::methods;
+use crate::register::{build_module, Registration};
 use crate::render::render;
 
 /// The standard package, built once per process and shared by every engine.
@@ -132,7 +135,14 @@ fn build_scope(
 pub struct Engine {
     inner: Arc<RwLock<rhai::Engine>>,
     timeout: Option<Duration>,
+    /// The static modules registered, held here too: a module replaced in the Rhai
+    /// engine is then dropped after the engine lock is released (see `modify_now`).
+    /// Locked only under the engine's write lock.
+    modules: Mutex<HashMap<Arc<str>, SharedModule, methods::FxBuild>>,
 }
+
+/// What a registration replaced: dropped once the engine lock is released.
+type Replaced = (Option<SharedModule>, Option<Arc<Py<PyAny>>>);
 
 impl Engine {
     /// Runs a script with the GIL released and returns its raw result.
@@ -178,7 +188,11 @@ impl Engine {
     }
 
     /// Changes the Rhai engine; waits for running scripts with the GIL released.
-    fn modify(&self, py: Python<'_>, change: impl FnOnce(&mut rhai::Engine) + Send) {
+    fn modify<R: Send>(
+        &self,
+        py: Python<'_>,
+        change: impl FnOnce(&mut rhai::Engine) -> R + Send,
+    ) -> R {
         // Poll instead of `write()`: a writer queued on the lock would block new readers,
         // and a script whose Python callback evaluates on this same engine takes a
         // second read lock on its thread -- that would deadlock.
@@ -188,7 +202,41 @@ impl Engine {
                 Err(TryLockError::Poisoned(poisoned)) => return change(&mut poisoned.into_inner()),
                 Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
             }
-        });
+        })
+    }
+
+    /// [`modify`](Self::modify), but when no script holds the lock, `change` runs at
+    /// once with the GIL held (a detach costs a GIL hand-over). That is safe as
+    /// `try_write` never waits, and `change` runs no Python code: it must not drop a
+    /// Python object either (a `__del__` could evaluate on this engine and deadlock),
+    /// so it returns what it replaces, dropped here after the lock is released.
+    fn modify_now<R: Send>(
+        &self,
+        py: Python<'_>,
+        change: impl FnOnce(&mut rhai::Engine) -> R + Send,
+    ) -> R {
+        match self.inner.try_write() {
+            Ok(mut engine) => change(&mut engine),
+            Err(TryLockError::Poisoned(poisoned)) => change(&mut poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => self.modify(py, change),
+        }
+    }
+
+    /// Puts a module (and its receiver, or none) into the engine, under its lock.
+    fn install(&self, engine: &mut rhai::Engine, registration: Registration) -> Replaced {
+        let Registration {
+            name,
+            module,
+            receiver,
+        } = registration;
+        let held = self
+            .modules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Arc::clone(&name), Arc::clone(&module));
+        engine.register_static_module(&*name, module);
+        let receiver = methods::set_receiver(engine.default_tag_mut(), &name, receiver);
+        (held, receiver)
     }
 }
 
@@ -275,6 +323,7 @@ impl Engine {
                 debug,
             ))),
             timeout: limits.timeout,
+            modules: Mutex::default(),
         })
     }
 
@@ -355,29 +404,21 @@ impl Engine {
         functions: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         check_name(name)?;
-        let mut module = rhai::Module::new();
-        for item in functions.call_method0("items")?.try_iter()? {
-            let (fn_name, func): (String, Bound<'_, PyAny>) = item?.extract()?;
-            check_name(&fn_name)?;
-            let arities = callbacks::arities(py, &format!("{name}::{fn_name}"), &func)?;
-            callbacks::set_module_fn(
-                &mut module,
-                name,
-                &fn_name,
-                &Arc::new(func.unbind()),
-                arities,
-            );
-        }
-        module.build_index();
-        let module: SharedModule = module.into();
-        self.modify(py, |engine| {
-            engine.register_static_module(name, module);
-        });
+        let registration = match methods::lookup(name, functions) {
+            Some((module, receiver)) => Registration {
+                name: name.into(),
+                module,
+                receiver: Some(receiver),
+            },
+            None => build_module(py, name, functions)?,
+        };
+        let replaced = self.modify_now(py, |engine| self.install(engine, registration));
+        drop(replaced);
         Ok(())
     }
 }
 
-fn check_name(name: &str) -> PyResult<()> {
+pub fn check_name(name: &str) -> PyResult<()> {
     if rhai::is_valid_identifier(name) {
         Ok(())
     } else {

@@ -7,6 +7,8 @@ mod convert;
 mod engine;
 mod errors;
 mod limits;
+mod methods;
+mod register;
 mod render;
 
 use pyo3::prelude::*;
