@@ -1,8 +1,8 @@
 """The same workload on every Redis deployment we support, side by side in one run.
 
-Standalone Redis 7 (the suite's own server), a one-node Valkey 9 cluster (all 16384
-slots on one master: the shape ElastiCache Serverless shows its clients) and a
-three-master Redis 7 cluster, each started from the tests' fixtures
+Standalone Redis 7 (the suite's own server) and Valkey 9, a one-node cluster of each
+(all 16384 slots on one master: the shape ElastiCache Serverless shows its clients) and
+a three-master Redis 7 cluster, each started from the tests' fixtures
 (tests/redis_server.py, tests/redis_cluster.py). Per deployment: end-to-end throughput
 (``bench.throughput.ours``: the shim on the local backend, N tasks, every reply awaited)
 and warm latency (``bench.latency.warm``: one task at a time); each cluster twice,
@@ -30,12 +30,16 @@ from bench.infra import Shim
 
 sys.path.insert(0, str(REPO / "tests"))
 from redis_cluster import ClusterUnderTest
+from redis_server import RedisServer
 
-__all__ = ["CLUSTERS", "PLAIN", "STANDALONE", "deployments"]
+__all__ = ["CLUSTERS", "PLAIN", "STANDALONE", "STANDALONE_VALKEY", "deployments"]
 
 STANDALONE = "standalone Redis 7"
+#: the same for Valkey: its clusters compare with it as Redis 7's with STANDALONE
+STANDALONE_VALKEY = "standalone Valkey 9"
 #: name -> (server kind, masters) of the clusters measured beside standalone
 CLUSTERS: dict[str, tuple[str, int]] = {
+    "one-node Redis 7 cluster": ("redis", 1),
     "one-node Valkey 9 cluster": ("valkey", 1),
     "three-master Redis 7 cluster": ("redis", 3),
 }
@@ -68,8 +72,10 @@ def _warm_latency(cfg: BenchConfig, url: str, log: Path, plain: bool) -> dict[st
 def deployments(cfg: BenchConfig, url: str, logs: Path, tick: Tick = None) -> dict[str, Any]:
     """Throughput and warm latency per deployment; ratios to standalone."""
     with ExitStack() as stack:
+        valkey = stack.enter_context(RedisServer(kind="valkey"))
         targets: dict[str, tuple[str, Callable[[], None], bool]] = {
-            STANDALONE: (url, _flush_standalone(url), False)
+            STANDALONE: (url, _flush_standalone(url), False),
+            STANDALONE_VALKEY: (valkey.url, _flush_standalone(valkey.url), False),
         }
         started_s: dict[str, float] = {}
         for name, (kind, masters) in CLUSTERS.items():
