@@ -86,6 +86,15 @@ fn arity_key(func: &Bound<'_, PyAny>) -> Option<(ArityKey, Py<PyAny>)> {
         Ok(inner) => (inner, true),
         Err(_) => (func.clone(), false),
     };
+    // `__wrapped__` (functools.wraps) and `__signature__` steer inspect.signature: the
+    // code object alone does not decide the arity (many wrappers share one code)
+    let attrs = target.getattr(intern!(py, "__dict__")).ok()?;
+    if attrs.len().ok()? > 0
+        && (attrs.contains(intern!(py, "__wrapped__")).ok()?
+            || attrs.contains(intern!(py, "__signature__")).ok()?)
+    {
+        return None;
+    }
     let code = target.getattr(intern!(py, "__code__")).ok()?;
     let count = |attr: &Bound<'_, PyAny>| -> Option<usize> {
         if attr.is_none() {

@@ -374,3 +374,35 @@ def test_a_replaced_receiver_may_use_the_engine_when_it_goes(mixed: bool) -> Non
     assert done.wait(30), "re-registering deadlocked in the old receiver's finalizer"
     assert seen == [42]
     assert engine.eval("db::who()") == "new"
+
+
+def _logged(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator as users write them: every wrapper shares one code object."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class Decorated:
+    @_logged
+    def two(self, a: int, b: int) -> int:
+        return a + b
+
+    @_logged
+    def one(self, a: int) -> int:
+        return a * 10
+
+
+def test_decorated_functions_keep_their_own_arities() -> None:
+    """functools.wraps wrappers share their code object: the arity comes from each one's
+    signature (``__wrapped__``), not from the first wrapper seen with that code."""
+    engine = Engine()
+    engine.register_module("m", {"two": Decorated().two, "one": Decorated().one})
+    engine.register_fn("plus", _logged(lambda a, b, c: a + b + c))
+    engine.register_fn("neg", _logged(lambda a: -a))
+    assert engine.eval("m::two(1, 2) + m::one(3) + plus(1, 2, 3) + neg(4)") == 3 + 30 + 6 - 4
+    with pytest.raises(RhaiRuntimeError, match="not found"):
+        engine.eval("m::one(1, 2)")
