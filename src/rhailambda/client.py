@@ -111,9 +111,10 @@ def check_ids(
     non-empty UTF-8. Raises :class:`InvalidIdError` saying why.
     """
     worker = p.normalize_worker_id(worker_id)
+    # the worker id first: a bad one is named, not the task id made up with it as a tag
     for what, value, key in (
-        ("task id", task_id, layout.task(task_id)),
         ("worker id", worker, layout.queue(worker)),
+        ("task id", task_id, layout.task(task_id)),
     ):
         _check_text(what, value)
         if len(value.encode()) > MAX_ID_BYTES:
@@ -142,12 +143,8 @@ def new_task_id(worker_id: str, slot_tagged: bool) -> str:
     the keys of every such task of that worker hash to one slot) and the id stays within
     :data:`MAX_ID_BYTES`."""
     uid = str(uuid.uuid4())
-    # (a worker id check_ids refuses gets a plain id: its error names the worker id then)
-    size = len(worker_id.encode("utf-8", "replace"))
-    usable = worker_id.isprintable() and not any(c.isspace() for c in worker_id)
-    if slot_tagged and usable and size + 2 + len(uid) <= MAX_ID_BYTES:
-        return f"{{{worker_id}}}{uid}"
-    return uid
+    size = len(worker_id.encode("utf-8", "replace")) + 2 + len(uid)
+    return f"{{{worker_id}}}{uid}" if slot_tagged and size <= MAX_ID_BYTES else uid
 
 
 class Client:

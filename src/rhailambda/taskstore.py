@@ -321,12 +321,14 @@ class TaskStore:
             return self._whole(finishes)
         # a task whose reply list shares its hash's slot (a slot-tagged id) finishes whole
         layout, group = self._protocol.layout, self._client.slot_group
-        ids = [f.ref.task_id for f in finishes]
-        whole = [i for i, t in enumerate(ids) if group(layout.task(t)) == group(layout.reply(t))]
+        whole: list[int] = []
+        apart: list[int] = []
+        for i, f in enumerate(finishes):
+            t = f.ref.task_id
+            (whole if group(layout.task(t)) == group(layout.reply(t)) else apart).append(i)
         if not whole:
             return self._three_steps(finishes)
-        apart = sorted(set(range(len(ids))) - set(whole))
-        out = [NOT_OURS] * len(ids)
+        out = [NOT_OURS] * len(finishes)
         for part, run in ((whole, self._whole), (apart, self._three_steps)):
             for i, written in zip(part, run([finishes[i] for i in part]), strict=True):
                 out[i] = written

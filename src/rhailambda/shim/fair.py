@@ -56,9 +56,6 @@ class _Circle(Generic[T]):
     refilled_at: float = 0.0
 
 
-_NO_CAPS = CircleCaps()
-
-
 class CircleScheduler(Generic[T]):
     """Orders read-ahead tasks of one queue so circles share its throughput."""
 
@@ -97,8 +94,8 @@ class CircleScheduler(Generic[T]):
         """Up to ``max_items`` tasks, one per circle per turn (all from one circle when
         ``one_circle``), skipping circles at a cap. Popped tasks count as running for
         their circle until :meth:`release`."""
-        if len(self._turns) == 1 and self._caps == _NO_CAPS:  # one circle: plain FIFO
-            return self._pop_run(self._turns[0], max_items)
+        if len(self._turns) == 1:  # one circle: its tasks in order, as far as its caps let
+            return self.pop_from(self._turns[0], max_items)
         if not self._fair:
             return self._pop_oldest(max_items, one_circle=one_circle)
         batch: list[tuple[str, T]] = []
@@ -124,18 +121,6 @@ class CircleScheduler(Generic[T]):
                 self._turns.rotate(-1)
         if one_circle and batch and self._turns and self._turns[0] == batch[0][0]:
             self._turns.rotate(-1)  # the next batch belongs to the next circle
-        return batch
-
-    def _pop_run(self, circle: str, max_items: int) -> list[tuple[str, T]]:
-        """Up to ``max_items`` of an uncapped circle's tasks at once."""
-        state = self._circles[circle]
-        queued = state.queued
-        k = min(max_items, len(queued))
-        batch = [(circle, queued.popleft()[1]) for _ in range(k)]
-        state.running += k
-        self._size -= k
-        if not queued:
-            self._turns.remove(circle)
         return batch
 
     def _pop_oldest(self, max_items: int, *, one_circle: bool) -> list[tuple[str, T]]:
