@@ -94,11 +94,10 @@ def test_a_mixed_batch_finishes_each_task_its_way_with_one_reply_each(
     assert all(resp_client.execute("LLEN", L.reply(t)) == 0 for t in ids)
 
 
+@pytest.mark.standalone_only("plain ids are the default there")
 def test_plain_ids_on_a_standalone_server_unless_asked(
-    redis_url: str, redis_client: redis.Redis, redis_server: object
+    redis_url: str, redis_client: redis.Redis
 ) -> None:
-    if isinstance(redis_server, ClusterUnderTest):
-        pytest.skip("standalone only: the default there")
     with Client(redis_url, wake_function="") as client:
         (plain,) = client.submit_many([("1", "w3", "c", "c")])
     with Client(redis_url, wake_function="", slot_tagged_ids=True) as client:
